@@ -1,0 +1,80 @@
+//! Not public API; used by code that `#[serializable_retry]` generates. Nothing here follows
+//! semver.
+
+use std::error::Error as StdError;
+use std::future::Future;
+
+pub use tracing;
+
+/// Fixes the output type of an attempt's `async` block so that `?` inside it knows which error
+/// type to convert into.
+#[inline(always)]
+pub fn attempt<R, F: Future<Output = R>>(body: F) -> F {
+    body
+}
+
+/// Wraps the body's error so that method resolution can pick how to view it as a `dyn Error`:
+/// the error itself when it implements `Error` (`sqlx::Error`, thiserror enums), else its
+/// `AsRef<dyn Error>` (`anyhow::Error`, `Box<dyn Error + Send + Sync>`).
+pub struct Probe<'a, E>(pub &'a E);
+
+/// First choice: `E: Error`.
+pub trait ViaError<'a> {
+    /// The error as a `dyn Error`.
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)>;
+}
+
+impl<'a, E: StdError + 'static> ViaError<'a> for &&&Probe<'a, E> {
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)> {
+        Some(self.0)
+    }
+}
+
+/// Second choice: `E: AsRef<dyn Error + Send + Sync>` (`anyhow::Error`, boxed errors).
+pub trait ViaAsRefSendSync<'a> {
+    /// The error as a `dyn Error`.
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)>;
+}
+
+impl<'a, E: AsRef<dyn StdError + Send + Sync + 'static>> ViaAsRefSendSync<'a> for &&Probe<'a, E> {
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// Third choice: `E: AsRef<dyn Error>`.
+pub trait ViaAsRef<'a> {
+    /// The error as a `dyn Error`.
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)>;
+}
+
+impl<'a, E: AsRef<dyn StdError + 'static>> ViaAsRef<'a> for &Probe<'a, E> {
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// Last resort: a compile error that says what the error type needs.
+pub trait ViaNothing<'a> {
+    /// Never callable: the bound explains the problem.
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)>
+    where
+        Self: Classifiable;
+}
+
+impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
+    fn __sqlx_retry_chain(&self) -> Option<&'a (dyn StdError + 'static)>
+    where
+        Self: Classifiable,
+    {
+        None
+    }
+}
+
+/// The bound behind the last-resort compile error.
+#[diagnostic::on_unimplemented(
+    message = "`#[serializable_retry]` cannot find the SQLSTATE in this error type",
+    label = "the function's error type",
+    note = "the error type must implement `std::error::Error` (with `#[from] sqlx::Error` or a `#[source]` chain leading to it) or `AsRef<dyn std::error::Error>` like `anyhow::Error`"
+)]
+pub trait Classifiable {}

@@ -1,0 +1,408 @@
+//! A transaction source without a database, for unit tests of annotated functions.
+//!
+//! [`MockDb`] holds in-memory state of your choosing. Each attempt's [`MockTx`] works on a copy
+//! that COMMIT writes back and ROLLBACK discards, so the state behaves like a table under a
+//! transaction. Failures are scripted per attempt and phase, and everything that happens is
+//! recorded as a script you can compare exactly. Sleeps go through `tokio::time::sleep`, so on a
+//! paused clock (`#[tokio::test(start_paused = true)]`) backoff costs no real time.
+//!
+//! ```
+//! use sqlx_retry_core::mock::{Fault, MockDb, Phase};
+//! use sqlx_retry_core::{transaction, Backoff, Policy};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let db = MockDb::new(0_i64).fail(1, Phase::Commit, Fault::sqlstate("40001"));
+//! let policy = Policy::builder()
+//!     .backoff(Backoff::fixed(Duration::from_millis(5)))
+//!     .build()
+//!     .unwrap();
+//! let n = transaction(&db, &policy, |tx| {
+//!     Box::pin(async move {
+//!         tx.execute("increment")?;
+//!         *tx.state_mut() += 1;
+//!         Ok::<_, sqlx::Error>(*tx.state())
+//!     })
+//! })
+//! .await
+//! .unwrap();
+//! assert_eq!(n, 1);
+//! assert_eq!(db.state(), 1); // applied once, not twice
+//! assert_eq!(
+//!     db.script(),
+//!     [
+//!         "BEGIN ISOLATION LEVEL SERIALIZABLE",
+//!         "increment",
+//!         "COMMIT -> 40001",
+//!         "sleep 5ms",
+//!         "BEGIN ISOLATION LEVEL SERIALIZABLE",
+//!         "increment",
+//!         "COMMIT",
+//!     ]
+//! );
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::{OpenTransaction, SimulatedDbError, SqlState, TransactionSource, TxOptions};
+
+/// When a scripted [`Fault`] strikes within an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// The BEGIN statement fails.
+    Begin,
+    /// The body's first statement ([`MockTx::execute`]) fails.
+    Body,
+    /// The body's n-th statement fails (1-based).
+    Statement(u32),
+    /// COMMIT fails.
+    Commit,
+    /// ROLLBACK fails (the error that caused the rollback must survive it).
+    Rollback,
+}
+
+/// A scripted failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The database reports this SQLSTATE; the transaction is rolled back by the server.
+    Sqlstate(SqlState),
+    /// The connection breaks before the statement reaches the server: nothing is applied.
+    ConnectionLost,
+    /// At COMMIT: the server commits, then the connection breaks before the reply arrives. The
+    /// state *is* applied and the client sees an I/O error: the outcome-unknown case.
+    CommitReplyLost,
+}
+
+impl Fault {
+    /// A database error with `code`; an invalid code is reported as `XX000` (internal error).
+    pub fn sqlstate(code: &str) -> Fault {
+        Fault::Sqlstate(SqlState::new(code).unwrap_or(SqlState::INTERNAL_ERROR))
+    }
+
+    fn error(&self) -> sqlx::Error {
+        match self {
+            Fault::Sqlstate(code) => SimulatedDbError::sqlx(*code, "simulated failure"),
+            Fault::ConnectionLost | Fault::CommitReplyLost => sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated connection loss",
+            )),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Fault::Sqlstate(code) => code.to_string(),
+            Fault::ConnectionLost => "connection lost".into(),
+            Fault::CommitReplyLost => "committed, reply lost".into(),
+        }
+    }
+}
+
+/// One line of the recorded script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MockEvent {
+    /// A transaction started with this statement.
+    Begin(&'static str),
+    /// A statement ran in the body.
+    Statement(String),
+    /// COMMIT succeeded.
+    Commit,
+    /// ROLLBACK succeeded.
+    Rollback,
+    /// The loop slept between attempts.
+    Sleep(Duration),
+    /// A step failed: what was attempted and the fault.
+    Failed {
+        /// `BEGIN …`, the statement label, `COMMIT` or `ROLLBACK`.
+        step: String,
+        /// The fault's SQLSTATE or description.
+        fault: String,
+    },
+}
+
+impl fmt::Display for MockEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MockEvent::Begin(stmt) => f.write_str(stmt),
+            MockEvent::Statement(label) => f.write_str(label),
+            MockEvent::Commit => f.write_str("COMMIT"),
+            MockEvent::Rollback => f.write_str("ROLLBACK"),
+            MockEvent::Sleep(d) => write!(f, "sleep {d:?}"),
+            MockEvent::Failed { step, fault } => write!(f, "{step} -> {fault}"),
+        }
+    }
+}
+
+struct Inner<S> {
+    state: S,
+    events: Vec<MockEvent>,
+    faults: Vec<(u32, Phase, Fault)>,
+    attempt: u32,
+    reconnects: bool,
+}
+
+/// An in-memory transaction source. Pass `&MockDb<S>` where the annotated function expects its
+/// transaction source. Cloning shares the same state and script.
+pub struct MockDb<S = ()> {
+    inner: Arc<Mutex<Inner<S>>>,
+}
+
+impl<S> Clone for MockDb<S> {
+    fn clone(&self) -> Self {
+        MockDb {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S> MockDb<S> {
+    /// A mock database holding `state`.
+    pub fn new(state: S) -> Self {
+        MockDb {
+            inner: Arc::new(Mutex::new(Inner {
+                state,
+                events: Vec::new(),
+                faults: Vec::new(),
+                attempt: 0,
+                reconnects: true,
+            })),
+        }
+    }
+
+    /// Scripts `fault` at `phase` of attempt `attempt` (1-based).
+    #[must_use]
+    pub fn fail(self, attempt: u32, phase: Phase, fault: Fault) -> Self {
+        lock(&self.inner).faults.push((attempt, phase, fault));
+        self
+    }
+
+    /// Behave like a single connection rather than a pool: after a lost connection no attempt can
+    /// follow.
+    #[must_use]
+    pub fn single_connection(self) -> Self {
+        lock(&self.inner).reconnects = false;
+        self
+    }
+
+    /// The recorded script, one string per event (see [`MockEvent`]'s `Display`).
+    pub fn script(&self) -> Vec<String> {
+        lock(&self.inner).events.iter().map(ToString::to_string).collect()
+    }
+
+    /// The recorded events.
+    pub fn events(&self) -> Vec<MockEvent> {
+        lock(&self.inner).events.clone()
+    }
+
+    /// How many transactions were started.
+    pub fn attempts(&self) -> u32 {
+        lock(&self.inner).attempt
+    }
+
+    /// Runs `f` on the committed state.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut lock(&self.inner).state)
+    }
+
+    /// A copy of the committed state.
+    pub fn state(&self) -> S
+    where
+        S: Clone,
+    {
+        lock(&self.inner).state.clone()
+    }
+}
+
+impl<S> fmt::Debug for MockDb<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockDb")
+            .field("script", &self.script())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<S>(inner: &Mutex<Inner<S>>) -> MutexGuard<'_, Inner<S>> {
+    // A test that panicked while holding the lock must not turn later reads into panics.
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<S> Inner<S> {
+    fn take_fault(&mut self, attempt: u32, phase: Phase) -> Option<Fault> {
+        let i = self
+            .faults
+            .iter()
+            .position(|(a, p, _)| *a == attempt && *p == phase)?;
+        Some(self.faults.remove(i).2)
+    }
+}
+
+/// One attempt's transaction on a [`MockDb`]: a working copy of the state plus a recorder.
+/// Implement your repository trait for `MockTx<YourState>` to unit-test annotated functions.
+pub struct MockTx<S> {
+    db: Arc<Mutex<Inner<S>>>,
+    state: S,
+    attempt: u32,
+    statements: u32,
+    broken: bool,
+}
+
+impl<S> MockTx<S> {
+    /// Records a statement named `label`; fails if a fault is scripted for it.
+    pub fn execute(&mut self, label: &str) -> Result<(), sqlx::Error> {
+        self.statements += 1;
+        let mut db = lock(&self.db);
+        let fault = db
+            .take_fault(self.attempt, Phase::Statement(self.statements))
+            .or_else(|| {
+                (self.statements == 1)
+                    .then(|| db.take_fault(self.attempt, Phase::Body))
+                    .flatten()
+            });
+        match fault {
+            Some(fault) => {
+                db.events.push(MockEvent::Failed {
+                    step: label.to_owned(),
+                    fault: fault.label(),
+                });
+                self.broken |= matches!(fault, Fault::ConnectionLost | Fault::CommitReplyLost);
+                Err(fault.error())
+            }
+            None => {
+                db.events.push(MockEvent::Statement(label.to_owned()));
+                Ok(())
+            }
+        }
+    }
+
+    /// This transaction's view of the state.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// This transaction's working copy: COMMIT keeps changes, ROLLBACK discards them.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.state
+    }
+
+    /// The attempt this transaction belongs to, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl<S: Send> OpenTransaction for MockTx<S> {
+    type Conn = MockTx<S>;
+
+    fn conn(&mut self) -> &mut MockTx<S> {
+        self
+    }
+
+    fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let result = {
+            let mut db = lock(&self.db);
+            match db.take_fault(self.attempt, Phase::Commit) {
+                Some(fault) => {
+                    db.events.push(MockEvent::Failed {
+                        step: "COMMIT".into(),
+                        fault: fault.label(),
+                    });
+                    if fault == Fault::CommitReplyLost {
+                        db.state = self.state;
+                    }
+                    Err(fault.error())
+                }
+                None => {
+                    db.events.push(MockEvent::Commit);
+                    db.state = self.state;
+                    Ok(())
+                }
+            }
+        };
+        std::future::ready(result)
+    }
+
+    fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let result = {
+            let mut db = lock(&self.db);
+            let fault = db.take_fault(self.attempt, Phase::Rollback);
+            match fault {
+                Some(fault) => {
+                    db.events.push(MockEvent::Failed {
+                        step: "ROLLBACK".into(),
+                        fault: fault.label(),
+                    });
+                    Err(fault.error())
+                }
+                None if self.broken => {
+                    db.events.push(MockEvent::Failed {
+                        step: "ROLLBACK".into(),
+                        fault: Fault::ConnectionLost.label(),
+                    });
+                    Err(Fault::ConnectionLost.error())
+                }
+                None => {
+                    db.events.push(MockEvent::Rollback);
+                    Ok(())
+                }
+            }
+        };
+        std::future::ready(result)
+    }
+}
+
+impl<'m, S: Clone + Send + 'static> TransactionSource for &'m MockDb<S> {
+    type Conn = MockTx<S>;
+    type Tx<'s>
+        = MockTx<S>
+    where
+        Self: 's;
+
+    fn begin(
+        &mut self,
+        options: &TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx<'_>, sqlx::Error>> + Send {
+        let statement = options.postgres_begin();
+        let result = {
+            let mut db = lock(&self.inner);
+            db.attempt += 1;
+            let attempt = db.attempt;
+            match db.take_fault(attempt, Phase::Begin) {
+                Some(fault) => {
+                    db.events.push(MockEvent::Failed {
+                        step: statement.into(),
+                        fault: fault.label(),
+                    });
+                    Err(fault.error())
+                }
+                None => {
+                    db.events.push(MockEvent::Begin(statement));
+                    Ok(MockTx {
+                        db: Arc::clone(&self.inner),
+                        state: db.state.clone(),
+                        attempt,
+                        statements: 0,
+                        broken: false,
+                    })
+                }
+            }
+        };
+        std::future::ready(result)
+    }
+
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send {
+        lock(&self.inner).events.push(MockEvent::Sleep(delay));
+        tokio::time::sleep(delay)
+    }
+
+    fn reconnects(&self) -> bool {
+        lock(&self.inner).reconnects
+    }
+}

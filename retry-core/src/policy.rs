@@ -1,0 +1,448 @@
+//! The retry policy: how many attempts, which transaction, which errors, how long to wait.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Backoff, SqlState};
+
+/// The isolation level a transaction starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum IsolationLevel {
+    /// `SERIALIZABLE`: the outcome equals some serial order; conflicts abort with `40001`.
+    #[default]
+    Serializable,
+    /// `REPEATABLE READ`: one snapshot for the whole transaction; a concurrent update of a row this
+    /// transaction updates aborts it with `40001`. Write skew is possible.
+    RepeatableRead,
+    /// `READ COMMITTED`: each statement sees what committed before it began. Deadlocks (`40P01`)
+    /// are still retried.
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    /// The SQL spelling, e.g. `"SERIALIZABLE"`.
+    pub const fn as_sql(self) -> &'static str {
+        match self {
+            IsolationLevel::Serializable => "SERIALIZABLE",
+            IsolationLevel::RepeatableRead => "REPEATABLE READ",
+            IsolationLevel::ReadCommitted => "READ COMMITTED",
+        }
+    }
+}
+
+/// How each attempt's transaction starts: isolation level and access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TxOptions {
+    /// The isolation level.
+    pub isolation: IsolationLevel,
+    /// `READ ONLY`.
+    pub read_only: bool,
+    /// `DEFERRABLE` (PostgreSQL): only with `read_only` at `Serializable`; the transaction waits
+    /// for a safe snapshot and then can never fail with a serialization error.
+    pub deferrable: bool,
+}
+
+impl TxOptions {
+    /// The single PostgreSQL statement that starts such a transaction, e.g.
+    /// `BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE`.
+    pub const fn postgres_begin(&self) -> &'static str {
+        use IsolationLevel::*;
+        match (self.isolation, self.read_only, self.deferrable) {
+            (Serializable, true, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+            (Serializable, true, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+            (Serializable, false, _) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            (RepeatableRead, true, _) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            (RepeatableRead, false, _) => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            (ReadCommitted, true, _) => "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY",
+            (ReadCommitted, false, _) => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        }
+    }
+}
+
+/// What the `on_retry` hook is told before each retry.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RetryInfo {
+    /// The name of the annotated function (or `"transaction"` for the plain API).
+    pub name: &'static str,
+    /// The attempt that failed, starting at 1.
+    pub attempt: u32,
+    /// The SQLSTATE that caused the retry, if the failure had one (a lost connection has none).
+    pub sqlstate: Option<SqlState>,
+    /// How long the loop sleeps before the next attempt.
+    pub delay: Duration,
+}
+
+/// A callback run before each retry.
+pub type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
+
+/// How a transaction is retried. Built with [`Policy::builder`]; the attribute builds one from
+/// its arguments at compile time.
+///
+/// # Default
+///
+/// 5 attempts, `SERIALIZABLE` read-write, [`Backoff::default`] (full jitter, 5 ms base, 500 ms
+/// cap), no time budget, only `40001` and `40P01` retried, a COMMIT with unknown outcome not
+/// retried.
+#[derive(Clone)]
+pub struct Policy {
+    pub(crate) max_attempts: u32,
+    pub(crate) options: TxOptions,
+    pub(crate) backoff: Backoff,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry_on: Cow<'static, [SqlState]>,
+    pub(crate) idempotent: bool,
+    pub(crate) on_retry: Option<RetryHook>,
+}
+
+impl Policy {
+    /// The default number of attempts, 5.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder {
+            policy: Policy::default(),
+            retry_on: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Total attempts, at least 1.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// How each attempt's transaction starts.
+    pub fn options(&self) -> &TxOptions {
+        &self.options
+    }
+
+    /// The backoff between attempts.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// The total time budget, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// SQLSTATEs retried in addition to `40001` and `40P01`.
+    pub fn retry_on(&self) -> &[SqlState] {
+        &self.retry_on
+    }
+
+    /// Whether a COMMIT with unknown outcome is retried.
+    pub fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    /// Not public API: the attribute validates its arguments at compile time and builds the
+    /// policy with this.
+    pub const fn __from_attribute(
+        max_attempts: u32,
+        isolation: IsolationLevel,
+        read_only: bool,
+        deferrable: bool,
+        backoff: Backoff,
+        timeout: Option<Duration>,
+        retry_on: &'static [SqlState],
+        idempotent: bool,
+    ) -> Policy {
+        Policy {
+            max_attempts,
+            options: TxOptions {
+                isolation,
+                read_only,
+                deferrable,
+            },
+            backoff,
+            timeout,
+            retry_on: Cow::Borrowed(retry_on),
+            idempotent,
+            on_retry: None,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: Policy::DEFAULT_MAX_ATTEMPTS,
+            options: TxOptions::default(),
+            backoff: Backoff::default(),
+            timeout: None,
+            retry_on: Cow::Borrowed(&[]),
+            idempotent: false,
+            on_retry: None,
+        }
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("max_attempts", &self.max_attempts)
+            .field("options", &self.options)
+            .field("backoff", &self.backoff)
+            .field("timeout", &self.timeout)
+            .field("retry_on", &self.retry_on)
+            .field("idempotent", &self.idempotent)
+            .field("on_retry", &self.on_retry.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// Builds a [`Policy`]; every setting is checked in [`build`](PolicyBuilder::build), which
+/// returns an error instead of panicking.
+///
+/// ```
+/// use std::time::Duration;
+/// use sqlx_retry_core::{Backoff, IsolationLevel, Policy};
+///
+/// let policy = Policy::builder()
+///     .max_attempts(8)
+///     .isolation(IsolationLevel::RepeatableRead)
+///     .backoff(Backoff::exponential(Duration::from_millis(2), Duration::from_millis(200)))
+///     .timeout(Duration::from_secs(2))
+///     .retry_on(["55P03"])
+///     .build()?;
+/// assert_eq!(policy.max_attempts(), 8);
+/// # Ok::<(), sqlx_retry_core::PolicyError>(())
+/// ```
+///
+/// # Default
+///
+/// See [`Policy`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PolicyBuilder {
+    policy: Policy,
+    retry_on: Vec<SqlState>,
+    error: Option<PolicyError>,
+}
+
+impl PolicyBuilder {
+    /// Total attempts including the first; must be at least 1.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.policy.max_attempts = n;
+        self
+    }
+
+    /// The isolation level.
+    pub fn isolation(mut self, level: IsolationLevel) -> Self {
+        self.policy.options.isolation = level;
+        self
+    }
+
+    /// Start the transaction `READ ONLY`.
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.policy.options.read_only = yes;
+        self
+    }
+
+    /// Start the transaction `DEFERRABLE`; needs `read_only` and `Serializable`.
+    pub fn deferrable(mut self, yes: bool) -> Self {
+        self.policy.options.deferrable = yes;
+        self
+    }
+
+    /// The wait between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.policy.backoff = backoff;
+        self
+    }
+
+    /// The total time budget: no retry starts whose backoff would end past it. A running attempt
+    /// is not interrupted (use `statement_timeout` for that), so a call ends at the latest one
+    /// attempt's duration after the budget.
+    pub fn timeout(mut self, budget: Duration) -> Self {
+        self.policy.timeout = Some(budget);
+        self
+    }
+
+    /// Also retry these SQLSTATEs (e.g. `23505` when the transaction generates a key that may
+    /// collide, `55P03` for `lock_timeout`). Malformed codes make [`build`](Self::build) fail.
+    pub fn retry_on<I, S>(mut self, codes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for code in codes {
+            match SqlState::new(code.as_ref()) {
+                Some(code) => self.retry_on.push(code),
+                None => {
+                    self.error.get_or_insert(PolicyError::InvalidSqlState(
+                        code.as_ref().to_owned(),
+                    ));
+                }
+            }
+        }
+        self
+    }
+
+    /// Retry even when the COMMIT's outcome is unknown. Only for transactions that are safe to
+    /// apply twice (e.g. guarded by an idempotency key).
+    pub fn idempotent(mut self, yes: bool) -> Self {
+        self.policy.idempotent = yes;
+        self
+    }
+
+    /// Call `hook` before each retry (after the rollback, before the sleep).
+    pub fn on_retry(mut self, hook: impl Fn(&RetryInfo) + Send + Sync + 'static) -> Self {
+        self.policy.on_retry = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the settings and returns the policy.
+    pub fn build(self) -> Result<Policy, PolicyError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        let mut policy = self.policy;
+        if policy.max_attempts == 0 {
+            return Err(PolicyError::ZeroAttempts);
+        }
+        let o = policy.options;
+        if o.deferrable && !(o.read_only && o.isolation == IsolationLevel::Serializable) {
+            return Err(PolicyError::Deferrable);
+        }
+        if policy.timeout == Some(Duration::ZERO) {
+            return Err(PolicyError::ZeroTimeout);
+        }
+        policy.backoff.validate()?;
+        if !self.retry_on.is_empty() {
+            policy.retry_on = Cow::Owned(self.retry_on);
+        }
+        Ok(policy)
+    }
+}
+
+/// A [`Policy`] setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// `max_attempts` was 0; at least one attempt is needed.
+    ZeroAttempts,
+    /// A `retry_on` code is not a SQLSTATE.
+    InvalidSqlState(String),
+    /// `deferrable` without `read_only` at `Serializable`.
+    Deferrable,
+    /// A backoff base or cap of zero.
+    ZeroBackoff,
+    /// A backoff base larger than its cap.
+    InvertedBackoff {
+        /// The base delay.
+        base: Duration,
+        /// The cap.
+        cap: Duration,
+    },
+    /// A time budget of zero would allow no attempt.
+    ZeroTimeout,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::ZeroAttempts => f.write_str("max_attempts must be at least 1"),
+            PolicyError::InvalidSqlState(code) => write!(
+                f,
+                "`{code}` is not a SQLSTATE: expected five characters from 0-9 and A-Z, such as `40001`"
+            ),
+            PolicyError::Deferrable => f.write_str(
+                "deferrable needs read_only and the serializable isolation level",
+            ),
+            PolicyError::ZeroBackoff => f.write_str("backoff base and cap must be greater than zero"),
+            PolicyError::InvertedBackoff { base, cap } => {
+                write!(f, "backoff base {base:?} is larger than its cap {cap:?}")
+            }
+            PolicyError::ZeroTimeout => f.write_str("timeout must be greater than zero"),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_statements_are_single_statements() {
+        let o = |isolation, read_only, deferrable| TxOptions {
+            isolation,
+            read_only,
+            deferrable,
+        };
+        use IsolationLevel::*;
+        assert_eq!(
+            o(Serializable, false, false).postgres_begin(),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        );
+        assert_eq!(
+            o(Serializable, true, true).postgres_begin(),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE"
+        );
+        assert_eq!(
+            o(RepeatableRead, true, false).postgres_begin(),
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        );
+        assert_eq!(
+            o(ReadCommitted, false, false).postgres_begin(),
+            "BEGIN ISOLATION LEVEL READ COMMITTED"
+        );
+    }
+
+    #[test]
+    fn builder_rejects_bad_input_without_panicking() {
+        let ms = Duration::from_millis;
+        let cases: Vec<(PolicyBuilder, PolicyError)> = vec![
+            (Policy::builder().max_attempts(0), PolicyError::ZeroAttempts),
+            (
+                Policy::builder().retry_on(["40001", "4000X1"]),
+                PolicyError::InvalidSqlState("4000X1".into()),
+            ),
+            (Policy::builder().deferrable(true), PolicyError::Deferrable),
+            (
+                Policy::builder()
+                    .read_only(true)
+                    .deferrable(true)
+                    .isolation(IsolationLevel::RepeatableRead),
+                PolicyError::Deferrable,
+            ),
+            (
+                Policy::builder().backoff(Backoff::exponential(ms(0), ms(10))),
+                PolicyError::ZeroBackoff,
+            ),
+            (
+                Policy::builder().backoff(Backoff::exponential(ms(20), ms(10))),
+                PolicyError::InvertedBackoff {
+                    base: ms(20),
+                    cap: ms(10),
+                },
+            ),
+            (
+                Policy::builder().timeout(Duration::ZERO),
+                PolicyError::ZeroTimeout,
+            ),
+        ];
+        for (builder, want) in cases {
+            let got = builder.build().unwrap_err();
+            assert_eq!(got, want);
+            assert!(!got.to_string().is_empty());
+        }
+        let ok = Policy::builder()
+            .read_only(true)
+            .deferrable(true)
+            .retry_on(["23505"])
+            .build()
+            .unwrap();
+        assert_eq!(ok.retry_on(), &[SqlState::UNIQUE_VIOLATION]);
+    }
+}
