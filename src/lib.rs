@@ -1,1 +1,97 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+/// Runs an async function's body in a transaction and retries the **whole body** when the
+/// database aborts it because of a conflict.
+///
+/// The first parameter, `tx: &mut C`, is the transaction the body runs in. In the generated
+/// function it is replaced by `impl` [`TransactionSource<C>`]: callers pass `&PgPool`,
+/// `&mut PgConnection` or the mock source in its place. Name, visibility, other parameters,
+/// generics, where-clause and return type are kept.
+///
+/// ```no_run
+/// use sqlx::PgConnection;
+/// use sqlx_retry::serializable_retry;
+///
+/// #[serializable_retry(max = 5)]
+/// async fn bump(tx: &mut PgConnection, id: i64) -> Result<i64, sqlx::Error> {
+///     sqlx::query_scalar("UPDATE counters SET n = n + 1 WHERE id = $1 RETURNING n")
+///         .bind(id)
+///         .fetch_one(&mut *tx)
+///         .await
+/// }
+///
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// let n = bump(&pool, 7).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Arguments
+///
+/// All optional, all checked at compile time with an error on the offending token.
+///
+/// | argument | meaning | default |
+/// |---|---|---|
+/// | `max = N` | total attempts, N ≥ 1 | `5` |
+/// | `isolation = "…"` | `"serializable"`, `"repeatable_read"` or `"read_committed"` | `"serializable"` |
+/// | `read_only` | start the transaction `READ ONLY` | read-write |
+/// | `deferrable` | `DEFERRABLE`; only with `read_only` at `"serializable"` | off |
+/// | `backoff(base = "5ms", cap = "500ms")` | exponential backoff with full jitter | 5 ms, 500 ms |
+/// | `timeout = "2s"` | total time budget: no retry starts whose backoff would end past it | none |
+/// | `retry_on = ["23505", …]` | extra SQLSTATEs to retry | none |
+/// | `idempotent` | also retry when the COMMIT's outcome is unknown | off |
+/// | `crate = "…"` | path to this crate if renamed | `::sqlx_retry` |
+///
+/// Durations are a number and a unit: `ns`, `us`, `ms`, `s` or `m` (`"250us"`, `"1.5s"`).
+///
+/// # Semantics
+///
+/// - Each attempt runs the whole body in a fresh transaction started by one statement
+///   (`BEGIN ISOLATION LEVEL SERIALIZABLE`, …). `Ok` commits; `Err` rolls back.
+/// - `return` and `?` in the body end the attempt, as they read.
+/// - Retried: `40001` and `40P01` from any statement, COMMIT included; the codes in `retry_on`;
+///   and, for a pool, an attempt whose connection broke before COMMIT was sent (it did not
+///   commit; the next attempt takes a fresh connection). Everything else is returned after one
+///   attempt. The SQLSTATE is found through the error's `source()` chain, so `sqlx::Error`,
+///   `anyhow::Error` and your own error enums wrapping `sqlx::Error` all work.
+/// - Before each retry: ROLLBACK (a failed ROLLBACK is logged and never replaces the original
+///   error), then a backoff sleep holding no locks.
+/// - After `max` attempts or when the time budget is spent, the last error is returned as is.
+/// - A connection lost while COMMIT was in flight returns the error detected by
+///   [`is_commit_unknown`] (SQLSTATE `40003`), never retried unless `idempotent`.
+/// - A tracing span named after the function wraps the call; each retry emits an event with the
+///   attempt number, SQLSTATE and delay.
+///
+/// # Arguments are given to every attempt
+///
+/// The body runs once per attempt, so each attempt gets **its own clone** of every by-value
+/// argument (a copy for `&T` and `Copy` types) and a fresh reborrow of every `&mut` argument.
+/// An argument type that is not `Clone` is a compile error on that argument: pass a reference
+/// instead. `self` by value is rejected for the same reason; take `&self` or `&mut self`.
+///
+/// # The returned future
+///
+/// It is `Send` when the body is, so it can be given to `tokio::spawn`. Dropping it at any await
+/// point rolls the open transaction back (sqlx queues the ROLLBACK), and a pooled connection goes
+/// back to the pool.
+pub use sqlx_retry_macros::serializable_retry;
+
+pub use sqlx_retry_core::{
+    Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, DelaysFactory,
+    InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder, PolicyError,
+    RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions, classify,
+    classify_sqlx, find_sqlx_error, is_commit_unknown, sqlstate, transaction, transaction_with,
+};
+
+/// The mock transaction source: unit-test annotated functions without a database.
+#[cfg(feature = "mock")]
+pub mod mock {
+    pub use sqlx_retry_core::mock::*;
+}
+
+#[doc(hidden)]
+/// Not public API; used by macro-generated code.
+pub mod __private {
+    pub use sqlx_retry_core::__private::*;
+    pub use sqlx_retry_core::{Attempts, OpenTransaction};
+}

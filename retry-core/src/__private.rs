@@ -13,6 +13,13 @@ pub fn attempt<R, F: Future<Output = R>>(body: F) -> F {
     body
 }
 
+/// Converts a failed BEGIN into the function's error type. A function rather than an inline
+/// `From::from` so that lints about the user's own code do not fire on generated code.
+#[inline]
+pub fn begin_failed<T, E: From<sqlx::Error>>(error: sqlx::Error) -> Result<T, E> {
+    Err(E::from(error))
+}
+
 /// Wraps the body's error so that method resolution can pick how to view it as a `dyn Error`:
 /// the error itself when it implements `Error` (`sqlx::Error`, thiserror enums), else its
 /// `AsRef<dyn Error>` (`anyhow::Error`, `Box<dyn Error + Send + Sync>`).

@@ -211,7 +211,11 @@ mod tests {
         let backoff = Backoff::exponential(5 * MS, 500 * MS);
         let fifth: Vec<Duration> = (0..50).map(|s| backoff.delays(s).nth(4).unwrap()).collect();
         let distinct: std::collections::BTreeSet<_> = fifth.iter().collect();
-        assert!(distinct.len() > 40, "jitter produced {} values", distinct.len());
+        assert!(
+            distinct.len() > 40,
+            "jitter produced {} values",
+            distinct.len()
+        );
         // Mean of U[0, 80ms] is 40ms; allow a wide band.
         let mean = fifth.iter().sum::<Duration>() / fifth.len() as u32;
         assert!(mean > 20 * MS && mean < 60 * MS, "mean {mean:?}");

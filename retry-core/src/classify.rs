@@ -96,7 +96,9 @@ pub fn classify(err: &(dyn StdError + 'static), retry_on: &[SqlState]) -> Class 
 pub fn classify_sqlx(err: &sqlx::Error, retry_on: &[SqlState]) -> Class {
     match err {
         sqlx::Error::Database(db) => classify_database(db.as_ref(), retry_on),
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => Class::ConnectionLost,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
+            Class::ConnectionLost
+        }
         _ => Class::Permanent,
     }
 }

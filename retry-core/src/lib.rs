@@ -19,9 +19,11 @@ pub use classify::{
     Class, CommitUnknown, SimulatedDbError, classify, classify_sqlx, find_sqlx_error,
     is_commit_unknown, sqlstate,
 };
-pub use policy::{IsolationLevel, Policy, PolicyBuilder, PolicyError, RetryHook, RetryInfo, TxOptions};
+pub use policy::{
+    IsolationLevel, Policy, PolicyBuilder, PolicyError, RetryHook, RetryInfo, TxOptions,
+};
 pub use run::{Attempts, BoxFuture, transaction, transaction_with};
-pub use source::{Backend, OpenTransaction, TransactionSource};
+pub use source::{Backend, BeginTransaction, OpenTransaction, TransactionSource};
 pub use sqlstate::{InvalidSqlState, SqlState};
 
 #[doc(hidden)]

@@ -49,7 +49,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::{OpenTransaction, SimulatedDbError, SqlState, TransactionSource, TxOptions};
+use crate::{BeginTransaction, OpenTransaction, SimulatedDbError, SqlState, TxOptions};
 
 /// When a scripted [`Fault`] strikes within an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +194,11 @@ impl<S> MockDb<S> {
 
     /// The recorded script, one string per event (see [`MockEvent`]'s `Display`).
     pub fn script(&self) -> Vec<String> {
-        lock(&self.inner).events.iter().map(ToString::to_string).collect()
+        lock(&self.inner)
+            .events
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// The recorded events.
@@ -231,7 +235,9 @@ impl<S> fmt::Debug for MockDb<S> {
 
 fn lock<S>(inner: &Mutex<Inner<S>>) -> MutexGuard<'_, Inner<S>> {
     // A test that panicked while holding the lock must not turn later reads into panics.
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<S> Inner<S> {
@@ -358,17 +364,14 @@ impl<S: Send> OpenTransaction for MockTx<S> {
     }
 }
 
-impl<'m, S: Clone + Send + 'static> TransactionSource for &'m MockDb<S> {
+impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &MockDb<S> {
     type Conn = MockTx<S>;
-    type Tx<'s>
-        = MockTx<S>
-    where
-        Self: 's;
+    type Tx = MockTx<S>;
 
     fn begin(
-        &mut self,
-        options: &TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx<'_>, sqlx::Error>> + Send {
+        &'s mut self,
+        options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
         let statement = options.postgres_begin();
         let result = {
             let mut db = lock(&self.inner);
@@ -397,7 +400,7 @@ impl<'m, S: Clone + Send + 'static> TransactionSource for &'m MockDb<S> {
         std::future::ready(result)
     }
 
-    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send {
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
         lock(&self.inner).events.push(MockEvent::Sleep(delay));
         tokio::time::sleep(delay)
     }

@@ -278,9 +278,8 @@ impl PolicyBuilder {
             match SqlState::new(code.as_ref()) {
                 Some(code) => self.retry_on.push(code),
                 None => {
-                    self.error.get_or_insert(PolicyError::InvalidSqlState(
-                        code.as_ref().to_owned(),
-                    ));
+                    self.error
+                        .get_or_insert(PolicyError::InvalidSqlState(code.as_ref().to_owned()));
                 }
             }
         }
@@ -355,10 +354,12 @@ impl fmt::Display for PolicyError {
                 f,
                 "`{code}` is not a SQLSTATE: expected five characters from 0-9 and A-Z, such as `40001`"
             ),
-            PolicyError::Deferrable => f.write_str(
-                "deferrable needs read_only and the serializable isolation level",
-            ),
-            PolicyError::ZeroBackoff => f.write_str("backoff base and cap must be greater than zero"),
+            PolicyError::Deferrable => {
+                f.write_str("deferrable needs read_only and the serializable isolation level")
+            }
+            PolicyError::ZeroBackoff => {
+                f.write_str("backoff base and cap must be greater than zero")
+            }
             PolicyError::InvertedBackoff { base, cap } => {
                 write!(f, "backoff base {base:?} is larger than its cap {cap:?}")
             }

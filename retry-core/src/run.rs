@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::backoff::Delays;
 use crate::classify::{Class, CommitUnknown, classify, classify_sqlx};
-use crate::{OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
+use crate::{BeginTransaction, OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
 
 /// A boxed, `Send` future borrowing for `'a`: what a [`transaction`] body returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -59,16 +59,30 @@ impl<'p> Attempts<'p> {
     ///
     /// `Ok(None)` means BEGIN failed in a way worth another attempt (the connection broke and the
     /// source can supply a fresh one); the caller loops. `Err` is final.
-    pub async fn begin<'s, S: TransactionSource>(
+    ///
+    /// The future is boxed: a caller holding this generic future unboxed trips the compiler's
+    /// higher-ranked `Send` check when the caller's own future is spawned. The allocation is
+    /// negligible next to the BEGIN round trip.
+    pub fn begin<'a, 's, S: BeginTransaction<'s>>(
+        &'a mut self,
+        source: &'s mut S,
+    ) -> BoxFuture<'a, Result<Option<S::Tx>, sqlx::Error>>
+    where
+        's: 'a,
+    {
+        Box::pin(self.begin_inner(source))
+    }
+
+    async fn begin_inner<'s, S: BeginTransaction<'s>>(
         &mut self,
         source: &'s mut S,
-    ) -> Result<Option<S::Tx<'s>>, sqlx::Error> {
+    ) -> Result<Option<S::Tx>, sqlx::Error> {
         if let Some(delay) = self.pending.take() {
             source.sleep(delay).await;
         }
         self.attempt += 1;
         self.reconnects = source.reconnects();
-        match source.begin(&self.policy.options).await {
+        match source.begin(self.policy.options).await {
             Ok(tx) => Ok(Some(tx)),
             Err(err) => {
                 let class = classify_sqlx(&err, &self.policy.retry_on);
@@ -93,7 +107,24 @@ impl<'p> Attempts<'p> {
     /// - A COMMIT whose connection broke has an unknown outcome: the commit-unknown error
     ///   ([`is_commit_unknown`](crate::is_commit_unknown)) is returned, and retried only when the
     ///   policy is `idempotent`.
-    pub async fn finish<X, T, E, C>(
+    ///
+    /// The future is boxed for the same reason as [`begin`](Self::begin)'s.
+    pub fn finish<'a, X, T, E, C>(
+        &'a mut self,
+        tx: X,
+        out: Result<T, E>,
+        chain: C,
+    ) -> BoxFuture<'a, Option<Result<T, E>>>
+    where
+        X: OpenTransaction + 'a,
+        T: Send + 'a,
+        E: From<sqlx::Error> + Send + 'a,
+        C: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
+    {
+        Box::pin(self.finish_inner(tx, out, chain))
+    }
+
+    async fn finish_inner<X, T, E, C>(
         &mut self,
         tx: X,
         out: Result<T, E>,
@@ -181,19 +212,23 @@ impl<'p> Attempts<'p> {
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
         let Some(delay) = delays.next_delay() else {
-            tracing::warn!(attempts = self.attempt, sqlstate = code, "giving up: backoff ended");
+            tracing::warn!(
+                attempts = self.attempt,
+                sqlstate = code,
+                "giving up: backoff ended"
+            );
             return false;
         };
-        if let Some(budget) = policy.timeout {
-            if self.started.elapsed().saturating_add(delay) >= budget {
-                tracing::warn!(
-                    attempts = self.attempt,
-                    sqlstate = code,
-                    budget_ms = budget.as_millis() as u64,
-                    "giving up: time budget spent"
-                );
-                return false;
-            }
+        if let Some(budget) = policy.timeout
+            && self.started.elapsed().saturating_add(delay) >= budget
+        {
+            tracing::warn!(
+                attempts = self.attempt,
+                sqlstate = code,
+                budget_ms = budget.as_millis() as u64,
+                "giving up: time budget spent"
+            );
+            return false;
         }
         tracing::info!(
             attempt = self.attempt,
@@ -243,13 +278,21 @@ impl<'p> Attempts<'p> {
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn transaction<S, T, E, F>(source: S, policy: &Policy, body: F) -> Result<T, E>
+pub async fn transaction<S, C, T, E, F>(source: S, policy: &Policy, body: F) -> Result<T, E>
 where
-    S: TransactionSource,
-    E: StdError + From<sqlx::Error> + 'static,
-    F: for<'c> FnMut(&'c mut S::Conn) -> BoxFuture<'c, Result<T, E>>,
+    S: TransactionSource<C>,
+    C: ?Sized,
+    T: Send,
+    E: StdError + From<sqlx::Error> + Send + 'static,
+    F: for<'c> FnMut(&'c mut C) -> BoxFuture<'c, Result<T, E>>,
 {
-    transaction_with(source, policy, |e: &E| Some(e as &(dyn StdError + 'static)), body).await
+    transaction_with(
+        source,
+        policy,
+        |e: &E| Some(e as &(dyn StdError + 'static)),
+        body,
+    )
+    .await
 }
 
 /// [`transaction`] for error types that are not `std::error::Error` themselves, such as
@@ -268,17 +311,19 @@ where
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn transaction_with<S, T, E, F, C>(
+pub async fn transaction_with<S, Conn, T, E, F, C>(
     mut source: S,
     policy: &Policy,
     chain: C,
     mut body: F,
 ) -> Result<T, E>
 where
-    S: TransactionSource,
-    E: From<sqlx::Error>,
-    F: for<'c> FnMut(&'c mut S::Conn) -> BoxFuture<'c, Result<T, E>>,
-    C: Fn(&E) -> Option<&(dyn StdError + 'static)>,
+    S: TransactionSource<Conn>,
+    Conn: ?Sized,
+    T: Send,
+    E: From<sqlx::Error> + Send,
+    F: for<'c> FnMut(&'c mut Conn) -> BoxFuture<'c, Result<T, E>>,
+    C: Fn(&E) -> Option<&(dyn StdError + 'static)> + Sync,
 {
     let span = tracing::info_span!("transaction");
     async move {

@@ -26,30 +26,31 @@ pub trait OpenTransaction: Send {
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// Something the retry loop can start transactions on: what callers pass in place of the
-/// annotated function's transaction parameter.
+/// Something the retry loop can start transactions on, for a borrow of lifetime `'s`: implement
+/// this for a new kind of source.
+///
+/// The lifetime is a parameter of the trait (as in sqlx's `Acquire<'c>`) rather than of an
+/// associated type so that futures holding a transaction stay provably `Send` when spawned.
 ///
 /// Implemented for `&Pool<DB>` (each attempt takes a connection from the pool, so an attempt
 /// whose connection broke is retried on a fresh one), for `&mut PgConnection` (each attempt is a
 /// transaction on that connection; a broken connection ends the call), and for the mock source.
-pub trait TransactionSource: Send {
+pub trait BeginTransaction<'s>: Send {
     /// The connection type the body receives as `&mut Self::Conn`.
     type Conn: ?Sized;
 
-    /// An open transaction borrowed from this source.
-    type Tx<'s>: OpenTransaction<Conn = Self::Conn>
-    where
-        Self: 's;
+    /// An open transaction borrowed from this source for `'s`.
+    type Tx: OpenTransaction<Conn = Self::Conn> + 's;
 
     /// Starts a transaction with `options` (one statement on PostgreSQL).
     fn begin(
-        &mut self,
-        options: &TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx<'_>, sqlx::Error>> + Send;
+        &'s mut self,
+        options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's;
 
     /// Waits between attempts. The default is `tokio::time::sleep`, so tests on tokio's paused
     /// clock spend no real time.
-    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send {
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
         tokio::time::sleep(delay)
     }
 
@@ -57,6 +58,17 @@ pub trait TransactionSource: Send {
     /// single connection does not, so a lost connection is final for it.
     fn reconnects(&self) -> bool;
 }
+
+/// What callers pass in place of an annotated function's transaction parameter: a source of
+/// transactions whose connection type is `C`.
+///
+/// `#[serializable_retry]` turns `tx: &mut PgConnection` into `tx: impl TransactionSource<PgConnection>`,
+/// which `&PgPool`, `&mut PgConnection` and (for a function generic over its connection) the mock
+/// source satisfy. Implemented for every [`BeginTransaction`] source; implement that trait, not
+/// this one.
+pub trait TransactionSource<C: ?Sized>: for<'s> BeginTransaction<'s, Conn = C> {}
+
+impl<S, C: ?Sized> TransactionSource<C> for S where S: for<'s> BeginTransaction<'s, Conn = C> {}
 
 impl<DB: Database> OpenTransaction for Transaction<'_, DB> {
     type Conn = DB::Connection;
@@ -88,19 +100,16 @@ impl Backend for sqlx::Postgres {
     }
 }
 
-impl<'p, DB: Backend> TransactionSource for &'p Pool<DB> {
+impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
     type Conn = DB::Connection;
-    type Tx<'s>
-        = Transaction<'static, DB>
-    where
-        Self: 's;
+    type Tx = Transaction<'static, DB>;
 
     fn begin(
-        &mut self,
-        options: &TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx<'_>, sqlx::Error>> + Send {
+        &'s mut self,
+        options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
         let pool: &'p Pool<DB> = self;
-        let statement = DB::begin_statement(options);
+        let statement = DB::begin_statement(&options);
         async move { pool.begin_with(statement?).await }
     }
 
@@ -110,17 +119,14 @@ impl<'p, DB: Backend> TransactionSource for &'p Pool<DB> {
 }
 
 #[cfg(feature = "postgres")]
-impl<'c> TransactionSource for &'c mut sqlx::PgConnection {
+impl<'s> BeginTransaction<'s> for &mut sqlx::PgConnection {
     type Conn = sqlx::PgConnection;
-    type Tx<'s>
-        = Transaction<'s, sqlx::Postgres>
-    where
-        Self: 's;
+    type Tx = Transaction<'s, sqlx::Postgres>;
 
     fn begin(
-        &mut self,
-        options: &TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx<'_>, sqlx::Error>> + Send {
+        &'s mut self,
+        options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
         let statement = options.postgres_begin();
         sqlx::Connection::begin_with(&mut **self, statement)
     }
