@@ -147,6 +147,9 @@ struct Inner<S> {
     faults: Vec<(u32, Phase, Fault)>,
     attempt: u32,
     reconnects: bool,
+    /// Bumped by every COMMIT that wrote: a transaction that wrote commits only if no other one
+    /// committed a write since its BEGIN (first committer wins, as at SERIALIZABLE).
+    version: u64,
 }
 
 /// An in-memory transaction source. Pass `&MockDb<S>` where the annotated function expects its
@@ -173,6 +176,7 @@ impl<S> MockDb<S> {
                 faults: Vec::new(),
                 attempt: 0,
                 reconnects: true,
+                version: 0,
             })),
         }
     }
@@ -252,12 +256,21 @@ impl<S> Inner<S> {
 
 /// One attempt's transaction on a [`MockDb`]: a working copy of the state plus a recorder.
 /// Implement your repository trait for `MockTx<YourState>` to unit-test annotated functions.
+///
+/// It behaves like a PostgreSQL transaction: after a failed statement every further statement
+/// fails with `25P02` and COMMIT rolls back instead (PostgreSQL answers such a COMMIT with
+/// `ROLLBACK`, not an error, so a body that swallows an error loses its writes — the mock shows
+/// that too); after a lost connection everything fails with the I/O error. Two interleaved
+/// transactions that both write conflict: the second COMMIT fails with `40001`.
 pub struct MockTx<S> {
     db: Arc<Mutex<Inner<S>>>,
     state: S,
     attempt: u32,
     statements: u32,
     broken: bool,
+    aborted: bool,
+    wrote: bool,
+    begin_version: u64,
 }
 
 impl<S> MockTx<S> {
@@ -265,6 +278,23 @@ impl<S> MockTx<S> {
     pub fn execute(&mut self, label: &str) -> Result<(), sqlx::Error> {
         self.statements += 1;
         let mut db = lock(&self.db);
+        if self.broken {
+            db.events.push(MockEvent::Failed {
+                step: label.to_owned(),
+                fault: Fault::ConnectionLost.label(),
+            });
+            return Err(Fault::ConnectionLost.error());
+        }
+        if self.aborted {
+            db.events.push(MockEvent::Failed {
+                step: label.to_owned(),
+                fault: "25P02".into(),
+            });
+            return Err(SimulatedDbError::sqlx(
+                SqlState::new("25P02").unwrap_or(SqlState::INTERNAL_ERROR),
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
         let fault = db
             .take_fault(self.attempt, Phase::Statement(self.statements))
             .or_else(|| {
@@ -278,7 +308,15 @@ impl<S> MockTx<S> {
                     step: label.to_owned(),
                     fault: fault.label(),
                 });
-                self.broken |= matches!(fault, Fault::ConnectionLost | Fault::CommitReplyLost);
+                match &fault {
+                    Fault::Sqlstate(code)
+                        if code.class() == "08" || code.as_str().starts_with("57P") =>
+                    {
+                        self.broken = true
+                    }
+                    Fault::Sqlstate(_) => self.aborted = true,
+                    Fault::ConnectionLost | Fault::CommitReplyLost => self.broken = true,
+                }
                 Err(fault.error())
             }
             None => {
@@ -295,6 +333,7 @@ impl<S> MockTx<S> {
 
     /// This transaction's working copy: COMMIT keeps changes, ROLLBACK discards them.
     pub fn state_mut(&mut self) -> &mut S {
+        self.wrote = true;
         &mut self.state
     }
 
@@ -314,19 +353,46 @@ impl<S: Send> OpenTransaction for MockTx<S> {
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         let result = {
             let mut db = lock(&self.db);
+            let conflict = self.wrote && db.version != self.begin_version;
             match db.take_fault(self.attempt, Phase::Commit) {
+                _ if self.broken => {
+                    db.events.push(MockEvent::Failed {
+                        step: "COMMIT".into(),
+                        fault: Fault::ConnectionLost.label(),
+                    });
+                    Err(Fault::ConnectionLost.error())
+                }
+                _ if self.aborted => {
+                    // What PostgreSQL does: COMMIT of a failed transaction rolls back and
+                    // reports success.
+                    db.events.push(MockEvent::Failed {
+                        step: "COMMIT".into(),
+                        fault: "ROLLBACK (transaction was aborted)".into(),
+                    });
+                    Ok(())
+                }
                 Some(fault) => {
                     db.events.push(MockEvent::Failed {
                         step: "COMMIT".into(),
                         fault: fault.label(),
                     });
                     if fault == Fault::CommitReplyLost {
+                        db.version += u64::from(self.wrote);
                         db.state = self.state;
                     }
                     Err(fault.error())
                 }
+                None if conflict => {
+                    let fault = Fault::Sqlstate(SqlState::SERIALIZATION_FAILURE);
+                    db.events.push(MockEvent::Failed {
+                        step: "COMMIT".into(),
+                        fault: fault.label(),
+                    });
+                    Err(fault.error())
+                }
                 None => {
                     db.events.push(MockEvent::Commit);
+                    db.version += u64::from(self.wrote);
                     db.state = self.state;
                     Ok(())
                 }
@@ -393,6 +459,9 @@ impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &MockDb<S> {
                         attempt,
                         statements: 0,
                         broken: false,
+                        aborted: false,
+                        wrote: false,
+                        begin_version: db.version,
                     })
                 }
             }
