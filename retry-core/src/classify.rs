@@ -53,14 +53,46 @@ impl Class {
 /// assert!(matches!(find_sqlx_error(&err), Some(sqlx::Error::RowNotFound)));
 /// ```
 pub fn find_sqlx_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a sqlx::Error> {
+    chain(err).find_map(|e| e.downcast_ref::<sqlx::Error>())
+}
+
+/// Walks `err` and its sources. A `Box<dyn DatabaseError>` link (what `#[error(transparent)]`
+/// wrappers of `sqlx::Error` expose) is followed into the concrete database error, whose own
+/// source sqlx's box does not forward.
+fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(found) = e.downcast_ref::<sqlx::Error>() {
-            return Some(found);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.downcast_ref::<Box<dyn DatabaseError>>() {
+            Some(db) => Some(db.as_error() as &(dyn StdError + 'static)),
+            None => current.source(),
+        };
+        Some(current)
+    })
+}
+
+/// What classification looks for in a chain: the first link that says something about the
+/// database.
+enum Found<'a> {
+    Sqlx(&'a sqlx::Error),
+    Database(&'a dyn DatabaseError),
+    Io,
+}
+
+fn find<'a>(err: &'a (dyn StdError + 'static)) -> Option<Found<'a>> {
+    chain(err).find_map(|e| {
+        if let Some(sqlx) = e.downcast_ref::<sqlx::Error>() {
+            Some(Found::Sqlx(sqlx))
+        } else if let Some(db) = e.downcast_ref::<Box<dyn DatabaseError>>() {
+            Some(Found::Database(db.as_ref()))
+        } else if e.is::<std::io::Error>() {
+            Some(Found::Io)
+        } else {
+            None
         }
-        next = e.source();
-    }
-    None
+    })
 }
 
 /// The SQLSTATE reported by the database for the first [`sqlx::Error`] in `err`'s source chain.
@@ -69,10 +101,12 @@ pub fn find_sqlx_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a sqlx
 /// deadlock; SQLite reports its extended result code, e.g. `517`, which is not a SQLSTATE and
 /// yields `None`).
 pub fn sqlstate(err: &(dyn StdError + 'static)) -> Option<SqlState> {
-    match find_sqlx_error(err)? {
-        sqlx::Error::Database(db) => db.code().and_then(|c| SqlState::new(&c)),
-        _ => None,
-    }
+    let db = match find(err)? {
+        Found::Sqlx(sqlx::Error::Database(db)) => db.as_ref(),
+        Found::Database(db) => db,
+        _ => return None,
+    };
+    db.code().and_then(|c| SqlState::new(&c))
 }
 
 /// Classifies an error found anywhere in a source chain. `retry_on` lists the extra SQLSTATEs the
@@ -82,12 +116,16 @@ pub fn sqlstate(err: &(dyn StdError + 'static)) -> Option<SqlState> {
 /// |---|---|
 /// | `40001` serialization_failure, `40P01` deadlock_detected | [`Class::Conflict`] |
 /// | codes in `retry_on` | [`Class::Conflict`] |
+/// | MySQL/MariaDB lock wait timeout `1205` and `1020` record changed (SQLSTATE `HY000`); every SQLite `SQLITE_BUSY`/`SQLITE_LOCKED` code (reported as `40001`) | [`Class::Conflict`] |
+/// | MariaDB `1927` connection killed | [`Class::ConnectionLost`] |
 /// | I/O, TLS or protocol error; class `08`; `57P01`, `57P02`, `57P03`; `25P03`, `57P05` (session killed by a timeout) | [`Class::ConnectionLost`] |
 /// | the commit-unknown error of [`is_commit_unknown`] | [`Class::Permanent`] |
 /// | everything else, including `57014` statement timeout, `55P03` lock timeout, `23505`, no `sqlx::Error` in the chain | [`Class::Permanent`] |
 pub fn classify(err: &(dyn StdError + 'static), retry_on: &[SqlState]) -> Class {
-    match find_sqlx_error(err) {
-        Some(e) => classify_sqlx(e, retry_on),
+    match find(err) {
+        Some(Found::Sqlx(e)) => classify_sqlx(e, retry_on),
+        Some(Found::Database(db)) => classify_database(db, retry_on),
+        Some(Found::Io) => Class::ConnectionLost,
         None => Class::Permanent,
     }
 }
@@ -107,20 +145,35 @@ fn classify_database(db: &dyn DatabaseError, retry_on: &[SqlState]) -> Class {
     if db.as_error().is::<CommitUnknown>() {
         return Class::Permanent;
     }
+    // Backend-specific rules first: errors whose code alone does not say enough (MySQL's
+    // catch-all `HY000`) or is not a SQLSTATE at all (SQLite's result codes).
+    #[cfg(feature = "mysql")]
+    if let Some(class) = crate::backends::mysql::classify(db) {
+        return class;
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(class) = crate::backends::sqlite::classify(db) {
+        return class;
+    }
     let Some(code) = db.code().and_then(|c| SqlState::new(&c)) else {
         return Class::Permanent;
     };
+    // A lost connection stays a lost connection even if listed in `retry_on`: at COMMIT it means
+    // the outcome is unknown, and only `idempotent` may retry that.
+    if matches!(
+        code.as_str(),
+        "57P01" | "57P02" | "57P03" | "57P05" | "25P03"
+    ) || code.class() == "08"
+    {
+        return Class::ConnectionLost;
+    }
     if code == SqlState::SERIALIZATION_FAILURE
         || code == SqlState::DEADLOCK_DETECTED
         || retry_on.contains(&code)
     {
         return Class::Conflict(code);
     }
-    match code.as_str() {
-        "57P01" | "57P02" | "57P03" | "57P05" | "25P03" => Class::ConnectionLost,
-        _ if code.class() == "08" => Class::ConnectionLost,
-        _ => Class::Permanent,
-    }
+    Class::Permanent
 }
 
 /// Returns `true` if `err` (or an error in its source chain) says that the connection was lost
@@ -129,16 +182,22 @@ fn classify_database(db: &dyn DatabaseError, retry_on: &[SqlState]) -> Class {
 /// The retry loop returns this error instead of retrying (unless the function is marked
 /// `idempotent`), because running the transaction again could apply it twice. It is a
 /// [`sqlx::Error::Database`] with SQLSTATE `40003` (statement_completion_unknown), so code that
-/// matches on SQLSTATEs sees it too; its [`source()`](std::error::Error::source) is the I/O error
-/// that broke the connection.
+/// matches on SQLSTATEs sees it too. The error that broke the connection is
+/// [`CommitUnknown::cause`], reachable with [`find_commit_unknown`].
 ///
 /// What to do with it: check in the database whether the work landed (e.g. by an idempotency
 /// key), or make the transaction idempotent and opt into retrying with `idempotent`.
 pub fn is_commit_unknown(err: &(dyn StdError + 'static)) -> bool {
-    match find_sqlx_error(err) {
-        Some(sqlx::Error::Database(db)) => db.as_error().is::<CommitUnknown>(),
-        _ => false,
-    }
+    find_commit_unknown(err).is_some()
+}
+
+/// The [`CommitUnknown`] in `err`'s source chain, if any: [`CommitUnknown::cause`] is the error
+/// that broke the connection.
+pub fn find_commit_unknown<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a CommitUnknown> {
+    chain(err).find_map(|e| match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => db.as_error().downcast_ref::<CommitUnknown>(),
+        _ => e.downcast_ref::<CommitUnknown>(),
+    })
 }
 
 /// The error behind [`is_commit_unknown`]: the connection broke while COMMIT was in flight.
@@ -314,6 +373,30 @@ mod tests {
     }
 
     #[test]
+    fn transparent_wrappers_keep_the_sqlstate() {
+        #[derive(Debug, thiserror::Error)]
+        #[error(transparent)]
+        struct Transparent(#[from] sqlx::Error);
+        let err = Transparent(db("40001"));
+        assert_eq!(
+            classify(&err, &[]),
+            Class::Conflict(SqlState::SERIALIZATION_FAILURE)
+        );
+        assert_eq!(sqlstate(&err), Some(SqlState::SERIALIZATION_FAILURE));
+        assert!(is_commit_unknown(&Transparent(
+            CommitUnknown::into_sqlx_error(io())
+        )));
+        assert_eq!(classify(&Transparent(io()), &[]), Class::ConnectionLost);
+    }
+
+    #[test]
+    fn retry_on_cannot_turn_a_lost_connection_into_a_conflict() {
+        let extra = [SqlState::ADMIN_SHUTDOWN, SqlState::new("08006").unwrap()];
+        assert_eq!(classify(&db("57P01"), &extra), Class::ConnectionLost);
+        assert_eq!(classify(&db("08006"), &extra), Class::ConnectionLost);
+    }
+
+    #[test]
     fn retry_on_opts_in_extra_codes() {
         let extra = [SqlState::UNIQUE_VIOLATION, SqlState::LOCK_NOT_AVAILABLE];
         assert_eq!(
@@ -364,14 +447,89 @@ mod tests {
         assert_eq!(sqlstate(&err), Some(SqlState::STATEMENT_COMPLETION_UNKNOWN));
         let wrapped = AppError::Storage(Inner(err));
         assert!(is_commit_unknown(&wrapped));
-        // The I/O error is reachable through the chain.
-        let mut chain = Some(&wrapped as &(dyn StdError + 'static));
-        let mut saw_io = false;
-        while let Some(e) = chain {
-            saw_io |= e.to_string().contains("reset");
-            chain = e.source();
-        }
-        assert!(saw_io);
+        // The I/O error is reachable as the cause.
+        let cause = find_commit_unknown(&wrapped).map(CommitUnknown::cause);
+        assert!(matches!(cause, Some(sqlx::Error::Io(_))), "{cause:?}");
         assert!(!is_commit_unknown(&db("40001")));
+    }
+
+    /// Real SQLite errors (their type has no public constructor): every `SQLITE_BUSY` and
+    /// `SQLITE_LOCKED` code is a conflict, everything else permanent.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_result_codes() {
+        use sqlx::Connection as _;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+
+        let path = std::env::temp_dir().join(format!(
+            "sqlx-retry-classify-{}-{:?}.db",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::ZERO);
+        let result = async {
+            let mut a = sqlx::SqliteConnection::connect_with(&options).await?;
+            let mut b = sqlx::SqliteConnection::connect_with(&options).await?;
+            let run = |sql: &'static str| sqlx::raw_sql(sql);
+            run("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+                .execute(&mut a)
+                .await?;
+            let code = |e: &sqlx::Error| match e {
+                sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                _ => None,
+            };
+            let conflict = Class::Conflict(SqlState::SERIALIZATION_FAILURE);
+
+            // SQLITE_BUSY (5): another connection holds the write lock.
+            run("BEGIN IMMEDIATE").execute(&mut a).await?;
+            let busy = run("BEGIN IMMEDIATE").execute(&mut b).await.unwrap_err();
+            assert_eq!(code(&busy).as_deref(), Some("5"), "{busy}");
+            assert_eq!(classify(&busy, &[]), conflict);
+            assert_eq!(sqlstate(&busy), None);
+            run("COMMIT").execute(&mut a).await?;
+
+            // SQLITE_BUSY_SNAPSHOT (517): a read transaction whose snapshot is stale tries to write.
+            run("BEGIN DEFERRED; SELECT count(*) FROM t")
+                .execute(&mut a)
+                .await?;
+            run("INSERT INTO t VALUES (1)").execute(&mut b).await?;
+            let snapshot = run("INSERT INTO t VALUES (2)")
+                .execute(&mut a)
+                .await
+                .unwrap_err();
+            assert_eq!(code(&snapshot).as_deref(), Some("517"), "{snapshot}");
+            assert_eq!(classify(&snapshot, &[]), conflict);
+            run("ROLLBACK").execute(&mut a).await?;
+
+            // Everything else is permanent: a constraint (1555), a syntax error (1).
+            let dup = run("INSERT INTO t VALUES (1)")
+                .execute(&mut a)
+                .await
+                .unwrap_err();
+            assert_eq!(code(&dup).as_deref(), Some("1555"), "{dup}");
+            assert_eq!(
+                classify(&dup, &[SqlState::UNIQUE_VIOLATION]),
+                Class::Permanent
+            );
+            let syntax = run("SELEC 1").execute(&mut a).await.unwrap_err();
+            assert_eq!(code(&syntax).as_deref(), Some("1"), "{syntax}");
+            assert_eq!(classify(&syntax, &[]), Class::Permanent);
+            a.close().await?;
+            b.close().await
+        }
+        .await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+        result.unwrap();
     }
 }

@@ -9,6 +9,9 @@
 //! * [`PgProxy`]: forwards PostgreSQL traffic, counts round trips ([`ProxyStats`])
 //!   and cuts connections right before or right after a chosen message
 //!   ([`Fault`], [`Matcher`]), e.g. to lose the answer to a `COMMIT` that landed.
+//! * [`mysql_url`] / [`MariaDbServer`]: `$MYSQL_DATABASE_URL`, or a throwaway MariaDB
+//!   started from the local binaries, one per process, removed when the process exits;
+//!   [`isolated_mysql_database`] / [`isolated_mysql_pool`]: a fresh database per test.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sqlx::Error> {
@@ -28,10 +31,15 @@
 //! # }
 //! ```
 
+mod mariadb;
 mod proxy;
 mod schema;
 mod server;
 
+pub use mariadb::{
+    IsolatedMySql, MariaDbError, MariaDbServer, isolated_mysql_database, isolated_mysql_pool,
+    mysql_connect_options, mysql_url, quote_mysql_ident,
+};
 pub use proxy::{
     CUT_AFTER_GRACE, Fault, FaultHandle, FrontendMessage, IntoUpstream, Matcher, PgProxy,
     ProxyStats, Upstream,
