@@ -60,7 +60,13 @@
 /// - A connection lost while COMMIT was in flight returns the error detected by
 ///   [`is_commit_unknown`] (SQLSTATE `40003`), never retried unless `idempotent`.
 /// - A tracing span named after the function wraps the call; each retry emits an event with the
-///   attempt number, SQLSTATE and delay.
+///   attempt number, SQLSTATE and delay. With the `metrics` feature the call updates the
+///   [`metrics`] counters and histogram, labelled with the function's name.
+/// - Called with a transaction that is already open (the outer function's `tx`, or a
+///   `&mut sqlx::Transaction`), the function **joins** it: the body runs once, with no BEGIN,
+///   COMMIT, ROLLBACK or retry, and its error is returned as is for the outer loop to handle
+///   (see [`Joined`]).
+/// - Side effects registered with [`after_commit`] run once, after the COMMIT that succeeded.
 ///
 /// # Arguments are given to every attempt
 ///
@@ -68,6 +74,21 @@
 /// argument (a copy for `&T` and `Copy` types) and a fresh reborrow of every `&mut` argument.
 /// An argument type that is not `Clone` is a compile error on that argument: pass a reference
 /// instead. `self` by value is rejected for the same reason; take `&self` or `&mut self`.
+///
+/// # MySQL/MariaDB and SQLite
+///
+/// With the `mysql` / `sqlite` features, `tx: &mut MySqlConnection` and
+/// `tx: &mut SqliteConnection` work the same way (callers pass `&MySqlPool` / `&SqlitePool` or a
+/// `&mut` connection). What differs:
+///
+/// | | MySQL/MariaDB | SQLite |
+/// |---|---|---|
+/// | BEGIN | `SET TRANSACTION ISOLATION LEVEL …; START TRANSACTION [READ ONLY]`, one round trip | `BEGIN IMMEDIATE`; `BEGIN DEFERRED` for `read_only` (not enforced by SQLite) |
+/// | retried | deadlock `1213` (`40001`), lock wait timeout `1205` and MariaDB's `1020` (reported as `HY000`) | every `SQLITE_BUSY`/`SQLITE_LOCKED` code (5, 6, 261, 262, 517, 773, …), reported as `40001` |
+/// | rejected with [`UnsupportedTxOption`] | `deferrable` | `deferrable`, any `isolation` but `"serializable"` |
+///
+/// A MySQL lock wait timeout rolls back only the failed statement; the loop's ROLLBACK before
+/// the retry discards the rest of the attempt.
 ///
 /// # The returned future
 ///
@@ -79,9 +100,18 @@ pub use sqlx_retry_macros::serializable_retry;
 pub use sqlx_retry_core::{
     Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, DelaysFactory,
     InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder, PolicyError,
-    RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions, classify,
-    classify_sqlx, find_sqlx_error, is_commit_unknown, sqlstate, transaction, transaction_with,
+    RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
+    UnsupportedTxOption, classify, classify_sqlx, find_commit_unknown, find_sqlx_error,
+    is_commit_unknown, sqlstate, transaction, transaction_with,
 };
+
+pub use sqlx_retry_core::{Joined, MaybeJoined, NoTransaction, Scoped, after_commit};
+
+/// Metric names and [`describe`](metrics::describe) (feature `metrics`): see the README's
+/// "Observability".
+pub mod metrics {
+    pub use sqlx_retry_core::metrics::*;
+}
 
 /// The mock transaction source: unit-test annotated functions without a database.
 #[cfg(feature = "mock")]

@@ -4,12 +4,15 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Delays;
 use crate::classify::{Class, CommitUnknown, classify, classify_sqlx};
+use crate::effects::{self, Registry, Scoped};
+use crate::metrics::{self, Outcome};
 use crate::{BeginTransaction, OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
 
 /// A boxed, `Send` future borrowing for `'a`: what a [`transaction`] body returns.
@@ -20,11 +23,19 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// ```text
 /// loop {
-///     let Some(tx) = attempts.begin(&mut source).await? else { continue };  // sleeps the backoff first
-///     let out = body(tx.conn()).await;
+///     let Some(mut tx) = attempts.begin(&mut source).await? else { continue };  // sleeps the backoff first
+///     let out = attempts.scope(body(tx.conn())).await;  // after_commit() registers with this attempt
 ///     if let Some(result) = attempts.finish(tx, out, chain).await { return result }  // commit or roll back
 /// }
 /// ```
+///
+/// When the source's transaction is [joined](crate::Joined) (an annotated function called with
+/// an outer function's `tx`, or with a `&mut sqlx::Transaction`), the loop makes exactly one
+/// attempt: `finish` always returns `Some(out)` unchanged, sends no COMMIT or ROLLBACK and never
+/// sleeps, and the after-commit effects go to the outer attempt.
+///
+/// With the `metrics` feature each call updates the counters and histogram listed in
+/// [`metrics`](crate::metrics), labelled `fn = name`.
 pub struct Attempts<'p> {
     policy: &'p Policy,
     name: &'static str,
@@ -33,10 +44,29 @@ pub struct Attempts<'p> {
     started: Instant,
     delays: Option<Delays>,
     pending: Option<std::time::Duration>,
+    /// The current attempt joined an outer transaction.
+    joined: bool,
+    /// A retryable failure ran out of attempts, backoff or time.
+    exhausted: bool,
+    /// The current attempt's after-commit effects.
+    effects: Option<Arc<Registry>>,
+    /// For a joined attempt: the outer attempt's effects, where ours go on success.
+    outer_effects: Option<Arc<Registry>>,
+}
+
+impl std::fmt::Debug for Attempts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempts")
+            .field("name", &self.name)
+            .field("attempt", &self.attempt)
+            .field("joined", &self.joined)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'p> Attempts<'p> {
-    /// A new call of the loop for the function `name` under `policy`.
+    /// A new call of the loop for the function `name` under `policy`. `name` labels the tracing
+    /// events, the metrics and [`RetryInfo::name`].
     pub fn new(policy: &'p Policy, name: &'static str) -> Self {
         Attempts {
             policy,
@@ -46,12 +76,22 @@ impl<'p> Attempts<'p> {
             started: Instant::now(),
             delays: None,
             pending: None,
+            joined: false,
+            exhausted: false,
+            effects: None,
+            outer_effects: None,
         }
     }
 
     /// The attempts started so far.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// Whether the current attempt joined a transaction that was already open (see
+    /// [`Joined`](crate::Joined)).
+    pub fn is_joined(&self) -> bool {
+        self.joined
     }
 
     /// Sleeps the backoff scheduled by the previous attempt, then starts the next attempt's
@@ -83,16 +123,49 @@ impl<'p> Attempts<'p> {
         self.attempt += 1;
         self.reconnects = source.reconnects();
         match source.begin(self.policy.options).await {
-            Ok(tx) => Ok(Some(tx)),
+            Ok(tx) => {
+                self.joined = tx.is_joined();
+                if !self.joined {
+                    metrics::attempt(self.name);
+                }
+                Ok(Some(tx))
+            }
             Err(err) => {
+                metrics::attempt(self.name);
                 let class = classify_sqlx(&err, &self.policy.retry_on);
                 if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), &err) {
                     Ok(None)
                 } else {
+                    self.end(if self.exhausted {
+                        Outcome::Exhausted
+                    } else {
+                        Outcome::Error
+                    });
                     Err(err)
                 }
             }
         }
+    }
+
+    /// Runs the attempt's `body` with a fresh after-commit registry installed, so that
+    /// [`after_commit`](crate::after_commit) called while the body is polled registers with this
+    /// attempt. Call it after [`begin`](Self::begin); [`finish`](Self::finish) then runs or drops
+    /// what was registered.
+    ///
+    /// In a joined attempt the registry is handed to the outer attempt on success; when there is
+    /// no outer attempt (a `&mut Transaction` source outside any retried body), no registry is
+    /// installed and `after_commit` reports [`NoTransaction`](crate::NoTransaction).
+    pub fn scope<F: Future>(&mut self, body: F) -> Scoped<F> {
+        let registry = if self.joined {
+            self.outer_effects = effects::current();
+            self.outer_effects
+                .as_ref()
+                .map(|_| Arc::new(Registry::default()))
+        } else {
+            Some(Arc::new(Registry::default()))
+        };
+        self.effects = registry.clone();
+        Scoped::new(registry, body)
     }
 
     /// Ends the attempt: commits when the body returned `Ok`, rolls back otherwise, and decides
@@ -107,6 +180,10 @@ impl<'p> Attempts<'p> {
     /// - A COMMIT whose connection broke has an unknown outcome: the commit-unknown error
     ///   ([`is_commit_unknown`](crate::is_commit_unknown)) is returned, and retried only when the
     ///   policy is `idempotent`.
+    /// - After a successful COMMIT the effects registered with
+    ///   [`after_commit`](crate::after_commit) during this attempt run, in order, before
+    ///   `Some(Ok(_))` is returned. Any other ending drops them.
+    /// - A joined attempt returns `Some(out)` as is: no classification, no retry.
     ///
     /// The future is boxed for the same reason as [`begin`](Self::begin)'s.
     pub fn finish<'a, X, T, E, C>(
@@ -135,14 +212,31 @@ impl<'p> Attempts<'p> {
         E: From<sqlx::Error>,
         C: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
     {
+        let effects = self.effects.take();
+        if self.joined {
+            return Some(self.finish_joined(tx, out, effects).await);
+        }
         match out {
             Ok(value) => match tx.commit().await {
-                Ok(()) => Some(Ok(value)),
+                Ok(()) => {
+                    if let Some(effects) = effects {
+                        let effects = effects.take();
+                        if !effects.is_empty() {
+                            tracing::debug!(count = effects.len(), "running after-commit effects");
+                        }
+                        for effect in effects {
+                            effect.await;
+                        }
+                    }
+                    self.end(Outcome::Committed);
+                    Some(Ok(value))
+                }
                 Err(err) => match classify_sqlx(&err, &self.policy.retry_on) {
                     Class::Conflict(code) => {
                         if self.schedule_retry(Some(code), &err) {
                             None
                         } else {
+                            self.end(Outcome::Exhausted);
                             Some(Err(E::from(err)))
                         }
                     }
@@ -152,6 +246,7 @@ impl<'p> Attempts<'p> {
                             error = %err,
                             "connection lost while COMMIT was in flight; the outcome is unknown"
                         );
+                        metrics::commit_unknown(self.name);
                         let unknown = CommitUnknown::into_sqlx_error(err);
                         if self.policy.idempotent
                             && self.reconnects
@@ -159,10 +254,18 @@ impl<'p> Attempts<'p> {
                         {
                             None
                         } else {
+                            self.end(if self.exhausted {
+                                Outcome::Exhausted
+                            } else {
+                                Outcome::CommitUnknown
+                            });
                             Some(Err(E::from(unknown)))
                         }
                     }
-                    Class::Permanent => Some(Err(E::from(err))),
+                    Class::Permanent => {
+                        self.end(Outcome::Error);
+                        Some(Err(E::from(err)))
+                    }
                 },
             },
             Err(err) => {
@@ -180,10 +283,53 @@ impl<'p> Attempts<'p> {
                 if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), &class) {
                     None
                 } else {
+                    self.end(if self.exhausted {
+                        Outcome::Exhausted
+                    } else {
+                        Outcome::Error
+                    });
                     Some(Err(err))
                 }
             }
         }
+    }
+
+    /// A joined attempt ends the call with the body's result: the outer loop owns the
+    /// transaction, its COMMIT and its retries.
+    async fn finish_joined<X, T, E>(
+        &mut self,
+        tx: X,
+        out: Result<T, E>,
+        effects: Option<Arc<Registry>>,
+    ) -> Result<T, E>
+    where
+        X: OpenTransaction,
+        E: From<sqlx::Error>,
+    {
+        let result = match out {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => {
+                    if let (Some(ours), Some(outer)) = (effects, self.outer_effects.take()) {
+                        ours.move_to(&outer);
+                    }
+                    Ok(value)
+                }
+                Err(err) => Err(E::from(err)),
+            },
+            Err(err) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "ending a joined transaction failed");
+                }
+                Err(err)
+            }
+        };
+        self.end(Outcome::Joined);
+        result
+    }
+
+    /// Records the end of the call.
+    fn end(&self, outcome: Outcome) {
+        metrics::call(self.name, outcome, self.started.elapsed());
     }
 
     fn is_retryable(&self, class: Class) -> bool {
@@ -205,7 +351,7 @@ impl<'p> Attempts<'p> {
                 "giving up: all {} attempts failed",
                 self.policy.max_attempts
             );
-            return false;
+            return self.give_up();
         }
         let policy = self.policy;
         let delays = self
@@ -217,7 +363,7 @@ impl<'p> Attempts<'p> {
                 sqlstate = code,
                 "giving up: backoff ended"
             );
-            return false;
+            return self.give_up();
         };
         if let Some(budget) = policy.timeout
             && self.started.elapsed().saturating_add(delay) >= budget
@@ -228,7 +374,7 @@ impl<'p> Attempts<'p> {
                 budget_ms = budget.as_millis() as u64,
                 "giving up: time budget spent"
             );
-            return false;
+            return self.give_up();
         }
         tracing::info!(
             attempt = self.attempt,
@@ -237,6 +383,7 @@ impl<'p> Attempts<'p> {
             cause = ?cause,
             "retrying transaction"
         );
+        metrics::retry(self.name, sqlstate.as_ref());
         if let Some(hook) = &policy.on_retry {
             hook(&RetryInfo {
                 name: self.name,
@@ -247,6 +394,13 @@ impl<'p> Attempts<'p> {
         }
         self.pending = Some(delay);
         true
+    }
+
+    /// A retryable failure that gets no further attempt.
+    fn give_up(&mut self) -> bool {
+        self.exhausted = true;
+        metrics::exhausted(self.name);
+        false
     }
 }
 
@@ -332,7 +486,7 @@ where
             let Some(mut tx) = attempts.begin(&mut source).await? else {
                 continue;
             };
-            let out = body(tx.conn()).await;
+            let out = attempts.scope(body(tx.conn())).await;
             if let Some(result) = attempts.finish(tx, out, &chain).await {
                 return result;
             }

@@ -24,6 +24,131 @@ pub trait OpenTransaction: Send {
 
     /// Sends ROLLBACK.
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Whether this "transaction" is a transaction that was already open when the call started
+    /// (see [`Joined`]). The retry loop then runs the body exactly once, sends no COMMIT or
+    /// ROLLBACK of its own (both are no-ops here) and returns the body's result as is, every
+    /// error included, so that the loop that owns the outer transaction decides about retrying.
+    /// The default is `false`.
+    fn is_joined(&self) -> bool {
+        false
+    }
+}
+
+/// A transaction that was already open when an annotated function was called: the call **joins**
+/// it instead of starting a transaction of its own.
+///
+/// This happens when the source is an open transaction (`&mut sqlx::Transaction<'_, DB>`), or a
+/// `&mut PgConnection` that is inside a transaction — typically an annotated function calling
+/// another one with its own `tx` (`inner(&mut *tx, …)`; see the README's "Nested calls and outer
+/// transactions").
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// use sqlx_retry_core::{transaction, Policy};
+///
+/// let mut tx = pool.begin().await?; // a transaction you manage
+/// let n: i64 = transaction(&mut tx, &Policy::default(), |conn| {
+///     // Runs once, in `tx`: no BEGIN, no COMMIT, no retry; any error is returned as is.
+///     Box::pin(async move { sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(conn).await })
+/// })
+/// .await?;
+/// tx.commit().await?; // you commit (or roll back)
+/// # Ok(()) }
+/// ```
+///
+/// # Why the inner call does not retry
+///
+/// PostgreSQL aborts the **whole** transaction on a `40001`, so only the code that started it can
+/// run it again; an inner retry would rerun the inner body on an aborted transaction, and a
+/// savepoint does not help (the snapshot and the conflict belong to the outer transaction). Nested
+/// loops would also multiply attempts (5 outer × 5 inner = 25 bodies) and sleep their backoff
+/// while the outer transaction holds its locks and snapshot, making the conflicts they wait out
+/// more likely. So a joined call makes exactly one attempt, never sleeps, and returns its error
+/// unclassified; the outer loop rolls back, backs off holding nothing, and runs the whole outer
+/// body again. After-commit effects registered by a joined call run after the outer COMMIT.
+pub struct Joined<'c, C: ?Sized>(&'c mut C);
+
+impl<'c, C: ?Sized> Joined<'c, C> {
+    /// Joins the transaction open on `conn`.
+    pub fn new(conn: &'c mut C) -> Self {
+        Joined(conn)
+    }
+}
+
+impl<C: ?Sized> std::fmt::Debug for Joined<'_, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Joined(..)")
+    }
+}
+
+impl<C: ?Sized + Send> OpenTransaction for Joined<'_, C> {
+    type Conn = C;
+
+    fn conn(&mut self) -> &mut C {
+        self.0
+    }
+
+    /// A no-op: the outer transaction commits.
+    fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    /// A no-op: the outer transaction's owner rolls back.
+    fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn is_joined(&self) -> bool {
+        true
+    }
+}
+
+/// The transaction of a connection source: a transaction this attempt began, or the one that was
+/// already open on the connection (see [`Joined`]).
+pub enum MaybeJoined<'c, DB: Database> {
+    /// Started by this attempt; COMMIT and ROLLBACK are sent.
+    Began(Transaction<'c, DB>),
+    /// Already open on the connection; COMMIT and ROLLBACK are no-ops.
+    Joined(Joined<'c, DB::Connection>),
+}
+
+impl<DB: Database> std::fmt::Debug for MaybeJoined<'_, DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaybeJoined::Began(_) => f.write_str("MaybeJoined::Began(..)"),
+            MaybeJoined::Joined(_) => f.write_str("MaybeJoined::Joined(..)"),
+        }
+    }
+}
+
+impl<DB: Database> OpenTransaction for MaybeJoined<'_, DB> {
+    type Conn = DB::Connection;
+
+    fn conn(&mut self) -> &mut DB::Connection {
+        match self {
+            MaybeJoined::Began(tx) => tx,
+            MaybeJoined::Joined(joined) => joined.conn(),
+        }
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => tx.commit().await,
+            MaybeJoined::Joined(_) => Ok(()),
+        }
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => tx.rollback().await,
+            MaybeJoined::Joined(_) => Ok(()),
+        }
+    }
+
+    fn is_joined(&self) -> bool {
+        matches!(self, MaybeJoined::Joined(_))
+    }
 }
 
 /// Something the retry loop can start transactions on, for a borrow of lifetime `'s`: implement
@@ -34,7 +159,9 @@ pub trait OpenTransaction: Send {
 ///
 /// Implemented for `&Pool<DB>` (each attempt takes a connection from the pool, so an attempt
 /// whose connection broke is retried on a fresh one), for `&mut PgConnection` (each attempt is a
-/// transaction on that connection; a broken connection ends the call), and for the mock source.
+/// transaction on that connection; a broken connection ends the call; a connection already inside
+/// a transaction is [joined](Joined)), for `&mut Transaction<'_, DB>` (always joined), and for the
+/// mock source (`&MockDb`, and `&mut MockTx` which joins).
 pub trait BeginTransaction<'s>: Send {
     /// The connection type the body receives as `&mut Self::Conn`.
     type Conn: ?Sized;
@@ -102,7 +229,7 @@ impl Backend for sqlx::Postgres {
 
 impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
     type Conn = DB::Connection;
-    type Tx = Transaction<'static, DB>;
+    type Tx = crate::pool::PoolTransaction<DB>;
 
     fn begin(
         &'s mut self,
@@ -110,7 +237,10 @@ impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
     ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
         let pool: &'p Pool<DB> = self;
         let statement = DB::begin_statement(&options);
-        async move { pool.begin_with(statement?).await }
+        async move {
+            let statement = sqlx::SqlSafeStr::into_sql_str(statement?);
+            crate::pool::PoolTransaction::begin(pool, statement).await
+        }
     }
 
     fn reconnects(&self) -> bool {
@@ -118,17 +248,68 @@ impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
     }
 }
 
+/// A connection that is already inside a transaction (an annotated function called with the
+/// outer function's `tx`) joins it: see [`Joined`]. Otherwise each attempt begins a transaction.
 #[cfg(feature = "postgres")]
 impl<'s> BeginTransaction<'s> for &mut sqlx::PgConnection {
     type Conn = sqlx::PgConnection;
-    type Tx = Transaction<'s, sqlx::Postgres>;
+    type Tx = MaybeJoined<'s, sqlx::Postgres>;
 
     fn begin(
         &'s mut self,
         options: TxOptions,
     ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
         let statement = options.postgres_begin();
-        sqlx::Connection::begin_with(&mut **self, statement)
+        let conn: &'s mut sqlx::PgConnection = self;
+        async move {
+            if sqlx::Connection::is_in_transaction(&*conn) {
+                Ok(MaybeJoined::Joined(Joined::new(conn)))
+            } else {
+                sqlx::Connection::begin_with(conn, statement)
+                    .await
+                    .map(MaybeJoined::Began)
+            }
+        }
+    }
+
+    fn reconnects(&self) -> bool {
+        false
+    }
+}
+
+/// An open transaction as the source: the call joins it (see [`Joined`]). The body runs once on
+/// it; nothing is sent to start or end a transaction, and the body's error is returned as is. The
+/// caller commits or rolls back.
+impl<'s, DB: Database> BeginTransaction<'s> for &mut Transaction<'_, DB> {
+    type Conn = DB::Connection;
+    type Tx = Joined<'s, DB::Connection>;
+
+    fn begin(
+        &'s mut self,
+        _options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
+        let conn: &'s mut DB::Connection = self;
+        std::future::ready(Ok(Joined::new(conn)))
+    }
+
+    fn reconnects(&self) -> bool {
+        false
+    }
+}
+
+/// The mock's transaction as the source (an annotated function called with the outer mock
+/// function's `tx`): the call joins it, like a `&mut PgConnection` inside a transaction.
+#[cfg(feature = "mock")]
+impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &mut crate::mock::MockTx<S> {
+    type Conn = crate::mock::MockTx<S>;
+    type Tx = Joined<'s, crate::mock::MockTx<S>>;
+
+    fn begin(
+        &'s mut self,
+        _options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
+        let conn: &'s mut crate::mock::MockTx<S> = self;
+        std::future::ready(Ok(Joined::new(conn)))
     }
 
     fn reconnects(&self) -> bool {

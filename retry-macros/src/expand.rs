@@ -1,7 +1,7 @@
 //! Code generation: the annotated function becomes a loop over the core crate's
 //! `Attempts::begin` / body / `Attempts::finish` steps.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, Pat, PatIdent, PatType, ReturnType, Type, TypeReference};
@@ -124,23 +124,32 @@ pub fn expand(args: &Args, mut item: ItemFn) -> syn::Result<TokenStream> {
 
     let policy = policy_tokens(args, &krate);
     let body = &item.block;
-    let chain = quote! {
+    // Spans that only *locate* generated code on the user's tokens (for diagnostics) but resolve
+    // at the call site like the rest of the expansion: the user's tokens may come from a
+    // `macro_rules!` caller, whose hygiene would hide `__sqlx_retry_*` locals.
+    let at = |span: Span| Span::call_site().located_at(span);
+    let err_at = at(error_type_span(&output));
+    let chain = quote_spanned! {err_at=>
         |__sqlx_retry_error| {
             #[allow(unused_imports)]
             use #private::{ViaAsRef as _, ViaAsRefSendSync as _, ViaError as _, ViaNothing as _};
             (&&&&#private::Probe(__sqlx_retry_error)).__sqlx_retry_chain()
         }
     };
-    let tx_binding = quote_spanned! {tx_pat.span()=>
+    let tx_binding = quote_spanned! {at(tx_pat.span())=>
         #[allow(unused_mut)]
         let #tx_pat: &mut #conn_ty = #private::OpenTransaction::conn(&mut __sqlx_retry_tx);
     };
-    let begin_error = quote_spanned! {output.span()=>
-        #private::begin_failed(__sqlx_retry_error)
+    let begin_error = quote_spanned! {err_at=>
+        __sqlx_retry_begin_failed(__sqlx_retry_error)
+    };
+    let finish = quote_spanned! {err_at=>
+        .finish(__sqlx_retry_tx, __sqlx_retry_out, #chain)
     };
 
     let new_body = quote! {{
         static __SQLX_RETRY_POLICY: #krate::Policy = #policy;
+        use #private::begin_failed as __sqlx_retry_begin_failed;
         let __sqlx_retry_span = #private::tracing::info_span!(#name);
         #private::tracing::Instrument::instrument(
             #private::attempt::<#output, _>(async move {
@@ -153,14 +162,16 @@ pub fn expand(args: &Args, mut item: ItemFn) -> syn::Result<TokenStream> {
                         ::core::result::Result::Ok(::core::option::Option::None) => continue,
                         ::core::result::Result::Err(__sqlx_retry_error) => return #begin_error,
                     };
-                    let __sqlx_retry_out: #output = #private::attempt::<#output, _>(async {
-                        #tx_binding
-                        #(#per_attempt)*
-                        #body
-                    })
-                    .await;
+                    // `scope` installs the attempt's after-commit registry while the body runs.
+                    let __sqlx_retry_out: #output = __sqlx_retry_attempts
+                        .scope(#private::attempt::<#output, _>(async {
+                            #tx_binding
+                            #(#per_attempt)*
+                            #body
+                        }))
+                        .await;
                     if let ::core::option::Option::Some(__sqlx_retry_result) = __sqlx_retry_attempts
-                        .finish(__sqlx_retry_tx, __sqlx_retry_out, #chain)
+                        #finish
                         .await
                     {
                         return __sqlx_retry_result;
@@ -173,6 +184,19 @@ pub fn expand(args: &Args, mut item: ItemFn) -> syn::Result<TokenStream> {
     }};
     *item.block = syn::parse2(new_body)?;
     Ok(quote!(#item))
+}
+
+/// Where errors about the function's error type point: `E` in `…Result<T, E>`, else the return
+/// type (`anyhow::Result<T>`).
+fn error_type_span(output: &Type) -> Span {
+    if let Type::Path(path) = output
+        && let Some(last) = path.path.segments.last()
+        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(syn::GenericArgument::Type(error)) = args.args.iter().nth(1)
+    {
+        return error.span();
+    }
+    output.span()
 }
 
 /// Renames parameter `arg` in the signature if needed and returns the statement that gives the
@@ -207,12 +231,16 @@ fn bind_per_attempt(arg: &mut PatType, index: usize) -> TokenStream {
             let #user_pat = &mut *#outer;
         },
         // Everything else: each attempt gets its own clone (a copy for `&T` and `Copy` types).
-        // The call is spanned on the parameter's type so a type that is not `Clone` is reported
-        // there.
-        _ => quote_spanned! {span=>
-            #[allow(unused_mut, clippy::clone_on_copy, clippy::redundant_clone)]
-            let #user_pat = ::core::clone::Clone::clone(&#outer);
-        },
+        // The call, its argument included, is located on the parameter's type so a type that is
+        // not `Clone` is reported there; it resolves like the parameter's name in the signature.
+        _ => {
+            let at_ty = outer.span().located_at(span);
+            let outer = Ident::new(&outer.to_string(), at_ty);
+            quote_spanned! {at_ty=>
+                #[allow(unused_mut, clippy::clone_on_copy, clippy::redundant_clone)]
+                let #user_pat = ::core::clone::Clone::clone(&#outer);
+            }
+        }
     }
 }
 
@@ -275,7 +303,12 @@ fn policy_tokens(args: &Args, krate: &syn::Path) -> TokenStream {
             #deferrable,
             #backoff,
             #timeout,
-            &[#(#codes),*],
+            // A `const` item: its top-level borrow lives for `'static`, which a `&[match …]`
+            // passed straight to a function in a `static` initializer would not.
+            {
+                const __SQLX_RETRY_CODES: &[#krate::SqlState] = &[#(#codes),*];
+                __SQLX_RETRY_CODES
+            },
             #idempotent,
         )
     }

@@ -1,0 +1,81 @@
+//! The transaction of one attempt on a pooled connection.
+//!
+//! sqlx's own `Pool::begin_with` has a cancellation gap: its BEGIN counts as open only once the
+//! server's reply arrived, so a call dropped while BEGIN is in flight returns the connection to
+//! the pool *inside* the new transaction, and whatever runs next on it runs in that leftover
+//! transaction. Here the connection is closed instead when BEGIN does not complete.
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool, SqlStr};
+use sqlx_core::transaction::TransactionManager;
+
+use crate::OpenTransaction;
+
+/// An open transaction on a connection taken from a pool, returned to the pool when the attempt
+/// ends. Dropped while open (the call was cancelled), it queues a ROLLBACK that the pool flushes
+/// before anyone else uses the connection, as sqlx's `Transaction` does.
+pub struct PoolTransaction<DB: Database> {
+    conn: PoolConnection<DB>,
+    open: bool,
+}
+
+impl<DB: Database> PoolTransaction<DB> {
+    /// Takes a connection from `pool` and starts a transaction on it with `statement`.
+    pub(crate) async fn begin(pool: &Pool<DB>, statement: SqlStr) -> Result<Self, sqlx::Error> {
+        let mut guard = CloseUnlessBegun(Some(pool.acquire().await?));
+        if let Some(conn) = guard.0.as_mut() {
+            DB::TransactionManager::begin(conn, Some(statement)).await?;
+        }
+        match guard.0.take() {
+            Some(conn) => Ok(PoolTransaction { conn, open: true }),
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+}
+
+/// Closes the connection unless BEGIN completed: dropped mid-BEGIN (cancelled) or after a failed
+/// BEGIN, the connection's state is unknown and must not go back to the pool.
+struct CloseUnlessBegun<DB: Database>(Option<PoolConnection<DB>>);
+
+impl<DB: Database> Drop for CloseUnlessBegun<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl<DB: Database> OpenTransaction for PoolTransaction<DB> {
+    type Conn = DB::Connection;
+
+    fn conn(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::commit(&mut self.conn).await?;
+        self.ended();
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::rollback(&mut self.conn).await?;
+        self.ended();
+        Ok(())
+    }
+}
+
+impl<DB: Database> PoolTransaction<DB> {
+    /// COMMIT or ROLLBACK went through: nothing to roll back on drop.
+    fn ended(&mut self) {
+        self.open = false;
+    }
+}
+
+impl<DB: Database> Drop for PoolTransaction<DB> {
+    fn drop(&mut self) {
+        if self.open {
+            DB::TransactionManager::start_rollback(&mut self.conn);
+        }
+    }
+}
