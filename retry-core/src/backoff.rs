@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::PolicyError;
@@ -29,7 +30,49 @@ enum Kind {
     Fixed(Duration),
     Exponential { base: Duration, cap: Duration },
     Decorrelated { base: Duration, cap: Duration },
+    Adaptive(Arc<Adaptive>),
     Custom(Arc<DelaysFactory>),
+}
+
+/// The state an adaptive backoff shares between all calls using the same policy (and its clones).
+struct Adaptive {
+    base: Duration,
+    cap: Duration,
+    /// Calls currently between a conflict and their end: the live per-call delay sequences.
+    contenders: AtomicU32,
+    /// Exponentially weighted mean of the measured attempt duration, in nanoseconds
+    /// (time from the end of one backoff sleep to the next conflict), starting at `base`.
+    attempt_ns: AtomicU64,
+}
+
+impl Adaptive {
+    /// The smallest unit the window is built from, so the window never collapses to zero.
+    const MIN_UNIT: Duration = Duration::from_micros(50);
+
+    fn unit(&self) -> Duration {
+        let measured = Duration::from_nanos(self.attempt_ns.load(Ordering::Relaxed));
+        measured.min(self.base).max(Self::MIN_UNIT.min(self.base))
+    }
+
+    /// Folds one measured attempt duration into the mean, with weight 1/8.
+    fn observe(&self, attempt: Duration) {
+        let sample = u64::try_from(attempt.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .attempt_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
+    }
+
+    /// The jitter window before retry `retry` (1-based).
+    fn window(&self, retry: u32) -> Duration {
+        let contenders = self.contenders.load(Ordering::Relaxed).max(1);
+        let shift = (retry.saturating_sub(1)).min(31);
+        self.unit()
+            .saturating_mul(contenders)
+            .saturating_mul(1u32 << shift)
+            .min(self.cap)
+    }
 }
 
 impl Backoff {
@@ -66,6 +109,51 @@ impl Backoff {
         }
     }
 
+    /// Contention-aware full jitter: the jitter window grows with the number of callers that are
+    /// retrying right now, and is measured in units of the observed attempt duration rather than
+    /// a fixed base.
+    ///
+    /// Before retry *n* the loop sleeps a uniformly random time in
+    /// `[0, min(cap, unit · k · 2ⁿ⁻¹)]`, where
+    ///
+    /// - *k* ≥ 1 is the number of calls of this policy (and of its clones: the estimate is shared
+    ///   through an `Arc`, process-wide per policy) that are currently retrying, i.e. have hit a
+    ///   conflict and not yet finished. By Little's law it is the recent conflict rate times the
+    ///   time a conflicting call takes to get through, so it rises and falls with contention
+    ///   without any clock-driven decay, and falls back to 1 (plain full jitter) when only one
+    ///   call conflicts;
+    /// - *unit* is a moving average (weight 1/8) of the measured attempt duration (from the end
+    ///   of one backoff sleep to the next conflict), clamped to `[min(50 µs, base), base]`. It
+    ///   starts at `base`, so `base` is the pessimistic guess and the upper bound of the unit.
+    ///
+    /// The idea: *k* conflicting clients need about *k* attempt durations to each get one
+    /// conflict-free turn, so that is the window they are spread over; doubling per retry covers
+    /// the cases the estimate gets wrong. Delays always stay within `[0, cap]`. `base` must be
+    /// positive and at most `cap`.
+    ///
+    /// Unlike the other constructors this one allocates its shared state, so build a policy once
+    /// and reuse it (or clone it: clones share the estimate).
+    pub fn adaptive(base: Duration, cap: Duration) -> Self {
+        let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
+        Backoff {
+            kind: Kind::Adaptive(Arc::new(Adaptive {
+                base,
+                cap,
+                contenders: AtomicU32::new(0),
+                attempt_ns: AtomicU64::new(base_ns),
+            })),
+        }
+    }
+
+    /// For [`Backoff::adaptive`]: the number of calls currently retrying under this policy (the
+    /// contention estimate that scales the jitter window). `None` for the other strategies.
+    pub fn contenders(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Adaptive(state) => Some(state.contenders.load(Ordering::Relaxed)),
+            _ => None,
+        }
+    }
+
     /// Delays from another source: `make` is called once per call that needs to retry and yields
     /// the delay before each retry; when its iterator ends, the loop stops retrying and returns
     /// the last error. This is how the `backon` and `backoff` adapters plug in.
@@ -81,26 +169,27 @@ impl Backoff {
 
     /// Checks the parameters; [`PolicyBuilder::build`](crate::PolicyBuilder::build) calls this.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        match self.kind {
-            Kind::Exponential { base, cap } | Kind::Decorrelated { base, cap } => {
-                if base.is_zero() || cap.is_zero() {
-                    Err(PolicyError::ZeroBackoff)
-                } else if base > cap {
-                    Err(PolicyError::InvertedBackoff { base, cap })
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Ok(()),
+        let (base, cap) = match &self.kind {
+            Kind::Exponential { base, cap } | Kind::Decorrelated { base, cap } => (*base, *cap),
+            Kind::Adaptive(state) => (state.base, state.cap),
+            _ => return Ok(()),
+        };
+        if base.is_zero() || cap.is_zero() {
+            Err(PolicyError::ZeroBackoff)
+        } else if base > cap {
+            Err(PolicyError::InvertedBackoff { base, cap })
+        } else {
+            Ok(())
         }
     }
 
     /// The largest delay this policy can produce, if bounded.
     pub fn max_delay(&self) -> Option<Duration> {
-        match self.kind {
+        match &self.kind {
             Kind::None => Some(Duration::ZERO),
-            Kind::Fixed(d) => Some(d),
-            Kind::Exponential { cap, .. } | Kind::Decorrelated { cap, .. } => Some(cap),
+            Kind::Fixed(d) => Some(*d),
+            Kind::Exponential { cap, .. } | Kind::Decorrelated { cap, .. } => Some(*cap),
+            Kind::Adaptive(state) => Some(state.cap),
             Kind::Custom(_) => None,
         }
     }
@@ -128,6 +217,9 @@ impl fmt::Debug for Backoff {
             Kind::Decorrelated { base, cap } => {
                 write!(f, "Backoff::decorrelated({base:?}, {cap:?})")
             }
+            Kind::Adaptive(state) => {
+                write!(f, "Backoff::adaptive({:?}, {:?})", state.base, state.cap)
+            }
             Kind::Custom(_) => f.write_str("Backoff::from_fn(..)"),
         }
     }
@@ -140,16 +232,22 @@ pub(crate) struct Delays {
     retry: u32,
     previous: Duration,
     custom: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    /// Adaptive only: when the previous delay was handed out, to measure the attempt after it.
+    handed_out: Option<std::time::Instant>,
 }
 
 impl Delays {
     pub(crate) fn new(backoff: Backoff, rng: fastrand::Rng) -> Self {
+        if let Kind::Adaptive(state) = &backoff.kind {
+            state.contenders.fetch_add(1, Ordering::Relaxed);
+        }
         Delays {
             backoff,
             rng,
             retry: 0,
             previous: Duration::ZERO,
             custom: None,
+            handed_out: None,
         }
     }
 
@@ -169,6 +267,17 @@ impl Delays {
                 let upper = previous.saturating_mul(3).min(*cap).max(*base);
                 uniform(&mut self.rng, *base, upper).min(*cap)
             }
+            Kind::Adaptive(state) => {
+                let now = std::time::Instant::now();
+                if let Some(then) = self.handed_out {
+                    state.observe(
+                        now.saturating_duration_since(then)
+                            .saturating_sub(self.previous),
+                    );
+                }
+                self.handed_out = Some(now);
+                uniform(&mut self.rng, Duration::ZERO, state.window(self.retry))
+            }
             Kind::Custom(make) => {
                 let custom = self.custom.get_or_insert_with(|| make());
                 custom.next()?
@@ -176,6 +285,14 @@ impl Delays {
         };
         self.previous = delay;
         Some(delay)
+    }
+}
+
+impl Drop for Delays {
+    fn drop(&mut self) {
+        if let Kind::Adaptive(state) = &self.backoff.kind {
+            state.contenders.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -246,6 +363,78 @@ mod tests {
         let backoff = Backoff::from_fn(|| [MS, 2 * MS].into_iter());
         let got: Vec<_> = backoff.delays(0).collect();
         assert_eq!(got, vec![MS, 2 * MS]);
+    }
+
+    #[test]
+    fn adaptive_stays_within_zero_and_cap_at_any_contention() {
+        let backoff = Backoff::adaptive(5 * MS, 200 * MS);
+        assert_eq!(backoff.max_delay(), Some(200 * MS));
+        // Many calls retrying at once, each deep into its retries: the window saturates at cap.
+        let mut sequences: Vec<_> = (0..1000).map(|s| backoff.delays(s)).collect();
+        assert_eq!(backoff.contenders(), Some(1000));
+        for seq in &mut sequences {
+            let d = seq.next().unwrap();
+            assert!(d <= 200 * MS, "{d:?}");
+        }
+        let deep: Vec<Duration> = sequences
+            .iter_mut()
+            .map(|seq| seq.nth(40).unwrap())
+            .collect();
+        assert!(deep.iter().all(|d| *d <= 200 * MS));
+        // The window really reaches the cap: some delays land in its top tenth.
+        assert!(deep.iter().any(|d| *d >= 180 * MS));
+        drop(sequences);
+        assert_eq!(
+            backoff.contenders(),
+            Some(0),
+            "finished calls release their slot"
+        );
+    }
+
+    #[test]
+    fn adaptive_window_follows_contention_and_attempt_duration() {
+        let state = Adaptive {
+            base: 5 * MS,
+            cap: 500 * MS,
+            contenders: AtomicU32::new(0),
+            attempt_ns: AtomicU64::new(5_000_000),
+        };
+        // Alone: plain full jitter with the base as unit.
+        assert_eq!(state.window(1), 5 * MS);
+        assert_eq!(state.window(3), 20 * MS);
+        // Eight calls retrying: eight times the window, still capped.
+        state.contenders.store(8, Ordering::Relaxed);
+        assert_eq!(state.window(1), 40 * MS);
+        assert_eq!(state.window(10), 500 * MS);
+        assert_eq!(state.window(u32::MAX), 500 * MS);
+        // Short measured attempts shrink the unit, never below 50 µs, never above base.
+        for _ in 0..200 {
+            state.observe(Duration::ZERO);
+        }
+        assert_eq!(state.unit(), Duration::from_micros(50));
+        for _ in 0..200 {
+            state.observe(Duration::from_secs(10));
+        }
+        assert_eq!(state.unit(), 5 * MS);
+        // A clone of the backoff shares the estimate.
+        let a = Backoff::adaptive(MS, 10 * MS);
+        let b = a.clone();
+        let mut seq = a.delays(7);
+        seq.next();
+        assert_eq!(b.contenders(), Some(1));
+        assert_eq!(Backoff::default().contenders(), None);
+        // Validation as for the other jittered strategies.
+        assert_eq!(
+            Backoff::adaptive(Duration::ZERO, MS).validate(),
+            Err(PolicyError::ZeroBackoff)
+        );
+        assert_eq!(
+            Backoff::adaptive(2 * MS, MS).validate(),
+            Err(PolicyError::InvertedBackoff {
+                base: 2 * MS,
+                cap: MS
+            })
+        );
     }
 
     #[test]

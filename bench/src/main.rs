@@ -1,0 +1,628 @@
+//! Benchmarks of `sqlx-retry` against hand-written sqlx and against `pgbench`, all measured side
+//! by side in one run on one server; writes `BENCHMARKS.md` and `bench/chart.svg`.
+//!
+//! ```text
+//! cargo run --release -p sqlx-retry-bench              # the full run (a few minutes)
+//! cargo run --release -p sqlx-retry-bench -- --quick   # shorter sections, same report
+//! cargo run --release -p sqlx-retry-bench -- --smoke   # ~1 s per section, writes to a temp dir
+//! ```
+//!
+//! `--out DIR` writes the report and chart to `DIR` instead. The server is `DATABASE_URL` when set,
+//! otherwise a throwaway cluster from the testkit.
+
+mod report;
+mod workloads;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx_retry::mock::{MockDb, MockTx};
+use sqlx_retry::{
+    Backoff, BeginTransaction, OpenTransaction, Policy, TxOptions, serializable_retry,
+};
+use sqlx_retry_testkit::{PgProxy, isolated_schema};
+
+use workloads::{Imp, PgBench, RunResult, Workload};
+
+type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// How long each section runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `default`, `quick` or `smoke`.
+    pub mode: &'static str,
+    /// Blocks of the uncontended overhead comparison.
+    pub blocks: usize,
+    /// Transactions per implementation per block.
+    pub per_block: usize,
+    /// Iterations of the in-process (mock) loop measurement, per implementation.
+    pub mock_iters: usize,
+    /// Duration of each contention run (ours and pgbench).
+    pub contention: Duration,
+    /// Duration of each backoff-strategy run.
+    pub strategy: Duration,
+    /// Duration of each scaling point.
+    pub scaling: Duration,
+    /// Client counts of the scaling section.
+    pub clients: Vec<usize>,
+    /// Clients of the contention and strategy sections.
+    pub contention_clients: usize,
+    /// Maximum attempts (ours) and `--max-tries` (pgbench).
+    pub max_tries: u32,
+}
+
+impl Plan {
+    fn new(quick: bool, smoke: bool) -> Plan {
+        if smoke {
+            Plan {
+                mode: "smoke",
+                blocks: 2,
+                per_block: 20,
+                mock_iters: 2_000,
+                contention: Duration::from_millis(300),
+                strategy: Duration::from_millis(150),
+                scaling: Duration::from_millis(200),
+                clients: vec![1, 16],
+                contention_clients: 16,
+                max_tries: 50,
+            }
+        } else if quick {
+            Plan {
+                mode: "quick",
+                blocks: 10,
+                per_block: 100,
+                mock_iters: 50_000,
+                contention: Duration::from_secs(2),
+                strategy: Duration::from_secs(2),
+                scaling: Duration::from_secs(1),
+                clients: vec![1, 4, 16, 64],
+                contention_clients: 16,
+                max_tries: 50,
+            }
+        } else {
+            Plan {
+                mode: "default",
+                blocks: 20,
+                per_block: 200,
+                mock_iters: 200_000,
+                contention: Duration::from_secs(10),
+                strategy: Duration::from_secs(10),
+                scaling: Duration::from_secs(5),
+                clients: vec![1, 2, 4, 8, 16, 32, 64],
+                contention_clients: 16,
+                max_tries: 50,
+            }
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("sqlx-retry-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut quick = false;
+    let mut smoke = false;
+    let mut out: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--smoke" => smoke = true,
+            "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
+            "-h" | "--help" => {
+                println!("usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR]");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let plan = Plan::new(quick, smoke);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
+    let (md_path, svg_path) = match (&out, smoke) {
+        (Some(dir), _) => (dir.join("BENCHMARKS.md"), dir.join("chart.svg")),
+        (None, true) => {
+            let dir = std::env::temp_dir().join(format!("sqlx-retry-bench-{}", std::process::id()));
+            (dir.join("BENCHMARKS.md"), dir.join("chart.svg"))
+        }
+        (None, false) => (
+            root.join("BENCHMARKS.md"),
+            root.join("bench").join("chart.svg"),
+        ),
+    };
+    if let Some(dir) = md_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let started = Instant::now();
+    eprintln!("mode {}: report to {}", plan.mode, md_path.display());
+
+    // The server.
+    let url = tokio::task::spawn_blocking(sqlx_retry_testkit::postgres_url).await?;
+    let iso = isolated_schema().await;
+    let opts = iso.connect_options();
+    let mut admin = PgConnection::connect_with(&opts).await?;
+    let server = report::ServerInfo::query(&mut admin, &url).await?;
+    let max_clients = *plan.clients.iter().max().unwrap_or(&16);
+    if (server.max_connections as usize) < max_clients + 10 {
+        return Err(format!(
+            "max_connections = {} is too small for {max_clients} clients",
+            server.max_connections
+        )
+        .into());
+    }
+    workloads::create_schema(&mut admin).await?;
+    let pgbench = PgBench::find(&opts, iso.schema());
+    if pgbench.is_none() {
+        eprintln!("pgbench not found: the pgbench columns are left empty");
+    }
+
+    let mut rep = report::Report::new(plan.clone(), server);
+    rep.pgbench = pgbench.as_ref().map(PgBench::version);
+
+    // 0. Profile: in-process loop cost, tracing, boxing, and the DB phases.
+    eprintln!("[profile]");
+    rep.load.push(("profile", report::loadavg()));
+    rep.profile = profile(&plan, &opts).await?;
+
+    // 1. Uncontended overhead.
+    eprintln!("[overhead]");
+    rep.load.push(("overhead", report::loadavg()));
+    rep.overhead = Some(overhead(&plan, &opts, &iso).await?);
+
+    // 2. Contention: ours (the attribute, default backoff) vs pgbench.
+    eprintln!("[contention]");
+    rep.load.push(("contention", report::loadavg()));
+    for w in [Workload::Hot, Workload::Skew] {
+        let ours = workloads::run_ours(
+            &opts,
+            w,
+            &Imp::Attribute,
+            plan.contention_clients,
+            plan.contention,
+        )
+        .await?;
+        eprintln!("  {w:?} ours: {}", ours.summary());
+        let theirs = match &pgbench {
+            Some(pb) => {
+                let r = pb
+                    .run(
+                        &opts,
+                        w,
+                        plan.contention_clients,
+                        plan.contention,
+                        plan.max_tries,
+                    )
+                    .await?;
+                eprintln!("  {w:?} pgbench: {}", r.summary());
+                Some(r)
+            }
+            None => None,
+        };
+        let violations = workloads::skew_violations(&mut admin).await?;
+        rep.contention.push((w, ours, theirs, violations));
+    }
+
+    // 3. Backoff strategies through the plain API.
+    eprintln!("[strategies]");
+    rep.load.push(("strategies", report::loadavg()));
+    for (name, backoff) in strategies() {
+        for w in [Workload::Hot, Workload::Skew] {
+            let policy = Policy::builder()
+                .max_attempts(plan.max_tries)
+                .backoff(backoff.clone())
+                .build()?;
+            let r = workloads::run_ours(
+                &opts,
+                w,
+                &Imp::Plain(Arc::new(policy)),
+                plan.contention_clients,
+                plan.strategy,
+            )
+            .await?;
+            eprintln!("  {name} {w:?}: {}", r.summary());
+            rep.strategies.push((name.to_string(), w, r));
+        }
+    }
+
+    // 4. Scaling on the hot row.
+    eprintln!("[scaling]");
+    rep.load.push(("scaling", report::loadavg()));
+    let adaptive = Arc::new(
+        Policy::builder()
+            .max_attempts(plan.max_tries)
+            .backoff(Backoff::adaptive(
+                Backoff::DEFAULT_BASE,
+                Backoff::DEFAULT_CAP,
+            ))
+            .build()?,
+    );
+    for &c in &plan.clients {
+        let ours =
+            workloads::run_ours(&opts, Workload::Hot, &Imp::Attribute, c, plan.scaling).await?;
+        let adapt = workloads::run_ours(
+            &opts,
+            Workload::Hot,
+            &Imp::Plain(adaptive.clone()),
+            c,
+            plan.scaling,
+        )
+        .await?;
+        let theirs = match &pgbench {
+            Some(pb) => Some(
+                pb.run(&opts, Workload::Hot, c, plan.scaling, plan.max_tries)
+                    .await?,
+            ),
+            None => None,
+        };
+        eprintln!(
+            "  {c:>2} clients: ours {:.0} tx/s, adaptive {:.0} tx/s, pgbench {}",
+            ours.tps(),
+            adapt.tps(),
+            theirs
+                .as_ref()
+                .map_or("-".into(), |t| format!("{:.0} tx/s", t.tps()))
+        );
+        rep.scaling.push((c, ours, adapt, theirs));
+    }
+
+    rep.load.push(("end", report::loadavg()));
+    rep.elapsed = started.elapsed();
+    admin.close().await?;
+    let _ = iso.drop_schema().await;
+    let svg = report::chart(&rep);
+    std::fs::write(&svg_path, svg)?;
+    let chart_link = if out.is_none() && !smoke {
+        "bench/chart.svg".to_string()
+    } else {
+        "chart.svg".to_string()
+    };
+    std::fs::write(&md_path, rep.markdown(&chart_link))?;
+    eprintln!(
+        "wrote {} and {} in {:.0?}",
+        md_path.display(),
+        svg_path.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The strategies compared in section 3, all with the default base and cap.
+pub fn strategies() -> Vec<(&'static str, Backoff)> {
+    let (b, c) = (Backoff::DEFAULT_BASE, Backoff::DEFAULT_CAP);
+    vec![
+        ("none", Backoff::none()),
+        (
+            "exponential full jitter 5ms/500ms (default)",
+            Backoff::exponential(b, c),
+        ),
+        ("decorrelated jitter 5ms/500ms", Backoff::decorrelated(b, c)),
+        ("adaptive 5ms/500ms", Backoff::adaptive(b, c)),
+        (
+            "exponential full jitter 1ms/100ms",
+            Backoff::exponential(Duration::from_millis(1), Duration::from_millis(100)),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 0: profile
+// ---------------------------------------------------------------------------------------------
+
+#[serializable_retry(max = 5)]
+async fn mock_attr(tx: &mut MockTx<i64>) -> Result<(), sqlx::Error> {
+    tx.execute("UPDATE")?;
+    Ok(())
+}
+
+async fn mock_hand(db: &MockDb<i64>) -> Result<(), sqlx::Error> {
+    let mut src = db;
+    let mut tx = src.begin(TxOptions::default()).await?;
+    tx.conn().execute("UPDATE")?;
+    tx.commit().await
+}
+
+/// In-process costs, in nanoseconds per iteration, and the DB phase medians in microseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Profile {
+    /// Attribute over the mock source, ns per call.
+    pub mock_attr_ns: f64,
+    /// Hand loop over the mock source, ns per call.
+    pub mock_hand_ns: f64,
+    /// `info_span!` + `instrument` of a ready future, no subscriber, ns.
+    pub span_ns: f64,
+    /// A disabled `info!` event with fields, ns.
+    pub event_ns: f64,
+    /// `Box::pin` of a ready future of 256 bytes, awaited, ns.
+    pub box_ns: f64,
+    /// Median pool acquire + BEGIN, µs.
+    pub begin_us: f64,
+    /// Median UPDATE, µs.
+    pub update_us: f64,
+    /// Median COMMIT (and return to the pool), µs.
+    pub commit_us: f64,
+}
+
+fn per_iter_ns(elapsed: Duration, n: usize) -> f64 {
+    elapsed.as_nanos() as f64 / n as f64
+}
+
+async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
+    let mut p = Profile::default();
+    // Mock loops, interleaved in 10 blocks; a fresh MockDb per block keeps its event log short.
+    let blocks = 10;
+    let per = (plan.mock_iters / blocks).max(1);
+    let (mut attr, mut hand) = (Vec::new(), Vec::new());
+    for b in 0..blocks {
+        for which in if b % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let db = MockDb::new(0_i64);
+            let t = Instant::now();
+            for _ in 0..per {
+                if which == 0 {
+                    mock_attr(&db).await?;
+                } else {
+                    mock_hand(&db).await?;
+                }
+            }
+            let ns = per_iter_ns(t.elapsed(), per);
+            if which == 0 {
+                attr.push(ns)
+            } else {
+                hand.push(ns)
+            }
+        }
+    }
+    p.mock_attr_ns = median_f(&mut attr);
+    p.mock_hand_ns = median_f(&mut hand);
+
+    let n = plan.mock_iters;
+    let t = Instant::now();
+    for i in 0..n {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!("transaction");
+        std::hint::black_box(async move { i }.instrument(span).await);
+    }
+    p.span_ns = per_iter_ns(t.elapsed(), n);
+    let t = Instant::now();
+    for i in 0..n {
+        tracing::info!(
+            attempt = i,
+            sqlstate = "40001",
+            delay_ms = 1.5,
+            "retrying transaction"
+        );
+        std::hint::black_box(i);
+    }
+    p.event_ns = per_iter_ns(t.elapsed(), n);
+    let t = Instant::now();
+    for i in 0..n {
+        let payload = [i as u8; 256];
+        let fut: Pin<Box<dyn Future<Output = u8> + Send>> =
+            Box::pin(async move { std::hint::black_box(payload)[0] });
+        std::hint::black_box(fut.await);
+    }
+    p.box_ns = per_iter_ns(t.elapsed(), n);
+
+    // DB phases, hand loop, one connection, no ping.
+    let pool = workloads::pool(opts.clone(), 1, false).await?;
+    let iters = (plan.blocks * plan.per_block).max(50);
+    let (mut b, mut u, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..iters + 20 {
+        let t0 = Instant::now();
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .await?;
+        let t1 = Instant::now();
+        sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await?;
+        let t2 = Instant::now();
+        tx.commit().await?;
+        let t3 = Instant::now();
+        if i >= 20 {
+            b.push((t1 - t0).as_secs_f64() * 1e6);
+            u.push((t2 - t1).as_secs_f64() * 1e6);
+            c.push((t3 - t2).as_secs_f64() * 1e6);
+        }
+    }
+    pool.close().await;
+    p.begin_us = median_f(&mut b);
+    p.update_us = median_f(&mut u);
+    p.commit_us = median_f(&mut c);
+    Ok(p)
+}
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// The median of `v` (sorted in place); 0 when empty.
+pub fn median_f(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 1: uncontended overhead
+// ---------------------------------------------------------------------------------------------
+
+#[serializable_retry(max = 5)]
+async fn bump_attr(tx: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn bump_begin_with(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        .await?;
+    sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+async fn bump_set(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The three implementations of section 1.
+pub const OVERHEAD_IMPS: [&str; 3] = [
+    "`#[serializable_retry]`",
+    "hand: `begin_with(\"BEGIN ISOLATION LEVEL SERIALIZABLE\")`",
+    "hand: `begin()` + `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE`",
+];
+
+async fn bump(which: usize, pool: &PgPool) -> Result<(), sqlx::Error> {
+    match which {
+        0 => bump_attr(pool, 1).await,
+        1 => bump_begin_with(pool, 1).await,
+        _ => bump_set(pool, 1).await,
+    }
+}
+
+/// Section 1's figures for one pool configuration.
+#[derive(Debug, Clone, Default)]
+pub struct OverheadRun {
+    /// Median per-transaction latency per implementation, µs.
+    pub median_us: [f64; 3],
+    /// p99 per implementation, µs.
+    pub p99_us: [f64; 3],
+    /// Median over blocks of (block time of imp 0 / block time of imp k).
+    pub block_ratio: [f64; 3],
+    /// Round trips per transaction through the proxy.
+    pub round_trips: [f64; 3],
+    /// Transactions per implementation.
+    pub n: usize,
+}
+
+/// Section 1: with and without sqlx's ping on acquire.
+#[derive(Debug, Clone, Default)]
+pub struct Overhead {
+    /// `test_before_acquire(false)`.
+    pub no_ping: OverheadRun,
+    /// sqlx's default pool (pings before handing out an idle connection).
+    pub ping: OverheadRun,
+    /// Round trips per transaction of the attribute on a `&mut PgConnection` (no pool).
+    pub conn_round_trips: f64,
+}
+
+async fn overhead(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    iso: &sqlx_retry_testkit::Isolated,
+) -> Res<Overhead> {
+    let mut out = Overhead::default();
+    let proxy = PgProxy::start(opts.clone()).await;
+    for ping in [false, true] {
+        let pool = workloads::pool(opts.clone(), 1, ping).await?;
+        // Warm-up: statement caches, server caches.
+        for which in 0..3 {
+            for _ in 0..50 {
+                bump(which, &pool).await?;
+            }
+        }
+        let mut lat: [Vec<f64>; 3] = Default::default();
+        let mut ratios: [Vec<f64>; 3] = Default::default();
+        const ORDERS: [[usize; 3]; 6] = [
+            [0, 1, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+            [0, 2, 1],
+            [1, 0, 2],
+        ];
+        for block in 0..plan.blocks {
+            let mut totals = [0.0_f64; 3];
+            for which in ORDERS[block % ORDERS.len()] {
+                let t_block = Instant::now();
+                for _ in 0..plan.per_block {
+                    let t = Instant::now();
+                    bump(which, &pool).await?;
+                    lat[which].push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                totals[which] = t_block.elapsed().as_secs_f64();
+            }
+            for k in 0..3 {
+                ratios[k].push(totals[0] / totals[k]);
+            }
+        }
+        pool.close().await;
+        let run = if ping {
+            &mut out.ping
+        } else {
+            &mut out.no_ping
+        };
+        run.n = plan.blocks * plan.per_block;
+        for k in 0..3 {
+            run.median_us[k] = median_f(&mut lat[k]);
+            run.p99_us[k] = lat[k][(lat[k].len() * 99 / 100).min(lat[k].len() - 1)];
+            run.block_ratio[k] = median_f(&mut ratios[k]);
+        }
+        // Round trips through the proxy.
+        let ppool = workloads::pool(proxy.schema_options(iso.schema()), 1, ping).await?;
+        for which in 0..3 {
+            for _ in 0..10 {
+                bump(which, &ppool).await?;
+            }
+            let n = 200;
+            let before = proxy.stats();
+            for _ in 0..n {
+                bump(which, &ppool).await?;
+            }
+            let d = proxy.stats().since(&before);
+            run.round_trips[which] = d.round_trips as f64 / n as f64;
+        }
+        ppool.close().await;
+    }
+    // The attribute on a single connection: no pool, so no acquire/release traffic.
+    let mut conn = PgConnection::connect_with(&proxy.schema_options(iso.schema())).await?;
+    for _ in 0..10 {
+        bump_attr(&mut conn, 1).await?;
+    }
+    let n = 200;
+    let before = proxy.stats();
+    for _ in 0..n {
+        bump_attr(&mut conn, 1).await?;
+    }
+    out.conn_round_trips = proxy.stats().since(&before).round_trips as f64 / n as f64;
+    conn.close().await?;
+    Ok(out)
+}
+
+/// Counts the body's attempts (ours) for the retry figures.
+pub fn bump_counter(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The results of one contention run, as a helper for `RunResult` users.
+pub fn fmt_opt(r: Option<&RunResult>, f: impl Fn(&RunResult) -> String) -> String {
+    r.map_or_else(|| "–".to_string(), f)
+}

@@ -1,0 +1,544 @@
+//! The contended workloads, run by our loop and by pgbench with the same SQL.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use sqlx_retry::{Policy, serializable_retry, transaction};
+
+use crate::{Res, bump_counter};
+
+/// Hot rows in the hot-row workload.
+pub const HOT_ROWS: i32 = 4;
+/// Shifts and doctors per shift in the write-skew workload.
+pub const SHIFTS: i32 = 4;
+/// Doctors per shift.
+pub const DOCTORS: i32 = 8;
+
+/// A pool of `n` connections, all opened before it is returned.
+pub async fn pool(opts: PgConnectOptions, n: u32, ping: bool) -> Res<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(n)
+        .test_before_acquire(ping)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(opts)
+        .await?;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.acquire().await?);
+    }
+    drop(held);
+    Ok(pool)
+}
+
+/// Creates the tables of all sections.
+pub async fn create_schema(c: &mut PgConnection) -> Res<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE counters (id bigint PRIMARY KEY, n bigint NOT NULL);
+         INSERT INTO counters VALUES (1, 0);
+         CREATE TABLE hot (id int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO hot SELECT g, 0 FROM generate_series(1, {HOT_ROWS}) g;
+         CREATE TABLE doctors (shift int, doc int, on_call bool NOT NULL, PRIMARY KEY (shift, doc));
+         INSERT INTO doctors SELECT s, d, true
+           FROM generate_series(1, {SHIFTS}) s, generate_series(1, {DOCTORS}) d;"
+    )))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Resets the tables a run touches and vacuums them, so runs start alike.
+async fn reset(opts: &PgConnectOptions) -> Res<()> {
+    let mut c = <PgConnection as sqlx::Connection>::connect_with(opts).await?;
+    for sql in [
+        "UPDATE hot SET v = 0",
+        "UPDATE doctors SET on_call = true",
+        "VACUUM ANALYZE hot",
+        "VACUUM ANALYZE doctors",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut c).await?;
+    }
+    sqlx::Connection::close(c).await?;
+    Ok(())
+}
+
+/// Shifts with nobody on call: the write-skew invariant; 0 when serializable did its job.
+pub async fn skew_violations(c: &mut PgConnection) -> Res<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT shift FROM doctors GROUP BY shift
+           HAVING count(*) FILTER (WHERE on_call) < 1) s",
+    )
+    .fetch_one(&mut *c)
+    .await?)
+}
+
+/// The contended workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// SELECT then UPDATE of one of 4 rows.
+    Hot,
+    /// On-call doctors: count those on call for a shift, go off call if ≥ 2 remain.
+    Skew,
+}
+
+impl Workload {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Hot => "hot row",
+            Workload::Skew => "write skew",
+        }
+    }
+
+    /// The pgbench script: the same SQL as our bodies.
+    pub fn script(self) -> String {
+        match self {
+            Workload::Hot => format!(
+                "\\set id random(1, {HOT_ROWS})\n\
+                 \\set d random(1, 1000)\n\
+                 BEGIN ISOLATION LEVEL SERIALIZABLE;\n\
+                 SELECT v FROM hot WHERE id = :id;\n\
+                 UPDATE hot SET v = v + :d WHERE id = :id;\n\
+                 COMMIT;\n"
+            ),
+            Workload::Skew => format!(
+                "\\set s random(1, {SHIFTS})\n\
+                 \\set d random(1, {DOCTORS})\n\
+                 BEGIN ISOLATION LEVEL SERIALIZABLE;\n\
+                 SELECT count(*) AS n FROM doctors WHERE shift = :s AND on_call \\gset\n\
+                 \\if :n >= 2\n\
+                 UPDATE doctors SET on_call = false WHERE shift = :s AND doc = :d;\n\
+                 \\else\n\
+                 UPDATE doctors SET on_call = true WHERE shift = :s AND doc = :d;\n\
+                 \\endif\n\
+                 COMMIT;\n"
+            ),
+        }
+    }
+}
+
+async fn hot_body(tx: &mut PgConnection, id: i32, d: i64) -> Result<(), sqlx::Error> {
+    let _v: i64 = sqlx::query_scalar("SELECT v FROM hot WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE hot SET v = v + $2 WHERE id = $1")
+        .bind(id)
+        .bind(d)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn skew_body(tx: &mut PgConnection, shift: i32, doc: i32) -> Result<(), sqlx::Error> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) AS n FROM doctors WHERE shift = $1 AND on_call")
+            .bind(shift)
+            .fetch_one(&mut *tx)
+            .await?;
+    let sql = if n >= 2 {
+        "UPDATE doctors SET on_call = false WHERE shift = $1 AND doc = $2"
+    } else {
+        "UPDATE doctors SET on_call = true WHERE shift = $1 AND doc = $2"
+    };
+    sqlx::query(sql)
+        .bind(shift)
+        .bind(doc)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[serializable_retry(max = 50)]
+async fn hot_attr(
+    tx: &mut PgConnection,
+    id: i32,
+    d: i64,
+    attempts: &AtomicU64,
+) -> Result<(), sqlx::Error> {
+    bump_counter(attempts);
+    hot_body(tx, id, d).await
+}
+
+#[serializable_retry(max = 50)]
+async fn skew_attr(
+    tx: &mut PgConnection,
+    shift: i32,
+    doc: i32,
+    attempts: &AtomicU64,
+) -> Result<(), sqlx::Error> {
+    bump_counter(attempts);
+    skew_body(tx, shift, doc).await
+}
+
+/// Which of our implementations runs.
+#[derive(Clone)]
+pub enum Imp {
+    /// `#[serializable_retry(max = 50)]`, default backoff.
+    Attribute,
+    /// `sqlx_retry::transaction` with this policy.
+    Plain(Arc<Policy>),
+}
+
+async fn one(
+    pool: &PgPool,
+    w: Workload,
+    imp: &Imp,
+    attempts: &Arc<AtomicU64>,
+) -> Result<(), sqlx::Error> {
+    match (w, imp) {
+        (Workload::Hot, Imp::Attribute) => {
+            let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
+            hot_attr(pool, id, d, attempts).await
+        }
+        (Workload::Skew, Imp::Attribute) => {
+            let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
+            skew_attr(pool, s, d, attempts).await
+        }
+        (Workload::Hot, Imp::Plain(policy)) => {
+            let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
+            transaction(pool, policy, |tx| {
+                let a = attempts.clone();
+                Box::pin(async move {
+                    bump_counter(&a);
+                    hot_body(tx, id, d).await
+                })
+            })
+            .await
+        }
+        (Workload::Skew, Imp::Plain(policy)) => {
+            let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
+            transaction(pool, policy, |tx| {
+                let a = attempts.clone();
+                Box::pin(async move {
+                    bump_counter(&a);
+                    skew_body(tx, s, d).await
+                })
+            })
+            .await
+        }
+    }
+}
+
+/// What one contended run measured.
+#[derive(Debug, Clone, Default)]
+pub struct RunResult {
+    /// Committed transactions.
+    pub committed: u64,
+    /// Transactions that gave up (an error returned to the caller).
+    pub failed: u64,
+    /// Retries (attempts beyond the first).
+    pub retries: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latency of each committed transaction, µs, sorted.
+    pub lat_us: Vec<f64>,
+    /// pgbench's own tps (excluding connection time); `None` for ours.
+    pub reported_tps: Option<f64>,
+    /// pgbench's latency average (ms); `None` for ours.
+    pub reported_lat_avg_ms: Option<f64>,
+}
+
+impl RunResult {
+    /// Committed transactions per second.
+    pub fn tps(&self) -> f64 {
+        self.reported_tps
+            .unwrap_or_else(|| self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9))
+    }
+
+    /// Retries per committed transaction.
+    pub fn retries_per_commit(&self) -> f64 {
+        self.retries as f64 / (self.committed.max(1)) as f64
+    }
+
+    /// A latency percentile, ms.
+    pub fn pct_ms(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat_us.len() as f64 * p) as usize).min(self.lat_us.len() - 1);
+        self.lat_us[i] / 1e3
+    }
+
+    /// One line for the progress output.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} tx/s, {} failed, {:.3} retries/commit, p50 {:.2} ms, p99 {:.2} ms",
+            self.tps(),
+            self.failed,
+            self.retries_per_commit(),
+            self.pct_ms(0.50),
+            self.pct_ms(0.99)
+        )
+    }
+}
+
+/// Runs `clients` tasks of workload `w` through `imp` for `dur` on a fresh pool of `clients`
+/// connections (no ping on acquire: a pooled client holds its connection like a pgbench client).
+pub async fn run_ours(
+    opts: &PgConnectOptions,
+    w: Workload,
+    imp: &Imp,
+    clients: usize,
+    dur: Duration,
+) -> Res<RunResult> {
+    reset(opts).await?;
+    let pool = pool(opts.clone(), clients as u32, false).await?;
+    let attempts = Arc::new(AtomicU64::new(0));
+    // A short warm-up fills the statement caches of every connection.
+    run_tasks(
+        &pool,
+        w,
+        imp,
+        clients,
+        Duration::from_millis(100),
+        &attempts,
+    )
+    .await;
+    attempts.store(0, Ordering::Relaxed);
+    let start = Instant::now();
+    let per_task = run_tasks(&pool, w, imp, clients, dur, &attempts).await;
+    let elapsed = start.elapsed();
+    pool.close().await;
+    let mut r = RunResult {
+        elapsed,
+        ..RunResult::default()
+    };
+    for (committed, failed, lat) in per_task {
+        r.committed += committed;
+        r.failed += failed;
+        r.lat_us.extend(lat);
+    }
+    r.lat_us.sort_by(f64::total_cmp);
+    r.retries = attempts
+        .load(Ordering::Relaxed)
+        .saturating_sub(r.committed + r.failed);
+    Ok(r)
+}
+
+async fn run_tasks(
+    pool: &PgPool,
+    w: Workload,
+    imp: &Imp,
+    clients: usize,
+    dur: Duration,
+    attempts: &Arc<AtomicU64>,
+) -> Vec<(u64, u64, Vec<f64>)> {
+    let deadline = Instant::now() + dur;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (pool, imp, attempts) = (pool.clone(), imp.clone(), attempts.clone());
+        set.spawn(async move {
+            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match one(&pool, w, &imp, &attempts).await {
+                    Ok(()) => {
+                        ok += 1;
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        if failed == 1 {
+                            eprintln!("    a transaction failed: {e}");
+                        }
+                    }
+                }
+            }
+            (ok, failed, lat)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("benchmark task panicked"));
+    }
+    out
+}
+
+/// The pgbench binary and how to reach the benchmark schema with it.
+pub struct PgBench {
+    bin: PathBuf,
+    schema: String,
+}
+
+impl PgBench {
+    /// Finds `pgbench` in `/usr/lib/postgresql/*/bin` (newest) or on `PATH`.
+    pub fn find(_opts: &PgConnectOptions, schema: &str) -> Option<PgBench> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin/pgbench"))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort_by_key(|p| {
+            p.parent()
+                .and_then(|b| b.parent())
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        let bin = found.pop().or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("pgbench"))
+                    .find(|p| p.exists())
+            })
+        })?;
+        Some(PgBench {
+            bin,
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// The `pgbench --version` line.
+    pub fn version(&self) -> String {
+        std::process::Command::new(&self.bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Runs workload `w` with `clients` clients for `dur` (whole seconds, at least 1).
+    pub async fn run(
+        &self,
+        opts: &PgConnectOptions,
+        w: Workload,
+        clients: usize,
+        dur: Duration,
+        max_tries: u32,
+    ) -> Res<RunResult> {
+        reset(opts).await?;
+        let dir = std::env::temp_dir().join(format!(
+            "sqlx-retry-pgbench-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let script = dir.join("script.sql");
+        std::fs::write(&script, w.script())?;
+        let secs = dur.as_secs_f64().round().max(1.0) as u64;
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("-h")
+            .arg(opts.get_host())
+            .arg("-p")
+            .arg(opts.get_port().to_string())
+            .arg("-U")
+            .arg(opts.get_username())
+            .args(["-n", "-M", "prepared", "-r", "--failures-detailed", "-l"])
+            .arg(format!("--log-prefix={}", dir.join("pgb").display()))
+            .arg(format!("--max-tries={max_tries}"))
+            .arg("-f")
+            .arg(&script)
+            .arg("-c")
+            .arg(clients.to_string())
+            .arg("-j")
+            .arg(clients.min(2).to_string())
+            .arg("-T")
+            .arg(secs.to_string())
+            .arg(opts.get_database().unwrap_or("postgres"))
+            .env("PGOPTIONS", format!("-c search_path={}", self.schema))
+            .current_dir(&dir)
+            .stdin(Stdio::null());
+        let out = cmd.output().await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            return Err(format!("pgbench failed ({}):\n{stdout}\n{stderr}", out.status).into());
+        }
+        let mut r = parse_summary(&stdout)
+            .ok_or_else(|| format!("could not parse pgbench output:\n{stdout}\n{stderr}"))?;
+        // Per-transaction logs: "client tx_no latency_us script epoch epoch_us [retries]".
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let is_log = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pgb."));
+            if !is_log {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path)?.lines() {
+                if let Some(Ok(us)) = line.split_whitespace().nth(2).map(str::parse::<f64>) {
+                    r.lat_us.push(us);
+                }
+            }
+        }
+        r.lat_us.sort_by(f64::total_cmp);
+        r.elapsed = Duration::from_secs(secs);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(r)
+    }
+}
+
+fn first_number(s: &str) -> Option<f64> {
+    let s = s.trim_start();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    s[..end].parse().ok()
+}
+
+fn after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.trim().strip_prefix(key))
+}
+
+/// Parses pgbench's summary (PostgreSQL 15+ with `--max-tries` and `--failures-detailed`).
+pub fn parse_summary(text: &str) -> Option<RunResult> {
+    let processed = first_number(after(text, "number of transactions actually processed:")?)?;
+    let failed = after(text, "number of failed transactions:")
+        .and_then(first_number)
+        .unwrap_or(0.0);
+    let retries = after(text, "total number of retries:")
+        .and_then(first_number)
+        .unwrap_or(0.0);
+    let lat = after(text, "latency average =").and_then(first_number);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps =") && l.contains("without initial connection time"))
+        .and_then(|l| first_number(l.trim_start_matches("tps =")));
+    Some(RunResult {
+        committed: processed as u64,
+        failed: failed as u64,
+        retries: retries as u64,
+        reported_tps: tps,
+        reported_lat_avg_ms: lat,
+        ..RunResult::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbench_15_summary() {
+        let text = "transaction type: script.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 16
+number of threads: 2
+maximum number of tries: 50
+duration: 10 s
+number of transactions actually processed: 51234
+number of failed transactions: 3 (0.006%)
+number of serialization failures: 3 (0.006%)
+number of deadlock failures: 0 (0.000%)
+number of transactions retried: 4321 (8.4%)
+total number of retries: 9876
+latency average = 3.117 ms
+initial connection time = 21.321 ms
+tps = 5123.456789 (without initial connection time)
+";
+        let r = parse_summary(text).unwrap();
+        assert_eq!((r.committed, r.failed, r.retries), (51234, 3, 9876));
+        assert_eq!(r.reported_tps, Some(5123.456789));
+        assert_eq!(r.reported_lat_avg_ms, Some(3.117));
+    }
+}
