@@ -1,0 +1,14 @@
+use sqlx::PgConnection;
+use sqlx_retry::serializable_retry;
+
+#[derive(Debug, thiserror::Error)]
+#[error("insufficient funds")]
+struct InsufficientFunds;
+
+#[serializable_retry]
+async fn f(tx: &mut PgConnection) -> Result<(), InsufficientFunds> {
+    let _ = tx;
+    Err(InsufficientFunds)
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use sqlx::PgConnection;
+use sqlx_retry::serializable_retry;
+
+#[serializable_retry]
+async fn f(tx: &mut PgConnection) {
+    let _ = sqlx::query("SELECT 1").execute(&mut *tx).await;
+}
+
+fn main() {}

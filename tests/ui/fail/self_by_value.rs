@@ -1,0 +1,14 @@
+use sqlx::PgConnection;
+use sqlx_retry::serializable_retry;
+
+struct Service;
+
+impl Service {
+    #[serializable_retry]
+    async fn f(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        Ok(())
+    }
+}
+
+fn main() {}
