@@ -78,7 +78,7 @@ fn failing(attempts: std::ops::RangeInclusive<u32>, phase: Phase, code: &str) ->
 // ---------------------------------------------------------------------------------------------
 
 /// One statement, one state change.
-#[serializable_retry(max = 5, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump(tx: &mut MockTx<i64>, by: i64) -> Result<i64, sqlx::Error> {
     tx.execute("bump")?;
     *tx.state_mut() += by;
@@ -86,7 +86,7 @@ async fn bump(tx: &mut MockTx<i64>, by: i64) -> Result<i64, sqlx::Error> {
 }
 
 /// `bump` that counts how often its body runs.
-#[serializable_retry(max = 5, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump_counted(tx: &mut MockTx<i64>, runs: &AtomicU32) -> Result<i64, sqlx::Error> {
     runs.fetch_add(1, Ordering::SeqCst);
     tx.execute("bump")?;
@@ -94,14 +94,14 @@ async fn bump_counted(tx: &mut MockTx<i64>, runs: &AtomicU32) -> Result<i64, sql
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 3, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 3, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump3(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 2, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump2(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
@@ -115,21 +115,25 @@ async fn bump_once(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 5, retry_on = ["55P03"], backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, retry_on = ["55P03"], backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump_lock_wait(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("SELECT ... FOR UPDATE")?;
     *tx.state_mut() += 1;
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 5, idempotent, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, idempotent, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump_idempotent(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 100, timeout = "50ms", backoff(base = "40ms", cap = "40ms"))]
+#[serializable_retry(
+    max = 100,
+    timeout = "50ms",
+    backoff(exponential, base = "40ms", cap = "40ms")
+)]
 async fn bump_budgeted(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
@@ -230,7 +234,7 @@ enum AppError {
     Db(#[from] sqlx::Error),
 }
 
-#[serializable_retry(max = 5, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn refuse_first_attempt(tx: &mut MockTx<i64>) -> Result<i64, AppError> {
     tx.execute("check")?;
     if tx.attempt() == 1 {
@@ -240,7 +244,7 @@ async fn refuse_first_attempt(tx: &mut MockTx<i64>) -> Result<i64, AppError> {
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 5, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn not_found_first_attempt(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("SELECT")?;
     if tx.attempt() == 1 {
@@ -249,7 +253,7 @@ async fn not_found_first_attempt(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Erro
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 5, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn anyhow_first_attempt(tx: &mut MockTx<i64>) -> anyhow::Result<i64> {
     tx.execute("check")?;
     if tx.attempt() == 1 {
@@ -314,14 +318,14 @@ async fn max_one_means_no_retry() {
 // 4. Error types: the SQLSTATE is found through the source chain.
 // ---------------------------------------------------------------------------------------------
 
-#[serializable_retry(max = 2, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn with_anyhow(tx: &mut MockTx<i64>) -> anyhow::Result<i64> {
     tx.execute("bump").context("bumping the counter")?;
     *tx.state_mut() += 1;
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 2, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn with_from(tx: &mut MockTx<i64>) -> Result<i64, AppError> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
@@ -351,7 +355,7 @@ impl From<sqlx::Error> for ServiceError {
     }
 }
 
-#[serializable_retry(max = 2, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn with_nested(tx: &mut MockTx<i64>) -> Result<i64, ServiceError> {
     tx.execute("bump")
         .map_err(RepoError::from)
@@ -367,14 +371,14 @@ enum TransparentError {
     Db(#[from] sqlx::Error),
 }
 
-#[serializable_retry(max = 2, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn with_transparent(tx: &mut MockTx<i64>) -> Result<i64, TransparentError> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
     Ok(*tx.state())
 }
 
-#[serializable_retry(max = 2, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn with_boxed(tx: &mut MockTx<i64>) -> Result<i64, Box<dyn StdError + Send + Sync>> {
     tx.execute("bump")?;
     *tx.state_mut() += 1;
@@ -857,7 +861,10 @@ async fn explicit_deferrable_tx(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error
     read(tx).await
 }
 
-#[serializable_retry(isolation = "repeatable_read", backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(
+    isolation = "repeatable_read",
+    backoff(exponential, base = "1ms", cap = "4ms")
+)]
 async fn repeatable_read_tx(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     read(tx).await
 }
@@ -951,7 +958,7 @@ async fn plain_api_begin_statements() {
 // 12. `return` and `?` end the attempt, not the loop.
 // ---------------------------------------------------------------------------------------------
 
-#[serializable_retry(max = 3, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 3, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn two_steps(tx: &mut MockTx<i64>, stop_early: bool) -> Result<&'static str, sqlx::Error> {
     tx.execute("first")?;
     *tx.state_mut() += 1;
@@ -1416,7 +1423,7 @@ async fn dropping_the_future_discards_the_attempt() {
 
 /// Swallows the error of its first statement, as code that "tries an INSERT and falls back to
 /// an UPDATE" without a savepoint does.
-#[serializable_retry(max = 3, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 3, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn swallow_first_error(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     let _ignored = tx.execute("INSERT");
     tx.execute("UPDATE")?;
@@ -1454,7 +1461,7 @@ async fn mock_fails_every_statement_after_the_connection_is_lost() {
 }
 
 /// Reads, yields to other tasks, then writes what it read plus one.
-#[serializable_retry(max = 5, backoff(base = "1ms", cap = "4ms"))]
+#[serializable_retry(max = 5, backoff(exponential, base = "1ms", cap = "4ms"))]
 async fn bump_yielding(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
     tx.execute("read")?;
     let seen = *tx.state();

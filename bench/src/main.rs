@@ -305,11 +305,11 @@ pub fn strategies() -> Vec<(&'static str, Backoff)> {
     vec![
         ("none", Backoff::none()),
         (
-            "exponential full jitter 5ms/500ms (default)",
+            "exponential full jitter 5ms/500ms",
             Backoff::exponential(b, c),
         ),
         ("decorrelated jitter 5ms/500ms", Backoff::decorrelated(b, c)),
-        ("adaptive 5ms/500ms", Backoff::adaptive(b, c)),
+        (crate::report::DEFAULT_STRATEGY, Backoff::adaptive(b, c)),
         (
             "exponential full jitter 1ms/100ms",
             Backoff::exponential(Duration::from_millis(1), Duration::from_millis(100)),

@@ -7,6 +7,9 @@ use std::time::Duration;
 /// runs of this benchmark on a 2-core machine differed by more than 10 % in goodput.
 const NOISE: f64 = 1.10;
 
+/// The label of the library's default backoff (`Backoff::default()`) among the strategies.
+pub const DEFAULT_STRATEGY: &str = "adaptive 5ms/500ms (default)";
+
 use sqlx::PgConnection;
 
 use crate::workloads::{RunResult, Workload};
@@ -381,7 +384,7 @@ impl Report {
              d. **Write skew**: 4 shifts × 8 doctors; count those on call for a random shift; a \
              random doctor of it goes off call if ≥ 2 are on call, else on call (keeps the workload \
              stationary). Ours = `#[serializable_retry(max = {})]` with the default backoff \
-             (exponential full jitter 5 ms/500 ms). Latency is per committed transaction, \
+             (adaptive 5 ms/500 ms). Latency is per committed transaction, \
              retries and backoff included.\n",
             p.contention_clients, p.max_tries
         );
@@ -484,7 +487,7 @@ impl Report {
             scores.trim_end_matches("; ")
         );
         if let Some((best, score, retries)) = self.best_strategy() {
-            let default = "exponential full jitter 5ms/500ms (default)";
+            let default = DEFAULT_STRATEGY;
             let none = self.score("none");
             let _ = writeln!(
                 m,
@@ -508,14 +511,13 @@ impl Report {
                             "The current default (score {default_score:.3}, \
                              {default_retries:.2} retries/commit) also meets the rule's \
                              conditions and {best} does not beat its goodput by more than the \
-                             run-to-run spread ({:.0} %), so the default stays exponential full \
-                             jitter 5 ms/500 ms; {best} remains available as an opt-in.",
+                             run-to-run spread ({:.0} %), so the default stays {default}; {best} \
+                             remains available as an opt-in.",
                             (NOISE - 1.0) * 100.0
                         )
                     }
                     _ => format!(
-                        "The data says the default should change from exponential full jitter \
-                         5 ms/500 ms to **{best}**."
+                        "The data says the default should change from {default} to **{best}**."
                     ),
                 },
                 match none {

@@ -84,8 +84,8 @@ pub type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 ///
 /// # Default
 ///
-/// 5 attempts, `SERIALIZABLE` read-write, [`Backoff::default`] (full jitter, 5 ms base, 500 ms
-/// cap), no time budget, only `40001` and `40P01` retried, a COMMIT with unknown outcome not
+/// 5 attempts, `SERIALIZABLE` read-write, [`Backoff::default`] (adaptive full jitter, 5 ms base,
+/// 500 ms cap), no time budget, only `40001` and `40P01` retried, a COMMIT with unknown outcome not
 /// retried.
 #[derive(Clone)]
 pub struct Policy {

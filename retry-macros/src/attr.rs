@@ -54,8 +54,19 @@ pub struct Args {
 /// `backoff(base = "…", cap = "…")`.
 #[derive(Debug, Clone, Default)]
 pub struct BackoffArgs {
+    pub strategy: Strategy,
     pub base: Option<Duration>,
     pub cap: Option<Duration>,
+}
+
+/// The backoff strategies the attribute names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    #[default]
+    Adaptive,
+    Exponential,
+    Decorrelated,
+    None,
 }
 
 impl Args {
@@ -217,13 +228,40 @@ fn parse_backoff(input: ParseStream<'_>, key: Span) -> syn::Result<BackoffArgs> 
     if !input.peek(syn::token::Paren) {
         return Err(syn::Error::new(
             key,
-            "expected `backoff(base = \"5ms\", cap = \"500ms\")`",
+            "expected `backoff(base = \"5ms\", cap = \"500ms\")`, optionally starting with a strategy: `adaptive`, `exponential`, `decorrelated` or `none`",
         ));
     }
     let content;
     let parens = parenthesized!(content in input);
     let mut out = BackoffArgs::default();
     let mut base_span = None;
+    // An optional leading strategy name: `backoff(exponential, base = "5ms")`.
+    if content.peek(syn::Ident) && !content.peek2(Token![=]) {
+        let ident: syn::Ident = content.parse()?;
+        out.strategy = match ident.to_string().as_str() {
+            "adaptive" => Strategy::Adaptive,
+            "exponential" => Strategy::Exponential,
+            "decorrelated" => Strategy::Decorrelated,
+            "none" => Strategy::None,
+            other => {
+                return Err(syn::Error::new(
+                    ident.span(),
+                    format!(
+                        "unknown backoff strategy `{other}`; expected `adaptive`, `exponential`, `decorrelated` or `none`"
+                    ),
+                ));
+            }
+        };
+        if !content.is_empty() {
+            content.parse::<Token![,]>()?;
+            if out.strategy == Strategy::None && !content.is_empty() {
+                return Err(syn::Error::new(
+                    ident.span(),
+                    "`none` retries at once and takes no `base` or `cap`",
+                ));
+            }
+        }
+    }
     while !content.is_empty() {
         let lookahead = content.lookahead1();
         if lookahead.peek(kw::base) {
@@ -368,6 +406,21 @@ mod tests {
         assert!(err(r#"backoff(base = "1s", cap = "10ms")"#).contains("larger than"));
         assert!(err(r#"backoff(floor = "1s")"#).contains("unknown backoff argument"));
         assert!(err("read_only = true").contains("is a flag"));
+    }
+
+    #[test]
+    fn backoff_strategies() {
+        let strategy = |src: &str| parse(src).unwrap().backoff.unwrap().value.strategy;
+        assert_eq!(strategy(r#"backoff(base = "1ms")"#), Strategy::Adaptive);
+        assert_eq!(
+            strategy(r#"backoff(exponential, base = "1ms", cap = "9ms")"#),
+            Strategy::Exponential
+        );
+        assert_eq!(strategy("backoff(decorrelated)"), Strategy::Decorrelated);
+        assert_eq!(strategy("backoff(none)"), Strategy::None);
+        assert!(err("backoff(linear)").contains("unknown backoff strategy `linear`"));
+        assert!(err(r#"backoff(none, cap = "1s")"#).contains("takes no `base` or `cap`"));
+        assert!(err(r#"backoff(floor = "1s")"#).contains("unknown backoff argument"));
     }
 
     #[test]

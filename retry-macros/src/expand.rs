@@ -6,7 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, Pat, PatIdent, PatType, ReturnType, Type, TypeReference};
 
-use crate::attr::{Args, Isolation};
+use crate::attr::{Args, Isolation, Strategy};
 
 /// The checked shape of the annotated function.
 struct Shape {
@@ -148,14 +148,17 @@ pub fn expand(args: &Args, mut item: ItemFn) -> syn::Result<TokenStream> {
     };
 
     let new_body = quote! {{
-        static __SQLX_RETRY_POLICY: #krate::Policy = #policy;
+        // One policy per function, built on first use: the adaptive backoff's contention estimate
+        // is shared by all calls of this function.
+        static __SQLX_RETRY_POLICY: ::std::sync::LazyLock<#krate::Policy> =
+            ::std::sync::LazyLock::new(|| #policy);
         use #private::begin_failed as __sqlx_retry_begin_failed;
         let __sqlx_retry_span = #private::tracing::info_span!(#name);
         #private::tracing::Instrument::instrument(
             #private::attempt::<#output, _>(async move {
                 let mut #source = #source;
                 let mut __sqlx_retry_attempts =
-                    #private::Attempts::new(&__SQLX_RETRY_POLICY, #name);
+                    #private::Attempts::new(&*__SQLX_RETRY_POLICY, #name);
                 loop {
                     let mut __sqlx_retry_tx = match __sqlx_retry_attempts.begin(&mut #source).await {
                         ::core::result::Result::Ok(::core::option::Option::Some(tx)) => tx,
@@ -265,14 +268,16 @@ fn policy_tokens(args: &Args, krate: &syn::Path) -> TokenStream {
         quote!(::core::time::Duration::from_nanos(#n))
     };
     let backoff = match args.backoff.as_ref().map(|b| &b.value) {
-        None => quote!(#krate::Backoff::exponential(
-            #krate::Backoff::DEFAULT_BASE,
-            #krate::Backoff::DEFAULT_CAP
-        )),
+        None => quote!(#krate::Backoff::default()),
         Some(b) => {
             let base = b.base.map_or(quote!(#krate::Backoff::DEFAULT_BASE), nanos);
             let cap = b.cap.map_or(quote!(#krate::Backoff::DEFAULT_CAP), nanos);
-            quote!(#krate::Backoff::exponential(#base, #cap))
+            match b.strategy {
+                Strategy::Adaptive => quote!(#krate::Backoff::adaptive(#base, #cap)),
+                Strategy::Exponential => quote!(#krate::Backoff::exponential(#base, #cap)),
+                Strategy::Decorrelated => quote!(#krate::Backoff::decorrelated(#base, #cap)),
+                Strategy::None => quote!(#krate::Backoff::none()),
+            }
         }
     };
     let timeout = match &args.timeout {
