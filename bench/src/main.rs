@@ -46,6 +46,10 @@ pub struct Plan {
     pub contention: Duration,
     /// Duration of each backoff-strategy run.
     pub strategy: Duration,
+    /// Rounds of the strategy comparison: each round runs every strategy once, in an order
+    /// rotated per round, and the figures add up over rounds, so drift and one noisy stretch
+    /// do not decide the ranking.
+    pub strategy_rounds: usize,
     /// Duration of each scaling point.
     pub scaling: Duration,
     /// Client counts of the scaling section.
@@ -66,6 +70,7 @@ impl Plan {
                 mock_iters: 2_000,
                 contention: Duration::from_millis(300),
                 strategy: Duration::from_millis(150),
+                strategy_rounds: 1,
                 scaling: Duration::from_millis(200),
                 clients: vec![1, 16],
                 contention_clients: 16,
@@ -79,6 +84,7 @@ impl Plan {
                 mock_iters: 50_000,
                 contention: Duration::from_secs(2),
                 strategy: Duration::from_secs(2),
+                strategy_rounds: 1,
                 scaling: Duration::from_secs(1),
                 clients: vec![1, 4, 16, 64],
                 contention_clients: 16,
@@ -87,11 +93,12 @@ impl Plan {
         } else {
             Plan {
                 mode: "default",
-                blocks: 20,
+                blocks: 50,
                 per_block: 200,
                 mock_iters: 200_000,
                 contention: Duration::from_secs(10),
-                strategy: Duration::from_secs(10),
+                strategy: Duration::from_secs(6),
+                strategy_rounds: 3,
                 scaling: Duration::from_secs(5),
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
@@ -218,22 +225,39 @@ async fn run() -> Res<()> {
     // 3. Backoff strategies through the plain API.
     eprintln!("[strategies]");
     rep.load.push(("strategies", report::loadavg()));
-    for (name, backoff) in strategies() {
-        for w in [Workload::Hot, Workload::Skew] {
-            let policy = Policy::builder()
-                .max_attempts(plan.max_tries)
-                .backoff(backoff.clone())
-                .build()?;
-            let r = workloads::run_ours(
-                &opts,
-                w,
-                &Imp::Plain(Arc::new(policy)),
-                plan.contention_clients,
-                plan.strategy,
-            )
-            .await?;
-            eprintln!("  {name} {w:?}: {}", r.summary());
-            rep.strategies.push((name.to_string(), w, r));
+    let strategies = strategies();
+    let mut totals: Vec<Vec<Option<workloads::RunResult>>> =
+        strategies.iter().map(|_| vec![None, None]).collect();
+    for round in 0..plan.strategy_rounds {
+        for k in 0..strategies.len() {
+            let i = (k + round) % strategies.len();
+            let (name, backoff) = &strategies[i];
+            for (j, w) in [Workload::Hot, Workload::Skew].into_iter().enumerate() {
+                let policy = Policy::builder()
+                    .max_attempts(plan.max_tries)
+                    .backoff(backoff.clone())
+                    .build()?;
+                let r = workloads::run_ours(
+                    &opts,
+                    w,
+                    &Imp::Plain(Arc::new(policy)),
+                    plan.contention_clients,
+                    plan.strategy,
+                )
+                .await?;
+                eprintln!("  round {} {name} {w:?}: {}", round + 1, r.summary());
+                match &mut totals[i][j] {
+                    Some(total) => total.absorb(r),
+                    slot => *slot = Some(r),
+                }
+            }
+        }
+    }
+    for ((name, _), results) in strategies.iter().zip(totals) {
+        for (w, r) in [Workload::Hot, Workload::Skew].into_iter().zip(results) {
+            if let Some(r) = r {
+                rep.strategies.push((name.to_string(), w, r));
+            }
         }
     }
 

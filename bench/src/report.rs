@@ -221,7 +221,7 @@ impl Report {
         let _ = writeln!(
             m,
             "- Mode `{}`: overhead {} blocks × {} transactions per implementation; contention runs \
-             {:.1} s with {} clients; strategy runs {:.1} s; scaling points {:.1} s (pgbench runs \
+             {:.1} s with {} clients; strategy runs {} × {:.1} s; scaling points {:.1} s (pgbench runs \
              whole seconds, at least 1). Ours: pools of exactly as many connections as clients, \
              opened in advance, `test_before_acquire(false)` (a pooled client holds its connection \
              like a pgbench client), at most {} attempts. pgbench: `-M prepared -n -r -l \
@@ -231,6 +231,7 @@ impl Report {
             p.per_block,
             p.contention.as_secs_f64(),
             p.contention_clients,
+            p.strategy_rounds,
             p.strategy.as_secs_f64(),
             p.scaling.as_secs_f64(),
             p.max_tries,
@@ -440,11 +441,14 @@ impl Report {
         let _ = writeln!(
             m,
             "`sqlx_retry::transaction(&pool, &policy, …)` with `Policy::builder().max_attempts({}).backoff(…)`, \
-             {} clients, {:.1} s each. `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
+             {} clients, {} rounds of {:.1} s per strategy and workload (each round runs every \
+             strategy once, in an order rotated per round; the figures add up over the rounds). \
+             `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
              window is `unit · k · 2ⁿ⁻¹` (capped), with *k* the number of calls of the policy \
              retrying right now and *unit* the measured attempt duration (≤ base).\n",
             p.max_tries,
             p.contention_clients,
+            p.strategy_rounds,
             p.strategy.as_secs_f64()
         );
         let _ = writeln!(

@@ -244,6 +244,17 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// Adds another run of the same strategy and workload: counts and time add up, latencies
+    /// pool together. For our runs only (pgbench's own tps is not additive).
+    pub fn absorb(&mut self, other: RunResult) {
+        self.committed += other.committed;
+        self.failed += other.failed;
+        self.retries += other.retries;
+        self.elapsed += other.elapsed;
+        self.lat_us.extend(other.lat_us);
+        self.lat_us.sort_by(f64::total_cmp);
+    }
+
     /// Committed transactions per second.
     pub fn tps(&self) -> f64 {
         self.reported_tps
