@@ -93,8 +93,9 @@
 /// # The returned future
 ///
 /// It is `Send` when the body is, so it can be given to `tokio::spawn`. Dropping it at any await
-/// point rolls the open transaction back (sqlx queues the ROLLBACK), and a pooled connection goes
-/// back to the pool.
+/// point rolls the open transaction back (a ROLLBACK is queued and flushed before the connection is
+/// used again), and a pooled connection goes back to the pool; a pooled connection whose BEGIN was
+/// still in flight is closed instead, since its state is unknown.
 pub use sqlx_retry_macros::serializable_retry;
 
 pub use sqlx_retry_core::{

@@ -346,6 +346,53 @@ async fn write_transactions_take_the_lock_at_begin_on_a_single_connection() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Nested calls join the outer transaction
+// ---------------------------------------------------------------------------------------------
+
+#[serializable_retry(max = 3, backoff(base = "1ms", cap = "2ms"))]
+async fn insert_row(tx: &mut SqliteConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO t VALUES (?)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[serializable_retry(max = 3, backoff(base = "1ms", cap = "2ms"))]
+async fn insert_two_then_fail(
+    tx: &mut SqliteConnection,
+    outer_attempts: &AtomicU32,
+) -> Result<(), sqlx::Error> {
+    outer_attempts.fetch_add(1, Ordering::SeqCst);
+    // The inner annotated calls see a connection already in a transaction: they join it
+    // instead of sending BEGIN (which SQLite would reject inside a transaction).
+    insert_row(&mut *tx, 1).await?;
+    insert_row(&mut *tx, 2).await?;
+    // A permanent error: the outer transaction rolls back, taking the joined inserts with it.
+    insert_row(&mut *tx, 1).await
+}
+
+#[tokio::test]
+async fn nested_calls_join_the_outer_transaction_and_roll_back_with_it() {
+    let db = TempDb::new();
+    let pool = db.pool(2, "CREATE TABLE t (id INTEGER PRIMARY KEY);").await;
+    let outer_attempts = AtomicU32::new(0);
+    let err = insert_two_then_fail(&pool, &outer_attempts)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlite_code(&err), "1555", "{err}");
+    assert_eq!(outer_attempts.load(Ordering::SeqCst), 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows, 0,
+        "the joined inserts rolled back with the outer transaction"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Permanent errors and unsupported options
 // ---------------------------------------------------------------------------------------------
 

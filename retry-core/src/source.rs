@@ -248,34 +248,56 @@ impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
     }
 }
 
-/// A connection that is already inside a transaction (an annotated function called with the
-/// outer function's `tx`) joins it: see [`Joined`]. Otherwise each attempt begins a transaction.
-#[cfg(feature = "postgres")]
-impl<'s> BeginTransaction<'s> for &mut sqlx::PgConnection {
-    type Conn = sqlx::PgConnection;
-    type Tx = MaybeJoined<'s, sqlx::Postgres>;
+/// The `&mut Connection` sources: each attempt is a transaction on that connection, and a broken
+/// connection ends the call (it cannot be replaced). A connection that is already inside a
+/// transaction (an annotated function called with the outer function's `tx`) joins it: see
+/// [`Joined`].
+macro_rules! connection_source {
+    ($(#[$attr:meta])* $conn:ty, $db:ty) => {
+        $(#[$attr])*
+        impl<'s> BeginTransaction<'s> for &mut $conn {
+            type Conn = $conn;
+            type Tx = MaybeJoined<'s, $db>;
 
-    fn begin(
-        &'s mut self,
-        options: TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
-        let statement = options.postgres_begin();
-        let conn: &'s mut sqlx::PgConnection = self;
-        async move {
-            if sqlx::Connection::is_in_transaction(&*conn) {
-                Ok(MaybeJoined::Joined(Joined::new(conn)))
-            } else {
-                sqlx::Connection::begin_with(conn, statement)
-                    .await
-                    .map(MaybeJoined::Began)
+            fn begin(
+                &'s mut self,
+                options: TxOptions,
+            ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
+                let statement = <$db as Backend>::begin_statement(&options);
+                let conn: &'s mut $conn = self;
+                async move {
+                    if sqlx::Connection::is_in_transaction(&*conn) {
+                        Ok(MaybeJoined::Joined(Joined::new(conn)))
+                    } else {
+                        sqlx::Connection::begin_with(conn, statement?)
+                            .await
+                            .map(MaybeJoined::Began)
+                    }
+                }
+            }
+
+            fn reconnects(&self) -> bool {
+                false
             }
         }
-    }
-
-    fn reconnects(&self) -> bool {
-        false
-    }
+    };
 }
+
+connection_source!(
+    #[cfg(feature = "postgres")]
+    sqlx::PgConnection,
+    sqlx::Postgres
+);
+connection_source!(
+    #[cfg(feature = "mysql")]
+    sqlx::MySqlConnection,
+    sqlx::MySql
+);
+connection_source!(
+    #[cfg(feature = "sqlite")]
+    sqlx::SqliteConnection,
+    sqlx::Sqlite
+);
 
 /// An open transaction as the source: the call joins it (see [`Joined`]). The body runs once on
 /// it; nothing is sent to start or end a transaction, and the body's error is returned as is. The

@@ -29,14 +29,12 @@
 //! retry is made on the error number, and `HY000` is what the retry hook and the tracing event
 //! see (the number is in the error, via `MySqlDatabaseError::number`).
 
-use std::future::Future;
-
+use sqlx::MySql;
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{MySql, MySqlConnection, Transaction};
 
 use super::UnsupportedTxOption;
-use crate::{Backend, BeginTransaction, Class, IsolationLevel, SqlState, TxOptions};
+use crate::{Backend, Class, IsolationLevel, SqlState, TxOptions};
 
 /// `ER_CHECKREAD`: "Record has changed since last read in table"; MariaDB raises it at
 /// `REPEATABLE READ` with `innodb_snapshot_isolation=ON` (the default from 11.6.2).
@@ -80,25 +78,6 @@ impl Backend for MySql {
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY"
             }
         })
-    }
-}
-
-/// Each attempt is a transaction on this one connection; a broken connection ends the call.
-impl<'s> BeginTransaction<'s> for &mut MySqlConnection {
-    type Conn = MySqlConnection;
-    type Tx = Transaction<'s, MySql>;
-
-    fn begin(
-        &'s mut self,
-        options: TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
-        let statement = MySql::begin_statement(&options);
-        let conn: &'s mut MySqlConnection = self;
-        async move { sqlx::Connection::begin_with(conn, statement?).await }
-    }
-
-    fn reconnects(&self) -> bool {
-        false
     }
 }
 

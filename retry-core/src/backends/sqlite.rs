@@ -24,14 +24,12 @@
 //! stays in the error. Every other SQLite error is [`Class::Permanent`]; `retry_on` cannot name
 //! SQLite codes.
 
-use std::future::Future;
-
+use sqlx::Sqlite;
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::SqliteError;
-use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::UnsupportedTxOption;
-use crate::{Backend, BeginTransaction, Class, IsolationLevel, SqlState, TxOptions};
+use crate::{Backend, Class, IsolationLevel, SqlState, TxOptions};
 
 /// `SQLITE_BUSY`: another connection holds a conflicting lock.
 const SQLITE_BUSY: i32 = 5;
@@ -67,25 +65,6 @@ impl Backend for Sqlite {
         } else {
             "BEGIN IMMEDIATE"
         })
-    }
-}
-
-/// Each attempt is a transaction on this one connection.
-impl<'s> BeginTransaction<'s> for &mut SqliteConnection {
-    type Conn = SqliteConnection;
-    type Tx = Transaction<'s, Sqlite>;
-
-    fn begin(
-        &'s mut self,
-        options: TxOptions,
-    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
-        let statement = Sqlite::begin_statement(&options);
-        let conn: &'s mut SqliteConnection = self;
-        async move { sqlx::Connection::begin_with(conn, statement?).await }
-    }
-
-    fn reconnects(&self) -> bool {
-        false
     }
 }
 
