@@ -32,6 +32,7 @@
 //! ```
 
 mod mariadb;
+mod process;
 mod proxy;
 mod schema;
 mod server;

@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read as _, Seek as _, SeekFrom};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, MySqlConnection, MySqlPool};
 
-use crate::server::random_u64;
+use crate::process::{self, block_on, random_u64, running_as_root, shell_quote, tail_of_file};
 
 /// How long to wait for a freshly started server to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -532,54 +532,17 @@ fn find_binaries() -> Result<Binaries, MariaDbError> {
     }
 }
 
-/// Whether the effective uid is 0, without libc: `/proc/self/status`, else `id -u`.
-fn running_as_root() -> bool {
-    if let Ok(status) = fs::read_to_string("/proc/self/status")
-        && let Some(line) = status.lines().find(|l| l.starts_with("Uid:"))
-        && let Some(euid) = line.split_whitespace().nth(2)
-    {
-        return euid == "0";
-    }
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+fn make_temp_root(chown_to_mysql: bool) -> Result<PathBuf, MariaDbError> {
+    process::make_temp_root("sqlx-retry-mariadb", chown_to_mysql.then_some("mysql")).map_err(|e| {
+        MariaDbError::new(format!(
+            "{e} (mariadbd refuses to run as root; does the user exist?)\n{HOW_TO_GET_A_DATABASE}"
+        ))
+    })
 }
 
-fn make_temp_root(chown_to_mysql: bool) -> Result<PathBuf, MariaDbError> {
-    let mut base = std::env::temp_dir();
-    // Unix socket paths are limited to ~107 bytes, and the `mysql` user may not be able to
-    // reach root's $TMPDIR.
-    if chown_to_mysql || base.as_os_str().len() > 60 {
-        base = PathBuf::from("/tmp");
-    }
-    let root = base.join(format!(
-        "sqlx-retry-mariadb-{}-{:012x}",
-        std::process::id(),
-        random_u64() & 0xffff_ffff_ffff
-    ));
-    fs::create_dir(&root)
-        .map_err(|e| MariaDbError::new(format!("could not create {}: {e}", root.display())))?;
-    if chown_to_mysql {
-        let ok = Command::new("chown")
-            .arg("mysql:")
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = fs::remove_dir_all(&root);
-            return Err(MariaDbError::new(format!(
-                "running as root, but could not chown {} to the `mysql` user (mariadbd refuses \
-                 to run as root; does the user exist?)\n{HOW_TO_GET_A_DATABASE}",
-                root.display()
-            )));
-        }
-    }
-    Ok(root)
+fn free_port() -> Result<u16, MariaDbError> {
+    process::free_port()
+        .map_err(|e| MariaDbError::new(format!("could not find a free TCP port: {e}")))
 }
 
 /// Starts a shell that waits for this process to end, then stops the server (SIGTERM, SIGKILL
@@ -608,58 +571,5 @@ cleanup
 "#,
         pid = std::process::id(),
     );
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-}
-
-fn free_port() -> Result<u16, MariaDbError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| MariaDbError::new(format!("could not find a free TCP port: {e}")))
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn tail_of_file(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Runs a future to completion on a fresh current-thread runtime in a scoped helper thread, so
-/// it works both inside and outside of a Tokio runtime.
-fn block_on<F>(future: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("could not build a Tokio runtime")
-                    .block_on(future)
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    process::spawn_detached_shell(script)
 }

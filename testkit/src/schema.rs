@@ -6,8 +6,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
+use crate::process::random_u64;
 use crate::proxy::PgProxy;
-use crate::server::{postgres_url, random_u64};
+use crate::server::postgres_url;
 
 /// Connect options for the test database ([`postgres_url`]).
 ///

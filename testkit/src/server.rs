@@ -1,13 +1,12 @@
 //! Throwaway PostgreSQL clusters (or a foreign server named by `DATABASE_URL`).
 
+use crate::process::{self, block_on, running_as_root, shell_quote, tail_of_file};
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read as _, Seek as _, SeekFrom};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt as _;
+use std::fs::{self};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -543,69 +542,19 @@ fn find_pg_bin() -> Result<PathBuf, ServerError> {
     )))
 }
 
-/// Whether the effective uid is 0, without libc: `/proc/self/status`, else `id -u`.
-fn running_as_root() -> bool {
-    if let Ok(status) = fs::read_to_string("/proc/self/status")
-        && let Some(line) = status.lines().find(|l| l.starts_with("Uid:"))
-        && let Some(euid) = line.split_whitespace().nth(2)
-    {
-        return euid == "0";
-    }
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A random `u64` from the standard library's per-process random hasher keys.
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish()
-}
-
 fn make_temp_root(chown_to_postgres: bool) -> Result<PathBuf, ServerError> {
-    let mut base = std::env::temp_dir();
-    // Unix socket paths are limited to ~107 bytes, and the `postgres` user may not
-    // be able to reach root's $TMPDIR.
-    if chown_to_postgres || base.as_os_str().len() > 60 {
-        base = PathBuf::from("/tmp");
-    }
-    let root = base.join(format!(
-        "sqlx-retry-testkit-{}-{:012x}",
-        std::process::id(),
-        random_u64() & 0xffff_ffff_ffff
-    ));
-    fs::create_dir(&root)
-        .map_err(|e| ServerError::new(format!("could not create {}: {e}", root.display())))?;
-    if chown_to_postgres {
-        let ok = Command::new("chown")
-            .arg("postgres:")
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = fs::remove_dir_all(&root);
-            return Err(ServerError::new(format!(
-                "running as root, but could not chown {} to the `postgres` user (initdb and \
-                 postgres refuse to run as root; does the user exist?)\n{HOW_TO_GET_A_DATABASE}",
-                root.display()
-            )));
-        }
-    }
-    Ok(root)
+    process::make_temp_root("sqlx-retry-testkit", chown_to_postgres.then_some("postgres")).map_err(
+        |e| {
+            ServerError::new(format!(
+                "{e} (initdb and postgres refuse to run as root; does the user exist?)\n{HOW_TO_GET_A_DATABASE}"
+            ))
+        },
+    )
+}
+
+fn free_port() -> Result<u16, ServerError> {
+    process::free_port()
+        .map_err(|e| ServerError::new(format!("could not find a free TCP port: {e}")))
 }
 
 /// Starts a shell that waits for this process to end, then stops the cluster and
@@ -639,58 +588,5 @@ cleanup
 "#,
         pid = std::process::id(),
     );
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-}
-
-fn free_port() -> Result<u16, ServerError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ServerError::new(format!("could not find a free TCP port: {e}")))
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn tail_of_file(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Runs a future to completion on a fresh current-thread runtime in a scoped helper
-/// thread, so it works both inside and outside of a Tokio runtime.
-fn block_on<F>(future: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("could not build a Tokio runtime")
-                    .block_on(future)
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    process::spawn_detached_shell(script)
 }
