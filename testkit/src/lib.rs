@@ -38,7 +38,7 @@ mod schema;
 mod server;
 
 pub use mariadb::{
-    IsolatedMySql, MariaDbError, MariaDbServer, isolated_mysql_database, isolated_mysql_pool,
+    IsolatedMySql, MariaDbServer, isolated_mysql_database, isolated_mysql_pool,
     mysql_connect_options, mysql_url, quote_mysql_ident,
 };
 pub use proxy::{

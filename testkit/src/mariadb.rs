@@ -16,6 +16,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, MySqlConnection, MySqlPool};
 
 use crate::process::{self, block_on, random_u64, running_as_root, shell_quote, tail_of_file};
+use crate::server::ServerError;
 
 /// How long to wait for a freshly started server to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,33 +26,6 @@ const HOW_TO_GET_A_DATABASE: &str = "To run the MySQL/MariaDB tests, set \
      MYSQL_DATABASE_URL=mysql://user:password@host:port/database or install MariaDB \
      (apt-get install -y mariadb-server); the binaries (mariadb-install-db or mysql_install_db, \
      and mariadbd or mysqld) are looked up in $MARIADB_BIN, /usr/sbin, /usr/bin and $PATH.";
-
-/// An error from starting a throwaway [`MariaDbServer`] or parsing `MYSQL_DATABASE_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MariaDbError {
-    message: String,
-}
-
-impl MariaDbError {
-    fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-
-    /// The human-readable description of the failure (including log tails, if any).
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for MariaDbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for MariaDbError {}
 
 /// A MySQL or MariaDB server for tests.
 ///
@@ -81,7 +55,7 @@ struct Instance {
     watchdog: Mutex<Option<Child>>,
 }
 
-static GLOBAL: OnceLock<Result<MariaDbServer, MariaDbError>> = OnceLock::new();
+static GLOBAL: OnceLock<Result<MariaDbServer, ServerError>> = OnceLock::new();
 
 /// The URL of the MySQL/MariaDB test server, `mysql://…`.
 ///
@@ -127,10 +101,10 @@ impl MariaDbServer {
     }
 
     /// Uses an already running server at `url`.
-    pub fn external(url: impl Into<String>) -> Result<MariaDbServer, MariaDbError> {
+    pub fn external(url: impl Into<String>) -> Result<MariaDbServer, ServerError> {
         let url = url.into();
         url.parse::<MySqlConnectOptions>().map_err(|e| {
-            MariaDbError::new(format!(
+            ServerError::new(format!(
                 "invalid MYSQL_DATABASE_URL {url:?}: {e}\n{HOW_TO_GET_A_DATABASE}"
             ))
         })?;
@@ -146,7 +120,7 @@ impl MariaDbServer {
     ///
     /// It is stopped and deleted when the returned value is dropped, or by its watchdog when the
     /// process exits.
-    pub fn start_throwaway() -> Result<MariaDbServer, MariaDbError> {
+    pub fn start_throwaway() -> Result<MariaDbServer, ServerError> {
         let bins = find_binaries()?;
         let as_mysql_user = running_as_root();
         let root = make_temp_root(as_mysql_user)?;
@@ -154,7 +128,7 @@ impl MariaDbServer {
         // the server fail.
         let watchdog = spawn_watchdog(&root).map_err(|e| {
             let _ = fs::remove_dir_all(&root);
-            MariaDbError::new(format!("could not spawn the watchdog shell: {e}"))
+            ServerError::new(format!("could not spawn the watchdog shell: {e}"))
         })?;
         let instance = Instance {
             root,
@@ -186,7 +160,7 @@ impl MariaDbServer {
             }
         }
         // `instance` is dropped here: kills the server and the watchdog, removes the directory.
-        Err(last_error.unwrap_or_else(|| MariaDbError::new("could not start MariaDB")))
+        Err(last_error.unwrap_or_else(|| ServerError::new("could not start MariaDB")))
     }
 
     /// The connection URL, `mysql://…`.
@@ -220,7 +194,7 @@ impl Instance {
         self.root.join("data")
     }
 
-    fn install(&self, bins: &Binaries, as_mysql_user: bool) -> Result<(), MariaDbError> {
+    fn install(&self, bins: &Binaries, as_mysql_user: bool) -> Result<(), ServerError> {
         let mut cmd = Command::new(&bins.install_db);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.data().display()))
@@ -251,7 +225,7 @@ impl Instance {
         }
     }
 
-    fn start(&self, bins: &Binaries, as_mysql_user: bool, port: u16) -> Result<(), MariaDbError> {
+    fn start(&self, bins: &Binaries, as_mysql_user: bool, port: u16) -> Result<(), ServerError> {
         let root = &self.root;
         let mut cmd = Command::new(&bins.server);
         cmd.arg("--no-defaults")
@@ -297,7 +271,7 @@ impl Instance {
 
     /// Polls with a TCP connect and then a real sqlx connection until the server answers
     /// `SELECT 1`; fails early if the server exits.
-    fn wait_ready(&self, port: u16) -> Result<(), MariaDbError> {
+    fn wait_ready(&self, port: u16) -> Result<(), ServerError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let options = MySqlConnectOptions::new()
@@ -350,17 +324,17 @@ impl Instance {
         }
     }
 
-    fn log_file(&self, name: &str) -> Result<File, MariaDbError> {
+    fn log_file(&self, name: &str) -> Result<File, ServerError> {
         let path = self.root.join(name);
         fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| MariaDbError::new(format!("could not create {}: {e}", path.display())))
+            .map_err(|e| ServerError::new(format!("could not create {}: {e}", path.display())))
     }
 
     /// An error carrying the advice and the tails of every log of the server.
-    fn error(&self, what: String) -> MariaDbError {
+    fn error(&self, what: String) -> ServerError {
         let mut message =
             format!("could not run a throwaway MariaDB server: {what}\n{HOW_TO_GET_A_DATABASE}");
         for name in ["install.log", "mariadbd.out", "mariadbd.log"] {
@@ -369,7 +343,7 @@ impl Instance {
                 message.push_str(&format!("\n--- tail of {name} ---\n{tail}"));
             }
         }
-        MariaDbError::new(message)
+        ServerError::new(message)
     }
 }
 
@@ -505,7 +479,7 @@ fn mysql_url_from_env() -> Option<String> {
 }
 
 /// Finds `mariadb-install-db` (or `mysql_install_db`) and `mariadbd` (or `mysqld`).
-fn find_binaries() -> Result<Binaries, MariaDbError> {
+fn find_binaries() -> Result<Binaries, ServerError> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("MARIADB_BIN").filter(|d| !d.is_empty()) {
         dirs.push(PathBuf::from(dir));
@@ -525,24 +499,24 @@ fn find_binaries() -> Result<Binaries, MariaDbError> {
         find(&["mariadbd", "mysqld"]),
     ) {
         (Some(install_db), Some(server)) => Ok(Binaries { install_db, server }),
-        _ => Err(MariaDbError::new(format!(
+        _ => Err(ServerError::new(format!(
             "no MariaDB server binaries (mariadb-install-db and mariadbd) found\n\
              {HOW_TO_GET_A_DATABASE}"
         ))),
     }
 }
 
-fn make_temp_root(chown_to_mysql: bool) -> Result<PathBuf, MariaDbError> {
+fn make_temp_root(chown_to_mysql: bool) -> Result<PathBuf, ServerError> {
     process::make_temp_root("sqlx-retry-mariadb", chown_to_mysql.then_some("mysql")).map_err(|e| {
-        MariaDbError::new(format!(
+        ServerError::new(format!(
             "{e} (mariadbd refuses to run as root; does the user exist?)\n{HOW_TO_GET_A_DATABASE}"
         ))
     })
 }
 
-fn free_port() -> Result<u16, MariaDbError> {
+fn free_port() -> Result<u16, ServerError> {
     process::free_port()
-        .map_err(|e| MariaDbError::new(format!("could not find a free TCP port: {e}")))
+        .map_err(|e| ServerError::new(format!("could not find a free TCP port: {e}")))
 }
 
 /// Starts a shell that waits for this process to end, then stops the server (SIGTERM, SIGKILL

@@ -21,14 +21,15 @@ const HOW_TO_GET_A_DATABASE: &str = "To run these tests, set DATABASE_URL=postgr
      or install PostgreSQL (apt-get install -y postgresql); the binaries are looked up in \
      $PG_BIN, /usr/lib/postgresql/*/bin (highest version) and $PATH.";
 
-/// An error from starting, stopping or restarting a [`PgServer`].
+/// An error from starting, stopping or restarting a test server ([`PgServer`] or
+/// [`MariaDbServer`](crate::MariaDbServer)), or from reading its URL from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
     message: String,
 }
 
 impl ServerError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
         }
