@@ -7,7 +7,8 @@
 //! cargo run --release -p sqlx-retry-bench -- --smoke   # ~1 s per section, writes to a temp dir
 //! ```
 //!
-//! `--out DIR` writes the report and chart to `DIR` instead. The server is `DATABASE_URL` when set,
+//! `--out DIR` writes the report and chart to `DIR` instead; `--only SECTION[,SECTION…]` runs only
+//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling` (for working on one). The server is `DATABASE_URL` when set,
 //! otherwise a throwaway cluster from the testkit.
 
 mod report;
@@ -44,6 +45,9 @@ pub struct Plan {
     pub mock_iters: usize,
     /// Duration of each contention run (ours and pgbench).
     pub contention: Duration,
+    /// Rounds of the contention comparison: ours and pgbench once each per round, the order
+    /// alternating; the figures add up over rounds.
+    pub contention_rounds: usize,
     /// Duration of each backoff-strategy run.
     pub strategy: Duration,
     /// Rounds of the strategy comparison: each round runs every strategy once, in an order
@@ -69,6 +73,7 @@ impl Plan {
                 per_block: 20,
                 mock_iters: 2_000,
                 contention: Duration::from_millis(300),
+                contention_rounds: 1,
                 strategy: Duration::from_millis(150),
                 strategy_rounds: 1,
                 scaling: Duration::from_millis(200),
@@ -83,6 +88,7 @@ impl Plan {
                 per_block: 100,
                 mock_iters: 50_000,
                 contention: Duration::from_secs(2),
+                contention_rounds: 1,
                 strategy: Duration::from_secs(2),
                 strategy_rounds: 1,
                 scaling: Duration::from_secs(1),
@@ -93,10 +99,11 @@ impl Plan {
         } else {
             Plan {
                 mode: "default",
-                blocks: 50,
-                per_block: 200,
+                blocks: 500,
+                per_block: 20,
                 mock_iters: 200_000,
                 contention: Duration::from_secs(10),
+                contention_rounds: 3,
                 strategy: Duration::from_secs(6),
                 strategy_rounds: 3,
                 scaling: Duration::from_secs(5),
@@ -121,20 +128,33 @@ async fn run() -> Res<()> {
     let mut quick = false;
     let mut smoke = false;
     let mut out: Option<PathBuf> = None;
+    let mut only: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--smoke" => smoke = true,
             "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
+            "--only" => only = Some(it.next().ok_or("--only needs section names")?.clone()),
             "-h" | "--help" => {
-                println!("usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR]");
+                println!(
+                    "usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR] [--only SECTION,…]"
+                );
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
     let plan = Plan::new(quick, smoke);
+    const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
+    let only: Option<Vec<&str>> = only.as_deref().map(|o| o.split(',').collect());
+    if let Some(bad) = only.iter().flatten().find(|s| !SECTIONS.contains(s)) {
+        return Err(format!("unknown section {bad:?}; sections: {}", SECTIONS.join(", ")).into());
+    }
+    let runs = |section: &str| only.as_ref().is_none_or(|o| o.contains(&section));
+    if only.is_some() && out.is_none() && !smoke {
+        return Err("--only writes a partial report: give --out DIR".into());
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace root")?
@@ -180,126 +200,62 @@ async fn run() -> Res<()> {
     rep.pgbench = pgbench.as_ref().map(PgBench::version);
 
     // 0. Profile: in-process loop cost, tracing, boxing, and the DB phases.
-    eprintln!("[profile]");
-    rep.load.push(("profile", report::loadavg()));
-    rep.profile = profile(&plan, &opts).await?;
+    if runs("profile") {
+        eprintln!("[profile]");
+        rep.load.push(("profile", report::loadavg()));
+        rep.profile = profile(&plan, &opts).await?;
+    }
 
     // 1. Uncontended overhead.
-    eprintln!("[overhead]");
-    rep.load.push(("overhead", report::loadavg()));
-    rep.overhead = Some(overhead(&plan, &opts, &iso).await?);
+    if runs("overhead") {
+        eprintln!("[overhead]");
+        rep.load.push(("overhead", report::loadavg()));
+        rep.overhead = Some(overhead(&plan, &opts, &iso).await?);
+    }
 
-    // 2. Contention: ours (the attribute, default backoff) vs pgbench.
-    eprintln!("[contention]");
-    rep.load.push(("contention", report::loadavg()));
-    for w in [Workload::Hot, Workload::Skew] {
-        let ours = workloads::run_ours(
-            &opts,
-            w,
-            &Imp::Attribute,
-            plan.contention_clients,
-            plan.contention,
-        )
-        .await?;
-        eprintln!("  {w:?} ours: {}", ours.summary());
-        let theirs = match &pgbench {
-            Some(pb) => {
-                let r = pb
-                    .run(
-                        &opts,
-                        w,
-                        plan.contention_clients,
-                        plan.contention,
-                        plan.max_tries,
-                    )
-                    .await?;
-                eprintln!("  {w:?} pgbench: {}", r.summary());
-                Some(r)
+    // 2. Contention: ours (the attribute, default backoff) vs pgbench, in rounds whose order
+    // alternates, so that neither side always runs first or on the same stretch of a noisy host.
+    if runs("contention") {
+        eprintln!("[contention]");
+        rep.load.push(("contention", report::loadavg()));
+        for w in [Workload::Hot, Workload::Skew] {
+            let mut c = report::Contention::new(w);
+            for round in 0..plan.contention_rounds {
+                let pgbench_first = round % 2 == 1;
+                let mut theirs = None;
+                if pgbench_first {
+                    theirs = run_pgbench(pgbench.as_ref(), &opts, w, &plan).await?;
+                }
+                let ours = workloads::run_ours(
+                    &opts,
+                    w,
+                    &Imp::Attribute,
+                    plan.contention_clients,
+                    plan.contention,
+                )
+                .await?;
+                eprintln!("  round {} {w:?} ours: {}", round + 1, ours.summary());
+                if !pgbench_first {
+                    theirs = run_pgbench(pgbench.as_ref(), &opts, w, &plan).await?;
+                }
+                if let Some(t) = &theirs {
+                    eprintln!("  round {} {w:?} pgbench: {}", round + 1, t.summary());
+                }
+                c.add_round(ours, theirs);
             }
-            None => None,
-        };
-        let violations = workloads::skew_violations(&mut admin).await?;
-        rep.contention.push((w, ours, theirs, violations));
+            c.violations = workloads::skew_violations(&mut admin).await?;
+            rep.contention.push(c);
+        }
     }
 
     // 3. Backoff strategies through the plain API.
-    eprintln!("[strategies]");
-    rep.load.push(("strategies", report::loadavg()));
-    let strategies = strategies();
-    let mut totals: Vec<Vec<Option<workloads::RunResult>>> =
-        strategies.iter().map(|_| vec![None, None]).collect();
-    for round in 0..plan.strategy_rounds {
-        for k in 0..strategies.len() {
-            let i = (k + round) % strategies.len();
-            let (name, backoff) = &strategies[i];
-            for (j, w) in [Workload::Hot, Workload::Skew].into_iter().enumerate() {
-                let policy = Policy::builder()
-                    .max_attempts(plan.max_tries)
-                    .backoff(backoff.clone())
-                    .build()?;
-                let r = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Plain(Arc::new(policy)),
-                    plan.contention_clients,
-                    plan.strategy,
-                )
-                .await?;
-                eprintln!("  round {} {name} {w:?}: {}", round + 1, r.summary());
-                match &mut totals[i][j] {
-                    Some(total) => total.absorb(r),
-                    slot => *slot = Some(r),
-                }
-            }
-        }
-    }
-    for ((name, _), results) in strategies.iter().zip(totals) {
-        for (w, r) in [Workload::Hot, Workload::Skew].into_iter().zip(results) {
-            if let Some(r) = r {
-                rep.strategies.push((name.to_string(), w, r));
-            }
-        }
+    if runs("strategies") {
+        strategies_section(&plan, &opts, &mut rep).await?;
     }
 
     // 4. Scaling on the hot row.
-    eprintln!("[scaling]");
-    rep.load.push(("scaling", report::loadavg()));
-    let adaptive = Arc::new(
-        Policy::builder()
-            .max_attempts(plan.max_tries)
-            .backoff(Backoff::adaptive(
-                Backoff::DEFAULT_BASE,
-                Backoff::DEFAULT_CAP,
-            ))
-            .build()?,
-    );
-    for &c in &plan.clients {
-        let ours =
-            workloads::run_ours(&opts, Workload::Hot, &Imp::Attribute, c, plan.scaling).await?;
-        let adapt = workloads::run_ours(
-            &opts,
-            Workload::Hot,
-            &Imp::Plain(adaptive.clone()),
-            c,
-            plan.scaling,
-        )
-        .await?;
-        let theirs = match &pgbench {
-            Some(pb) => Some(
-                pb.run(&opts, Workload::Hot, c, plan.scaling, plan.max_tries)
-                    .await?,
-            ),
-            None => None,
-        };
-        eprintln!(
-            "  {c:>2} clients: ours {:.0} tx/s, adaptive {:.0} tx/s, pgbench {}",
-            ours.tps(),
-            adapt.tps(),
-            theirs
-                .as_ref()
-                .map_or("-".into(), |t| format!("{:.0} tx/s", t.tps()))
-        );
-        rep.scaling.push((c, ours, adapt, theirs));
+    if runs("scaling") {
+        scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
 
     rep.load.push(("end", report::loadavg()));
@@ -321,6 +277,122 @@ async fn run() -> Res<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Section 3: every strategy on both workloads through the plain API, in rotated rounds.
+async fn strategies_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[strategies]");
+    rep.load.push(("strategies", report::loadavg()));
+    let strategies = strategies();
+    let mut totals: Vec<Vec<Option<workloads::RunResult>>> =
+        strategies.iter().map(|_| vec![None, None]).collect();
+    for round in 0..plan.strategy_rounds {
+        for k in 0..strategies.len() {
+            let i = (k + round) % strategies.len();
+            let (name, backoff) = &strategies[i];
+            for (j, w) in [Workload::Hot, Workload::Skew].into_iter().enumerate() {
+                let policy = Policy::builder()
+                    .max_attempts(plan.max_tries)
+                    .backoff(backoff.clone())
+                    .build()?;
+                let r = workloads::run_ours(
+                    opts,
+                    w,
+                    &Imp::Plain(Arc::new(policy)),
+                    plan.contention_clients,
+                    plan.strategy,
+                )
+                .await?;
+                eprintln!("  round {} {name} {w:?}: {}", round + 1, r.summary());
+                RunResult::accumulate(&mut totals[i][j], r);
+            }
+        }
+    }
+    for ((name, _), results) in strategies.iter().zip(totals) {
+        for (w, r) in [Workload::Hot, Workload::Skew].into_iter().zip(results) {
+            if let Some(r) = r {
+                rep.strategies.push((name.to_string(), w, r));
+            }
+        }
+    }
+
+    Ok(())
+}
+
+/// Section 4: goodput and p99 of the hot row against the number of clients.
+async fn scaling_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[scaling]");
+    rep.load.push(("scaling", report::loadavg()));
+    let adaptive = Arc::new(
+        Policy::builder()
+            .max_attempts(plan.max_tries)
+            .backoff(Backoff::adaptive(
+                Backoff::DEFAULT_BASE,
+                Backoff::DEFAULT_CAP,
+            ))
+            .build()?,
+    );
+    for &c in &plan.clients {
+        let ours =
+            workloads::run_ours(opts, Workload::Hot, &Imp::Attribute, c, plan.scaling).await?;
+        let adapt = workloads::run_ours(
+            opts,
+            Workload::Hot,
+            &Imp::Plain(adaptive.clone()),
+            c,
+            plan.scaling,
+        )
+        .await?;
+        let theirs = match pgbench {
+            Some(pb) => Some(
+                pb.run(opts, Workload::Hot, c, plan.scaling, plan.max_tries)
+                    .await?,
+            ),
+            None => None,
+        };
+        eprintln!(
+            "  {c:>2} clients: ours {:.0} tx/s, adaptive {:.0} tx/s, pgbench {}",
+            ours.tps(),
+            adapt.tps(),
+            theirs
+                .as_ref()
+                .map_or("-".into(), |t| format!("{:.0} tx/s", t.tps()))
+        );
+        rep.scaling.push((c, ours, adapt, theirs));
+    }
+
+    Ok(())
+}
+
+/// One pgbench run of section 2, or `None` without pgbench.
+async fn run_pgbench(
+    pgbench: Option<&PgBench>,
+    opts: &PgConnectOptions,
+    w: Workload,
+    plan: &Plan,
+) -> Res<Option<RunResult>> {
+    match pgbench {
+        Some(pb) => Ok(Some(
+            pb.run(
+                opts,
+                w,
+                plan.contention_clients,
+                plan.contention,
+                plan.max_tries,
+            )
+            .await?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The strategies compared in section 3, all with the default base and cap.
@@ -494,26 +566,109 @@ async fn bump_attr(tx: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-async fn bump_begin_with(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-        .await?;
-    sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+/// Where section 1's transactions get their connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A pool of `size` connections, opened in advance; `ping` is `test_before_acquire`.
+    Pool {
+        /// `max_connections`.
+        size: u32,
+        /// `test_before_acquire`.
+        ping: bool,
+    },
+    /// One `PgConnection`, no pool: `&mut conn` for ours, `conn.begin…()` for the hand-written.
+    Conn,
 }
 
-async fn bump_set(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+impl Target {
+    /// The configurations of section 1, in report order.
+    pub const ALL: [Target; 4] = [
+        Target::Conn,
+        Target::Pool {
+            size: 1,
+            ping: false,
+        },
+        Target::Pool {
+            size: 10,
+            ping: false,
+        },
+        Target::Pool {
+            size: 10,
+            ping: true,
+        },
+    ];
+
+    /// The heading of this configuration in the report.
+    pub fn title(self) -> String {
+        match self {
+            Target::Pool { size, ping: false } => format!(
+                "a pool of {size} connection{}, `test_before_acquire(false)`",
+                if size == 1 { "" } else { "s" }
+            ),
+            Target::Pool { size, ping: true } => {
+                format!(
+                    "a pool of {size} connections, `test_before_acquire(true)` (sqlx's defaults)"
+                )
+            }
+            Target::Conn => "one `PgConnection`, no pool".to_string(),
+        }
+    }
+
+    /// Round trips per transaction the client waits for: (ours, `begin()` + `SET`).
+    pub fn critical_round_trips(self) -> (u8, u8) {
+        // BEGIN, UPDATE, COMMIT; the hand-written code adds SET TRANSACTION. A one-connection
+        // pool makes the next acquire wait for the release ping; `test_before_acquire` pings
+        // before every acquire.
+        let pool_extra = match self {
+            Target::Pool { size: 1, ping } => 1 + u8::from(ping),
+            Target::Pool { ping, .. } => u8::from(ping),
+            Target::Conn => 0,
+        };
+        (3 + pool_extra, 4 + pool_extra)
+    }
+
+    async fn open(self, opts: PgConnectOptions) -> Res<Handle> {
+        Ok(match self {
+            Target::Pool { size, ping } => Handle::Pool(workloads::pool(opts, size, ping).await?),
+            Target::Conn => Handle::Conn(PgConnection::connect_with(&opts).await?),
+        })
+    }
+}
+
+/// An open [`Target`].
+enum Handle {
+    Pool(PgPool),
+    Conn(PgConnection),
+}
+
+impl Handle {
+    async fn close(self) -> Res<()> {
+        match self {
+            Handle::Pool(p) => p.close().await,
+            Handle::Conn(c) => c.close().await?,
+        }
+        Ok(())
+    }
+}
+
+const BUMP: &str = "UPDATE counters SET n = n + 1 WHERE id = $1";
+
+/// The hand-written transaction: `begin_with(BEGIN ISOLATION LEVEL SERIALIZABLE)` when
+/// `one_statement`, else `begin()` + `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE`.
+async fn bump_hand(h: &mut Handle, one_statement: bool) -> Result<(), sqlx::Error> {
+    const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+    let mut tx = match (h, one_statement) {
+        (Handle::Pool(p), true) => p.begin_with(BEGIN).await?,
+        (Handle::Pool(p), false) => p.begin().await?,
+        (Handle::Conn(c), true) => c.begin_with(BEGIN).await?,
+        (Handle::Conn(c), false) => c.begin().await?,
+    };
+    if !one_statement {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(BUMP).bind(1_i64).execute(&mut *tx).await?;
     tx.commit().await
 }
 
@@ -524,17 +679,20 @@ pub const OVERHEAD_IMPS: [&str; 3] = [
     "hand: `begin()` + `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE`",
 ];
 
-async fn bump(which: usize, pool: &PgPool) -> Result<(), sqlx::Error> {
-    match which {
-        0 => bump_attr(pool, 1).await,
-        1 => bump_begin_with(pool, 1).await,
-        _ => bump_set(pool, 1).await,
+async fn bump(which: usize, h: &mut Handle) -> Result<(), sqlx::Error> {
+    match (which, &mut *h) {
+        (0, Handle::Pool(p)) => bump_attr(&*p, 1).await,
+        (0, Handle::Conn(c)) => bump_attr(c, 1).await,
+        (1, h) => bump_hand(h, true).await,
+        (_, h) => bump_hand(h, false).await,
     }
 }
 
-/// Section 1's figures for one pool configuration.
-#[derive(Debug, Clone, Default)]
+/// Section 1's figures for one [`Target`].
+#[derive(Debug, Clone)]
 pub struct OverheadRun {
+    /// Where the connections came from.
+    pub target: Target,
     /// Median per-transaction latency per implementation, µs.
     pub median_us: [f64; 3],
     /// p99 per implementation, µs.
@@ -547,49 +705,49 @@ pub struct OverheadRun {
     pub n: usize,
 }
 
-/// Section 1: with and without sqlx's ping on acquire.
-#[derive(Debug, Clone, Default)]
-pub struct Overhead {
-    /// `test_before_acquire(false)`.
-    pub no_ping: OverheadRun,
-    /// sqlx's default pool (pings before handing out an idle connection).
-    pub ping: OverheadRun,
-    /// Round trips per transaction of the attribute on a `&mut PgConnection` (no pool).
-    pub conn_round_trips: f64,
+impl OverheadRun {
+    /// Ours / implementation `k`, by median latency.
+    pub fn ratio(&self, k: usize) -> f64 {
+        self.median_us[0] / self.median_us[k]
+    }
 }
+
+/// The block orders of section 1: every implementation runs first, second and third equally
+/// often, so drift and warm caches favour none of them.
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+    [0, 2, 1],
+    [1, 0, 2],
+];
 
 async fn overhead(
     plan: &Plan,
     opts: &PgConnectOptions,
     iso: &sqlx_retry_testkit::Isolated,
-) -> Res<Overhead> {
-    let mut out = Overhead::default();
+) -> Res<Vec<OverheadRun>> {
     let proxy = PgProxy::start(opts.clone()).await;
-    for ping in [false, true] {
-        let pool = workloads::pool(opts.clone(), 1, ping).await?;
+    let mut out = Vec::new();
+    for target in Target::ALL {
+        eprintln!("  {}", target.title());
+        let mut h = target.open(opts.clone()).await?;
         // Warm-up: statement caches, server caches.
         for which in 0..3 {
             for _ in 0..50 {
-                bump(which, &pool).await?;
+                bump(which, &mut h).await?;
             }
         }
         let mut lat: [Vec<f64>; 3] = Default::default();
         let mut ratios: [Vec<f64>; 3] = Default::default();
-        const ORDERS: [[usize; 3]; 6] = [
-            [0, 1, 2],
-            [1, 2, 0],
-            [2, 0, 1],
-            [2, 1, 0],
-            [0, 2, 1],
-            [1, 0, 2],
-        ];
         for block in 0..plan.blocks {
             let mut totals = [0.0_f64; 3];
             for which in ORDERS[block % ORDERS.len()] {
                 let t_block = Instant::now();
                 for _ in 0..plan.per_block {
                     let t = Instant::now();
-                    bump(which, &pool).await?;
+                    bump(which, &mut h).await?;
                     lat[which].push(t.elapsed().as_secs_f64() * 1e6);
                 }
                 totals[which] = t_block.elapsed().as_secs_f64();
@@ -598,46 +756,45 @@ async fn overhead(
                 ratios[k].push(totals[0] / totals[k]);
             }
         }
-        pool.close().await;
-        let run = if ping {
-            &mut out.ping
-        } else {
-            &mut out.no_ping
+        h.close().await?;
+        let mut run = OverheadRun {
+            target,
+            median_us: [0.0; 3],
+            p99_us: [0.0; 3],
+            block_ratio: [0.0; 3],
+            round_trips: [0.0; 3],
+            n: plan.blocks * plan.per_block,
         };
-        run.n = plan.blocks * plan.per_block;
         for k in 0..3 {
             run.median_us[k] = median_f(&mut lat[k]);
             run.p99_us[k] = lat[k][(lat[k].len() * 99 / 100).min(lat[k].len() - 1)];
             run.block_ratio[k] = median_f(&mut ratios[k]);
         }
-        // Round trips through the proxy.
-        let ppool = workloads::pool(proxy.schema_options(iso.schema()), 1, ping).await?;
+        // Round trips through the proxy, counted with the same kind of connection source.
+        let mut ph = target.open(proxy.schema_options(iso.schema())).await?;
         for which in 0..3 {
             for _ in 0..10 {
-                bump(which, &ppool).await?;
+                bump(which, &mut ph).await?;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let n = 200;
             let before = proxy.stats();
             for _ in 0..n {
-                bump(which, &ppool).await?;
+                bump(which, &mut ph).await?;
             }
-            let d = proxy.stats().since(&before);
-            run.round_trips[which] = d.round_trips as f64 / n as f64;
+            // Let the pool's release ping of the last transaction land before counting.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            run.round_trips[which] = proxy.stats().since(&before).round_trips as f64 / n as f64;
         }
-        ppool.close().await;
+        ph.close().await?;
+        eprintln!(
+            "    ours/begin_with {:.3}, ours/begin+SET {:.3}, round trips {:?}",
+            run.ratio(1),
+            run.ratio(2),
+            run.round_trips
+        );
+        out.push(run);
     }
-    // The attribute on a single connection: no pool, so no acquire/release traffic.
-    let mut conn = PgConnection::connect_with(&proxy.schema_options(iso.schema())).await?;
-    for _ in 0..10 {
-        bump_attr(&mut conn, 1).await?;
-    }
-    let n = 200;
-    let before = proxy.stats();
-    for _ in 0..n {
-        bump_attr(&mut conn, 1).await?;
-    }
-    out.conn_round_trips = proxy.stats().since(&before).round_trips as f64 / n as f64;
-    conn.close().await?;
     Ok(out)
 }
 

@@ -13,7 +13,7 @@ pub const DEFAULT_STRATEGY: &str = "adaptive 5ms/500ms (default)";
 use sqlx::PgConnection;
 
 use crate::workloads::{RunResult, Workload};
-use crate::{OVERHEAD_IMPS, Overhead, Plan, Profile, Res};
+use crate::{OVERHEAD_IMPS, OverheadRun, Plan, Profile, Res};
 
 /// The server the run used.
 #[derive(Debug, Clone)]
@@ -60,9 +60,9 @@ pub struct Report {
     /// Section 0.
     pub profile: Profile,
     /// Section 1.
-    pub overhead: Option<Overhead>,
-    /// Section 2: workload, ours, pgbench, write-skew invariant violations after the runs.
-    pub contention: Vec<(Workload, RunResult, Option<RunResult>, i64)>,
+    pub overhead: Option<Vec<OverheadRun>>,
+    /// Section 2, per workload.
+    pub contention: Vec<Contention>,
     /// Section 3: strategy name, workload, result.
     pub strategies: Vec<(String, Workload, RunResult)>,
     /// Section 4: clients, ours (attribute, default backoff), ours (adaptive), pgbench.
@@ -73,6 +73,44 @@ pub struct Report {
     pub pgbench: Option<String>,
     /// `/proc/loadavg` (1-minute) when each section started and at the end.
     pub load: Vec<(&'static str, f64)>,
+}
+
+/// Section 2's figures for one workload, summed over rounds.
+pub struct Contention {
+    /// The workload.
+    pub workload: Workload,
+    /// Ours, all rounds (`None` before the first).
+    pub ours: Option<RunResult>,
+    /// pgbench, all rounds (`None` without pgbench).
+    pub theirs: Option<RunResult>,
+    /// Goodput ours / pgbench of each round.
+    pub round_ratios: Vec<f64>,
+    /// Write-skew invariant violations after the runs.
+    pub violations: i64,
+}
+
+impl Contention {
+    /// No rounds yet.
+    pub fn new(workload: Workload) -> Contention {
+        Contention {
+            workload,
+            ours: None,
+            theirs: None,
+            round_ratios: Vec::new(),
+            violations: 0,
+        }
+    }
+
+    /// Adds one round.
+    pub fn add_round(&mut self, ours: RunResult, theirs: Option<RunResult>) {
+        if let Some(t) = &theirs {
+            self.round_ratios.push(ours.tps() / t.tps().max(1e-9));
+        }
+        RunResult::accumulate(&mut self.ours, ours);
+        if let Some(t) = theirs {
+            RunResult::accumulate(&mut self.theirs, t);
+        }
+    }
 }
 
 /// The 1-minute load average, 0 when unknown.
@@ -93,6 +131,10 @@ fn cpu_model() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
 }
 
 fn opt(r: Option<&RunResult>, f: impl Fn(&RunResult) -> String) -> String {
@@ -221,14 +263,15 @@ impl Report {
         let _ = writeln!(
             m,
             "- Mode `{}`: overhead {} blocks × {} transactions per implementation; contention runs \
-             {:.1} s with {} clients; strategy runs {} × {:.1} s; scaling points {:.1} s (pgbench runs \
-             whole seconds, at least 1). Ours: pools of exactly as many connections as clients, \
+             {} × {:.1} s with {} clients; strategy runs {} × {:.1} s; scaling points {:.1} s (pgbench runs \
+             whole seconds, at least 1). Contended runs, ours: pools of exactly as many connections as clients, \
              opened in advance, `test_before_acquire(false)` (a pooled client holds its connection \
              like a pgbench client), at most {} attempts. pgbench: `-M prepared -n -r -l \
              --failures-detailed --max-tries={}` (immediate retry), `-j 2`; {}.\n",
             p.mode,
             p.blocks,
             p.per_block,
+            p.contention_rounds,
             p.contention.as_secs_f64(),
             p.contention_clients,
             p.strategy_rounds,
@@ -240,22 +283,27 @@ impl Report {
         );
 
         // Section 1.
-        if let Some(o) = &self.overhead {
+        if let Some(runs) = self.overhead.as_deref().filter(|r| !r.is_empty()) {
             let _ = writeln!(m, "## 1. Overhead without contention\n");
             let _ = writeln!(
                 m,
-                "One client, one pooled connection, `UPDATE counters SET n = n + 1 WHERE id = 1` at \
-                 SERIALIZABLE, {} transactions per implementation, interleaved in blocks whose \
+                "One client, `UPDATE counters SET n = n + 1 WHERE id = 1` at SERIALIZABLE, {} \
+                 transactions per implementation and configuration, interleaved in blocks whose \
                  order rotates (so drift hits all three alike). Ratio = ours / theirs; below 1 means \
                  ours is faster. \"block ratio\" is the median over blocks of the ratio of block \
-                 times.\n",
-                o.no_ping.n
+                 times. Round trips are counted at a TCP proxy in front of the server.\n\n\
+                 The four configurations differ in the round trips sqlx's pool adds on its own, \
+                 which both sides pay alike: it pings every connection when it is returned \
+                 (`PoolConnection::return_to_pool` in sqlx-core 0.9, unconditionally), and with \
+                 `test_before_acquire(true)`, its default, once more before handing it out. The \
+                 release ping runs in a spawned task: the client waits for it only when the next \
+                 acquire needs that same connection (a one-connection pool); in a larger pool it \
+                 overlaps the next transaction on another connection and so changes the timing of \
+                 the round trips around it.\n",
+                runs[0].n
             );
-            for (title, run) in [
-                ("pool with `test_before_acquire(false)`", &o.no_ping),
-                ("sqlx's default pool (pings on acquire)", &o.ping),
-            ] {
-                let _ = writeln!(m, "**{title}**\n");
+            for run in runs {
+                let _ = writeln!(m, "**{}**\n", run.target.title());
                 let _ = writeln!(
                     m,
                     "| implementation | median µs/tx | p99 µs/tx | ours/this (median) | ours/this (block ratio) | round trips per tx |"
@@ -268,42 +316,67 @@ impl Report {
                         imp,
                         run.median_us[k],
                         run.p99_us[k],
-                        run.median_us[0] / run.median_us[k],
+                        run.ratio(k),
                         run.block_ratio[k],
                         run.round_trips[k]
                     );
                 }
-                let _ = writeln!(m);
+                let (ra, rb) = (run.ratio(1), run.ratio(2));
+                let (ours, theirs) = run.target.critical_round_trips();
+                let _ = writeln!(
+                    m,
+                    "\n(a) ours / `begin_with` = **{ra:.3}** (goal ≤ 1.02: {}); (b) ours / \
+                     `begin()` + `SET TRANSACTION` = **{rb:.3}** (goal ≤ 0.80: {}). Round trips the \
+                     client waits for: ours {ours}, `begin()` + `SET` {theirs}; {:.2} if every \
+                     round trip cost the same.\n",
+                    verdict(ra <= 1.02),
+                    verdict(rb <= 0.80),
+                    f64::from(ours) / f64::from(theirs),
+                );
             }
-            let n = &o.no_ping;
-            let ra = n.median_us[0] / n.median_us[1];
-            let rb = n.median_us[0] / n.median_us[2];
+            let range = |k: usize| {
+                let v: Vec<f64> = runs.iter().map(|r| r.ratio(k)).collect();
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{lo:.3}–{hi:.3}")
+            };
+            let met = |k: usize, goal: f64| -> Vec<String> {
+                runs.iter()
+                    .filter(|r| r.ratio(k) <= goal)
+                    .map(|r| r.target.title())
+                    .collect()
+            };
+            let (a_met, b_met) = (met(1, 1.02), met(2, 0.80));
             let _ = writeln!(
                 m,
-                "Goals (no-ping pool): (a) attribute / hand `begin_with` = **{ra:.3}** (goal ≤ 1.02: {}); \
-                 (b) attribute / hand `begin()` + `SET TRANSACTION` = **{rb:.3}** (goal ≤ 0.80: {}); \
-                 (c) round trips per attempt: **{:.2}** through a pool, **{:.2}** on a \
-                 `&mut PgConnection`; the floor is 1 statement + BEGIN + COMMIT = 3 ({}). The one \
-                 round trip above the floor through a pool is not ours: sqlx 0.9 pings every \
-                 connection when it is returned to the pool (`PoolConnection::return_to_pool`, \
-                 unconditionally, whatever `test_before_acquire` says); the hand-written \
-                 `begin_with` pays it too ({:.2}). It runs in a spawned task after release, so it \
-                 delays the next acquire only when the pool has no other idle connection, as in \
-                 this one-connection test. With sqlx's default pool every acquire adds another ping \
-                 ({:.2} round trips), which dilutes (b) to {:.3}.\n",
-                if ra <= 1.02 { "met" } else { "**missed**" },
-                if rb <= 0.80 { "met" } else { "**missed**" },
-                n.round_trips[0],
-                o.conn_round_trips,
-                if o.conn_round_trips <= 3.0 + 1e-9 {
-                    "at the floor on a connection"
+                "Over the {} configurations: (a) ranges {} and meets its goal in {} of them; (b) \
+                 ranges {} and meets its goal in {} of them{}.\n",
+                runs.len(),
+                range(1),
+                a_met.len(),
+                range(2),
+                b_met.len(),
+                if b_met.is_empty() {
+                    String::new()
                 } else {
-                    "**above the floor**"
+                    format!(" ({})", b_met.join("; "))
                 },
-                n.round_trips[1],
-                o.ping.round_trips[0],
-                o.ping.median_us[0] / o.ping.median_us[2],
             );
+            let conn = runs.iter().find(|r| r.target == crate::Target::Conn);
+            if let Some(c) = conn {
+                let _ = writeln!(
+                    m,
+                    "(c) Round trips per attempt: **{:.2}** on a `PgConnection`; the floor is 1 \
+                     statement + BEGIN + COMMIT = 3 ({}). Through a pool the proxy counts one more, \
+                     the pool's release ping, which the hand-written code pays alike.\n",
+                    c.round_trips[0],
+                    if c.round_trips[0] <= 3.0 + 1e-9 {
+                        "at the floor"
+                    } else {
+                        "**above the floor**"
+                    },
+                );
+            }
         }
 
         // Profile.
@@ -376,213 +449,226 @@ impl Report {
             (pr.mock_attr_ns - pr.mock_hand_ns) / (total_us * 1e3) * 100.0
         );
 
-        // Section 2.
-        let _ = writeln!(m, "## 2. Contention: ours vs pgbench, same SQL\n");
-        let _ = writeln!(
-            m,
-            "{} clients. **Hot row**: `BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM hot WHERE \
+        if !self.contention.is_empty() {
+            // Section 2.
+            let _ = writeln!(m, "## 2. Contention: ours vs pgbench, same SQL\n");
+            let _ = writeln!(
+                m,
+                "{} clients. **Hot row**: `BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM hot WHERE \
              id = :id; UPDATE hot SET v = v + :d WHERE id = :id; COMMIT` over 4 rows, random id and \
              d. **Write skew**: 4 shifts × 8 doctors; count those on call for a random shift; a \
              random doctor of it goes off call if ≥ 2 are on call, else on call (keeps the workload \
              stationary). Ours = `#[serializable_retry(max = {})]` with the default backoff \
              (adaptive 5 ms/500 ms). Latency is per committed transaction, \
              retries and backoff included.\n",
-            p.contention_clients, p.max_tries
-        );
-        let _ = writeln!(
-            m,
-            "| workload | who | committed tx/s | failed tx | retries / committed tx | p50 ms | p99 ms |"
-        );
-        let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|");
-        for (w, ours, theirs, _) in &self.contention {
-            for (who, r) in [("sqlx-retry", Some(ours)), ("pgbench", theirs.as_ref())] {
-                let _ = writeln!(
-                    m,
-                    "| {} | {who} | {} | {} | {} | {} | {} |",
-                    w.name(),
-                    opt(r, |r| format!("{:.0}", r.tps())),
-                    opt(r, |r| r.failed.to_string()),
-                    opt(r, |r| format!("{:.3}", r.retries_per_commit())),
-                    opt(r, |r| format!("{:.2}", r.pct_ms(0.5))),
-                    opt(r, |r| format!("{:.2}", r.pct_ms(0.99))),
-                );
+                p.contention_clients, p.max_tries
+            );
+            let _ = writeln!(
+                m,
+                "| workload | who | committed tx/s | failed tx | retries / committed tx | p50 ms | p99 ms |"
+            );
+            let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|");
+            for c in &self.contention {
+                for (who, r) in [
+                    ("sqlx-retry", c.ours.as_ref()),
+                    ("pgbench", c.theirs.as_ref()),
+                ] {
+                    let _ = writeln!(
+                        m,
+                        "| {} | {who} | {} | {} | {} | {} | {} |",
+                        c.workload.name(),
+                        opt(r, |r| format!("{:.0}", r.tps())),
+                        opt(r, |r| r.failed.to_string()),
+                        opt(r, |r| format!("{:.3}", r.retries_per_commit())),
+                        opt(r, |r| format!("{:.2}", r.pct_ms(0.5))),
+                        opt(r, |r| format!("{:.2}", r.pct_ms(0.99))),
+                    );
+                }
             }
-        }
-        let _ = writeln!(m);
-        for (w, ours, theirs, violations) in &self.contention {
-            if let Some(t) = theirs {
+            let _ = writeln!(m);
+            for c in &self.contention {
+                let (Some(ours), Some(t)) = (&c.ours, &c.theirs) else {
+                    continue;
+                };
                 let tps = ours.tps() / t.tps().max(1e-9);
                 let rr = ours.retries_per_commit() / t.retries_per_commit().max(1e-9);
+                let rounds: Vec<String> =
+                    c.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
                 let _ = writeln!(
                     m,
-                    "- {}: goodput ours/pgbench = **{tps:.2}** (goal ≥ 1: {}); failed ours = {} \
-                     (goal 0: {}); retries per commit ours/pgbench = **{rr:.2}** (goal ≤ 0.5: {}).{}",
-                    w.name(),
-                    if tps >= 1.0 { "met" } else { "**missed**" },
+                    "- {}: goodput ours/pgbench = **{tps:.2}** (goal ≥ 1: {}; by round: {}); failed \
+                 ours = {} (goal 0: {}); retries per commit ours/pgbench = **{rr:.2}** (goal ≤ \
+                 0.5: {}).{}",
+                    c.workload.name(),
+                    verdict(tps >= 1.0),
+                    rounds.join(", "),
                     ours.failed,
-                    if ours.failed == 0 {
-                        "met"
-                    } else {
-                        "**missed**"
-                    },
-                    if rr <= 0.5 { "met" } else { "**missed**" },
-                    if *w == Workload::Skew {
-                        format!(" Shifts left with nobody on call after the runs: {violations}.")
+                    verdict(ours.failed == 0),
+                    verdict(rr <= 0.5),
+                    if c.workload == Workload::Skew {
+                        format!(
+                            " Shifts left with nobody on call after the runs: {}.",
+                            c.violations
+                        )
                     } else {
                         String::new()
                     }
                 );
             }
+            let _ = writeln!(m);
         }
-        let _ = writeln!(m);
 
-        // Section 3.
-        let _ = writeln!(m, "## 3. Backoff strategies\n");
-        let _ = writeln!(
-            m,
-            "`sqlx_retry::transaction(&pool, &policy, …)` with `Policy::builder().max_attempts({}).backoff(…)`, \
+        if !self.strategies.is_empty() {
+            // Section 3.
+            let _ = writeln!(m, "## 3. Backoff strategies\n");
+            let _ = writeln!(
+                m,
+                "`sqlx_retry::transaction(&pool, &policy, …)` with `Policy::builder().max_attempts({}).backoff(…)`, \
              {} clients, {} rounds of {:.1} s per strategy and workload (each round runs every \
              strategy once, in an order rotated per round; the figures add up over the rounds). \
              `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
              window is `unit · k · 2ⁿ⁻¹` (capped), with *k* the number of calls of the policy \
              retrying right now and *unit* the measured attempt duration (≤ base).\n",
-            p.max_tries,
-            p.contention_clients,
-            p.strategy_rounds,
-            p.strategy.as_secs_f64()
-        );
-        let _ = writeln!(
-            m,
-            "| strategy | workload | committed tx/s | failed | retries / committed tx | p50 ms | p99 ms |"
-        );
-        let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|");
-        for (name, w, r) in &self.strategies {
+                p.max_tries,
+                p.contention_clients,
+                p.strategy_rounds,
+                p.strategy.as_secs_f64()
+            );
             let _ = writeln!(
                 m,
-                "| {name} | {} | {:.0} | {} | {:.3} | {:.2} | {:.2} |",
-                w.name(),
-                r.tps(),
-                r.failed,
-                r.retries_per_commit(),
-                r.pct_ms(0.5),
-                r.pct_ms(0.99)
+                "| strategy | workload | committed tx/s | failed | retries / committed tx | p50 ms | p99 ms |"
             );
-        }
-        let _ = writeln!(m);
-        let mut scores = String::new();
-        for (n, _) in crate::strategies() {
-            if let Some((sc, rr, failed)) = self.score(n) {
-                let _ = write!(
-                    scores,
-                    "{n}: goodput score {sc:.3}, {rr:.2} retries/commit{}; ",
-                    if failed {
-                        ", **failed transactions**"
-                    } else {
-                        ""
-                    }
+            let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|");
+            for (name, w, r) in &self.strategies {
+                let _ = writeln!(
+                    m,
+                    "| {name} | {} | {:.0} | {} | {:.3} | {:.2} | {:.2} |",
+                    w.name(),
+                    r.tps(),
+                    r.failed,
+                    r.retries_per_commit(),
+                    r.pct_ms(0.5),
+                    r.pct_ms(0.99)
                 );
             }
-        }
-        let _ = writeln!(
-            m,
-            "**Choice of default, from these figures.** Goodput score = geometric mean over both \
-             workloads of the strategy's committed tx/s relative to the best strategy on that \
-             workload; retries averaged over both workloads. {}\n",
-            scores.trim_end_matches("; ")
-        );
-        if let Some((best, score, retries)) = self.best_strategy() {
-            let default = DEFAULT_STRATEGY;
-            let none = self.score("none");
+            let _ = writeln!(m);
+            let mut scores = String::new();
+            for (n, _) in crate::strategies() {
+                if let Some((sc, rr, failed)) = self.score(n) {
+                    let _ = write!(
+                        scores,
+                        "{n}: goodput score {sc:.3}, {rr:.2} retries/commit{}; ",
+                        if failed {
+                            ", **failed transactions**"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
             let _ = writeln!(
                 m,
-                "Rule (fixed before the run): a backoff exists to take load off the server, so the \
+                "**Choice of default, from these figures.** Goodput score = geometric mean over both \
+             workloads of the strategy's committed tx/s relative to the best strategy on that \
+             workload; retries averaged over both workloads. {}\n",
+                scores.trim_end_matches("; ")
+            );
+            if let Some((best, score, retries)) = self.best_strategy() {
+                let default = DEFAULT_STRATEGY;
+                let none = self.score("none");
+                let _ = writeln!(
+                    m,
+                    "Rule (fixed before the run): a backoff exists to take load off the server, so the \
                  candidates are the strategies with no failed transaction that at most halve the \
                  retries of retrying at once (`none`); among them the best goodput score wins, and \
                  within 3 % of it, fewer retries. Result: **{best}** (score {score:.3}, {retries:.2} \
                  retries/commit). {} {}\n",
-                match self.score(default) {
-                    _ if best == default => {
-                        "The data supports keeping the current default.".to_string()
-                    }
-                    // The default changes only for a lead larger than the spread between whole
-                    // runs of this benchmark on this machine (goodput moved by more than 10 %
-                    // between runs): a smaller lead can reverse on the next run.
-                    Some((default_score, default_retries, false))
-                        if score < default_score * NOISE
-                            && default_retries <= none.map_or(f64::INFINITY, |n| n.1) * 0.5 =>
-                    {
-                        format!(
-                            "The current default (score {default_score:.3}, \
+                    match self.score(default) {
+                        _ if best == default => {
+                            "The data supports keeping the current default.".to_string()
+                        }
+                        // The default changes only for a lead larger than the spread between whole
+                        // runs of this benchmark on this machine (goodput moved by more than 10 %
+                        // between runs): a smaller lead can reverse on the next run.
+                        Some((default_score, default_retries, false))
+                            if score < default_score * NOISE
+                                && default_retries <= none.map_or(f64::INFINITY, |n| n.1) * 0.5 =>
+                        {
+                            format!(
+                                "The current default (score {default_score:.3}, \
                              {default_retries:.2} retries/commit) also meets the rule's \
                              conditions and {best} does not beat its goodput by more than the \
                              run-to-run spread ({:.0} %), so the default stays {default}; {best} \
                              remains available as an opt-in.",
-                            (NOISE - 1.0) * 100.0
-                        )
-                    }
-                    _ => format!(
-                        "The data says the default should change from {default} to **{best}**."
-                    ),
-                },
-                match none {
-                    Some((sc, rr, _)) if sc > score => format!(
-                        "Retrying at once (`none`) had the higher goodput score here ({sc:.3}) at \
+                                (NOISE - 1.0) * 100.0
+                            )
+                        }
+                        _ => format!(
+                            "The data says the default should change from {default} to **{best}**."
+                        ),
+                    },
+                    match none {
+                        Some((sc, rr, _)) if sc > score => format!(
+                            "Retrying at once (`none`) had the higher goodput score here ({sc:.3}) at \
                          {rr:.2} retries/commit: on this small machine the CPU the retries burn is \
                          cheap next to the time backoff leaves rows idle; it is still not a good \
                          default, because every retry is work the server does for nothing and \
                          the wasted work grows with clients (section 4)."
-                    ),
-                    _ => String::new(),
-                }
-            );
-        } else {
-            let _ = writeln!(
-                m,
-                "No strategy both avoided failures and halved the retries of `none`; the data \
+                        ),
+                        _ => String::new(),
+                    }
+                );
+            } else {
+                let _ = writeln!(
+                    m,
+                    "No strategy both avoided failures and halved the retries of `none`; the data \
                  gives no reason to change the default.\n"
-            );
+                );
+            }
         }
 
-        // Section 4.
-        let _ = writeln!(m, "## 4. Scaling, hot row\n");
-        let _ = writeln!(m, "![goodput and p99 against clients]({chart})\n");
-        let serial = self.scaling.iter().find(|s| s.0 == 1).map(|s| s.1.tps());
-        let _ = writeln!(
-            m,
-            "{:.1} s per point. Ours = the attribute with the default backoff; adaptive = the plain \
-             API with `Backoff::adaptive(5ms, 500ms)`. The serial ceiling is ours with 1 client: \
-             {}.\n",
-            p.scaling.as_secs_f64(),
-            serial.map_or("–".into(), |t| format!("**{t:.0} tx/s**"))
-        );
-        let _ = writeln!(
-            m,
-            "| clients | ours tx/s | ours p99 ms | ours retries/tx | adaptive tx/s | adaptive p99 ms | adaptive retries/tx | pgbench tx/s | pgbench p99 ms | pgbench retries/tx | ours / serial |"
-        );
-        let _ = writeln!(
-            m,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for (c, ours, adapt, theirs) in &self.scaling {
+        if !self.scaling.is_empty() {
+            // Section 4.
+            let _ = writeln!(m, "## 4. Scaling, hot row\n");
+            let _ = writeln!(m, "![goodput and p99 against clients]({chart})\n");
+            let serial = self.scaling.iter().find(|s| s.0 == 1).map(|s| s.1.tps());
             let _ = writeln!(
                 m,
-                "| {c} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {:.3} | {} | {} | {} | {} |",
-                ours.tps(),
-                ours.pct_ms(0.99),
-                ours.retries_per_commit(),
-                adapt.tps(),
-                adapt.pct_ms(0.99),
-                adapt.retries_per_commit(),
-                opt(theirs.as_ref(), |t| format!("{:.0}", t.tps())),
-                opt(theirs.as_ref(), |t| format!("{:.2}", t.pct_ms(0.99))),
-                opt(theirs.as_ref(), |t| format!(
-                    "{:.3}",
-                    t.retries_per_commit()
-                )),
-                serial.map_or("–".into(), |s| format!("{:.2}", ours.tps() / s.max(1e-9))),
+                "{:.1} s per point. Ours = the attribute with the default backoff; adaptive = the plain \
+             API with `Backoff::adaptive(5ms, 500ms)`. The serial ceiling is ours with 1 client: \
+             {}.\n",
+                p.scaling.as_secs_f64(),
+                serial.map_or("–".into(), |t| format!("**{t:.0} tx/s**"))
             );
+            let _ = writeln!(
+                m,
+                "| clients | ours tx/s | ours p99 ms | ours retries/tx | adaptive tx/s | adaptive p99 ms | adaptive retries/tx | pgbench tx/s | pgbench p99 ms | pgbench retries/tx | ours / serial |"
+            );
+            let _ = writeln!(
+                m,
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            for (c, ours, adapt, theirs) in &self.scaling {
+                let _ = writeln!(
+                    m,
+                    "| {c} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {:.3} | {} | {} | {} | {} |",
+                    ours.tps(),
+                    ours.pct_ms(0.99),
+                    ours.retries_per_commit(),
+                    adapt.tps(),
+                    adapt.pct_ms(0.99),
+                    adapt.retries_per_commit(),
+                    opt(theirs.as_ref(), |t| format!("{:.0}", t.tps())),
+                    opt(theirs.as_ref(), |t| format!("{:.2}", t.pct_ms(0.99))),
+                    opt(theirs.as_ref(), |t| format!(
+                        "{:.3}",
+                        t.retries_per_commit()
+                    )),
+                    serial.map_or("–".into(), |s| format!("{:.2}", ours.tps() / s.max(1e-9))),
+                );
+            }
+            let _ = writeln!(m);
         }
-        let _ = writeln!(m);
         m
     }
 }

@@ -244,15 +244,35 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// Adds another run of the same strategy and workload: counts and time add up, latencies
-    /// pool together. For our runs only (pgbench's own tps is not additive).
+    /// Adds another run of the same implementation and workload: counts and time add up,
+    /// latencies pool together. A pgbench run counts with the time its own tps implies
+    /// (connection time excluded), so the sum's tps is committed / summed time on both sides.
     pub fn absorb(&mut self, other: RunResult) {
+        self.elapsed = self.measured_time();
+        self.elapsed += other.measured_time();
+        self.reported_tps = None;
+        self.reported_lat_avg_ms = None;
         self.committed += other.committed;
         self.failed += other.failed;
         self.retries += other.retries;
-        self.elapsed += other.elapsed;
         self.lat_us.extend(other.lat_us);
         self.lat_us.sort_by(f64::total_cmp);
+    }
+
+    /// Adds `r` to the sum in `slot`, or makes it the sum.
+    pub fn accumulate(slot: &mut Option<RunResult>, r: RunResult) {
+        match slot {
+            Some(sum) => sum.absorb(r),
+            None => *slot = Some(r),
+        }
+    }
+
+    /// The time the committed transactions took: pgbench's, from its own tps, else the wall time.
+    fn measured_time(&self) -> Duration {
+        match self.reported_tps {
+            Some(tps) if tps > 0.0 => Duration::from_secs_f64(self.committed as f64 / tps),
+            _ => self.elapsed,
+        }
     }
 
     /// Committed transactions per second.
@@ -551,5 +571,19 @@ tps = 5123.456789 (without initial connection time)
         assert_eq!((r.committed, r.failed, r.retries), (51234, 3, 9876));
         assert_eq!(r.reported_tps, Some(5123.456789));
         assert_eq!(r.reported_lat_avg_ms, Some(3.117));
+    }
+
+    #[test]
+    fn summed_pgbench_runs_keep_their_own_time() {
+        let run = |committed, tps| RunResult {
+            committed,
+            reported_tps: Some(tps),
+            elapsed: Duration::from_secs(10),
+            ..RunResult::default()
+        };
+        let mut sum = run(1000, 200.0);
+        sum.absorb(run(3000, 300.0));
+        // 5 s + 10 s for 4000 transactions, not 20 s of wall time.
+        assert!((sum.tps() - 4000.0 / 15.0).abs() < 1e-6, "{}", sum.tps());
     }
 }
