@@ -155,20 +155,20 @@ impl From<NoTransaction> for sqlx::Error {
     }
 }
 
-/// An attempt's body with the attempt's after-commit registry installed while it is polled:
-/// what [`Attempts::scope`](crate::Attempts::scope) returns.
-#[must_use = "futures do nothing unless polled"]
-pub struct Scoped<F> {
-    registry: Option<Arc<Registry>>,
-    body: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// An attempt's body with the attempt's after-commit registry installed while it is polled:
+    /// what [`Attempts::scope`](crate::Attempts::scope) returns.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Scoped<F> {
+        registry: Option<Arc<Registry>>,
+        #[pin]
+        body: F,
+    }
 }
 
 impl<F> Scoped<F> {
     pub(crate) fn new(registry: Option<Arc<Registry>>, body: F) -> Self {
-        Scoped {
-            registry,
-            body: Box::pin(body),
-        }
+        Scoped { registry, body }
     }
 }
 
@@ -184,9 +184,9 @@ impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
+        let this = self.project();
         let _restore = Enter::install(this.registry.clone());
-        this.body.as_mut().poll(cx)
+        this.body.poll(cx)
     }
 }
 
