@@ -255,8 +255,10 @@ impl Report {
             .collect();
         let _ = writeln!(
             m,
-            "- 1-minute load average during the run ({}): {}. A load well above the CPU count \
-             means other processes competed for the CPUs and the contended figures are noisy.",
+            "- 1-minute load average as each section started ({} CPUs): {}. It counts the \
+             benchmark's own client, pgbench and server processes, so a contended section raises \
+             what the next one starts with; a load well above the CPU count before the \
+             uncontended sections means other processes competed for the CPUs.",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             load.join(", ")
         );
