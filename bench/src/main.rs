@@ -43,6 +43,8 @@ pub struct Plan {
     pub per_block: usize,
     /// Iterations of the in-process (mock) loop measurement, per implementation.
     pub mock_iters: usize,
+    /// Duration of each `SELECT 1` round-trip run (setup figures).
+    pub round_trip: Duration,
     /// Duration of each contention run (ours and pgbench).
     pub contention: Duration,
     /// Rounds of the contention comparison: ours and pgbench once each per round, the order
@@ -72,6 +74,7 @@ impl Plan {
                 blocks: 2,
                 per_block: 20,
                 mock_iters: 2_000,
+                round_trip: Duration::from_millis(300),
                 contention: Duration::from_millis(300),
                 contention_rounds: 1,
                 strategy: Duration::from_millis(150),
@@ -87,6 +90,7 @@ impl Plan {
                 blocks: 10,
                 per_block: 100,
                 mock_iters: 50_000,
+                round_trip: Duration::from_secs(1),
                 contention: Duration::from_secs(2),
                 contention_rounds: 1,
                 strategy: Duration::from_secs(2),
@@ -102,6 +106,7 @@ impl Plan {
                 blocks: 500,
                 per_block: 20,
                 mock_iters: 200_000,
+                round_trip: Duration::from_secs(3),
                 contention: Duration::from_secs(10),
                 contention_rounds: 3,
                 strategy: Duration::from_secs(6),
@@ -204,6 +209,7 @@ async fn run() -> Res<()> {
         eprintln!("[profile]");
         rep.load.push(("profile", report::loadavg()));
         rep.profile = profile(&plan, &opts).await?;
+        rep.round_trip = round_trip(&plan, &opts, pgbench.as_ref()).await?;
     }
 
     // 1. Uncontended overhead.
@@ -371,6 +377,34 @@ async fn scaling_section(
     }
 
     Ok(())
+}
+
+/// What one round trip costs on this machine: pgbench's `SELECT 1` outside a transaction by 1 and
+/// by 2 clients (each on a connection of its own; a pool would add its pings). Per client count,
+/// the run; empty without pgbench.
+async fn round_trip(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+) -> Res<Vec<(usize, RunResult)>> {
+    let mut out = Vec::new();
+    let Some(pb) = pgbench else {
+        return Ok(out);
+    };
+    for clients in [1, 2] {
+        let r = pb
+            .run(
+                opts,
+                Workload::Ping,
+                clients,
+                plan.round_trip,
+                plan.max_tries,
+            )
+            .await?;
+        eprintln!("  SELECT 1, {clients} client(s): {:.0}/s", r.tps());
+        out.push((clients, r));
+    }
+    Ok(out)
 }
 
 /// One pgbench run of section 2, or `None` without pgbench.

@@ -59,6 +59,8 @@ pub struct Report {
     server: ServerInfo,
     /// Section 0.
     pub profile: Profile,
+    /// Setup: pgbench's `SELECT 1` by 1 and 2 clients.
+    pub round_trip: Vec<(usize, RunResult)>,
     /// Section 1.
     pub overhead: Option<Vec<OverheadRun>>,
     /// Section 2, per workload.
@@ -148,6 +150,7 @@ impl Report {
             plan,
             server,
             profile: Profile::default(),
+            round_trip: Vec::new(),
             overhead: None,
             contention: Vec::new(),
             strategies: Vec::new(),
@@ -248,6 +251,32 @@ impl Report {
             s.synchronous_commit,
             s.max_connections
         );
+        if !self.round_trip.is_empty() {
+            let per_client_us =
+                |clients: usize, r: &RunResult| clients as f64 * 1e6 / r.tps().max(1e-9);
+            let cells: Vec<String> = self
+                .round_trip
+                .iter()
+                .map(|(c, r)| {
+                    format!(
+                        "{:.0} µs with {c} client{}",
+                        per_client_us(*c, r),
+                        if *c == 1 { "" } else { "s" }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                m,
+                "- One round trip on this machine (pgbench, `SELECT 1` outside a transaction, \
+                 each client on its own connection; time per statement per client): {}. A lone \
+                 client pays several times what a client pays while another keeps the CPUs busy; \
+                 the likely cause is an idle virtual CPU waking for each message. Every \
+                 one-client figure below (section 1, and the 1-client point of section 4) is in \
+                 the idle regime, so the hot row's 1-client goodput is a floor here more than a \
+                 ceiling.",
+                cells.join("; ")
+            );
+        }
         let load: Vec<String> = self
             .load
             .iter()
@@ -675,7 +704,8 @@ impl Report {
                 m,
                 "{:.1} s per point. Ours = the attribute with the default backoff; adaptive = the plain \
              API with `Backoff::adaptive(5ms, 500ms)`. The serial ceiling is ours with 1 client: \
-             {}.\n",
+             {} (a lone client's round trips cost several times more here, see Setup, so \
+             goodput can rise above it).\n",
                 p.scaling.as_secs_f64(),
                 serial.map_or("–".into(), |t| format!("**{t:.0} tx/s**"))
             );

@@ -83,6 +83,8 @@ pub enum Workload {
     Hot,
     /// On-call doctors: count those on call for a shift, go off call if ≥ 2 remain.
     Skew,
+    /// `SELECT 1` outside a transaction: one round trip, what the machine charges for it.
+    Ping,
 }
 
 impl Workload {
@@ -91,6 +93,7 @@ impl Workload {
         match self {
             Workload::Hot => "hot row",
             Workload::Skew => "write skew",
+            Workload::Ping => "`SELECT 1`",
         }
     }
 
@@ -117,6 +120,7 @@ impl Workload {
                  \\endif\n\
                  COMMIT;\n"
             ),
+            Workload::Ping => "SELECT 1;\n".to_string(),
         }
     }
 }
@@ -191,6 +195,10 @@ async fn one(
     attempts: &Arc<AtomicU64>,
 ) -> Result<(), sqlx::Error> {
     match (w, imp) {
+        (Workload::Ping, _) => {
+            bump_counter(attempts);
+            sqlx::query("SELECT 1").execute(pool).await.map(drop)
+        }
         (Workload::Hot, Imp::Attribute) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
             hot_attr(pool, id, d, attempts).await
