@@ -224,7 +224,7 @@ async fn run() -> Res<()> {
     if runs("contention") {
         eprintln!("[contention]");
         rep.load.push(("contention", report::loadavg()));
-        for w in [Workload::Hot, Workload::Skew] {
+        for w in workloads::CONTENDED {
             let mut c = report::Contention::new(w);
             for round in 0..plan.contention_rounds {
                 let pgbench_first = round % 2 == 1;
@@ -285,7 +285,7 @@ async fn run() -> Res<()> {
     Ok(())
 }
 
-/// Section 3: every strategy on both workloads through the plain API, in rotated rounds.
+/// Section 3: every strategy on every contended workload through the plain API, in rotated rounds.
 async fn strategies_section(
     plan: &Plan,
     opts: &PgConnectOptions,
@@ -294,13 +294,15 @@ async fn strategies_section(
     eprintln!("[strategies]");
     rep.load.push(("strategies", report::loadavg()));
     let strategies = strategies();
-    let mut totals: Vec<Vec<Option<workloads::RunResult>>> =
-        strategies.iter().map(|_| vec![None, None]).collect();
+    let mut totals: Vec<Vec<Option<workloads::RunResult>>> = strategies
+        .iter()
+        .map(|_| vec![None; workloads::CONTENDED.len()])
+        .collect();
     for round in 0..plan.strategy_rounds {
         for k in 0..strategies.len() {
             let i = (k + round) % strategies.len();
             let (name, backoff) = &strategies[i];
-            for (j, w) in [Workload::Hot, Workload::Skew].into_iter().enumerate() {
+            for (j, w) in workloads::CONTENDED.into_iter().enumerate() {
                 let policy = Policy::builder()
                     .max_attempts(plan.max_tries)
                     .backoff(backoff.clone())
@@ -319,7 +321,7 @@ async fn strategies_section(
         }
     }
     for ((name, _), results) in strategies.iter().zip(totals) {
-        for (w, r) in [Workload::Hot, Workload::Skew].into_iter().zip(results) {
+        for (w, r) in workloads::CONTENDED.into_iter().zip(results) {
             if let Some(r) = r {
                 rep.strategies.push((name.to_string(), w, r));
             }

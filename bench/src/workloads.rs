@@ -36,32 +36,41 @@ pub async fn pool(opts: PgConnectOptions, n: u32, ping: bool) -> Res<PgPool> {
 }
 
 /// Creates the tables of all sections.
+///
+/// The contended tables are refilled before every run (see [`reset`]) and autovacuum leaves them
+/// alone, so every run of either side starts from the same physical table and the planner's
+/// choice cannot change in the middle of a run. That choice matters at SERIALIZABLE: a
+/// sequential scan takes a predicate lock on the whole table, an index scan only on what it
+/// read, and one run that drifted from the first kind to the second saw a third of the
+/// conflicts.
 pub async fn create_schema(c: &mut PgConnection) -> Res<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    sqlx::raw_sql(
         "CREATE TABLE counters (id bigint PRIMARY KEY, n bigint NOT NULL);
          INSERT INTO counters VALUES (1, 0);
-         CREATE TABLE hot (id int PRIMARY KEY, v bigint NOT NULL);
-         INSERT INTO hot SELECT g, 0 FROM generate_series(1, {HOT_ROWS}) g;
-         CREATE TABLE doctors (shift int, doc int, on_call bool NOT NULL, PRIMARY KEY (shift, doc));
-         INSERT INTO doctors SELECT s, d, true
-           FROM generate_series(1, {SHIFTS}) s, generate_series(1, {DOCTORS}) d;"
-    )))
+         CREATE TABLE hot (id int PRIMARY KEY, v bigint NOT NULL)
+           WITH (autovacuum_enabled = false);
+         CREATE TABLE doctors (shift int, doc int, on_call bool NOT NULL, PRIMARY KEY (shift, doc))
+           WITH (autovacuum_enabled = false);",
+    )
     .execute(&mut *c)
     .await?;
     Ok(())
 }
 
-/// Resets the tables a run touches and vacuums them, so runs start alike.
+/// Refills the contended tables from scratch (TRUNCATE, not UPDATE: no dead tuples, no pages
+/// left from earlier runs) and analyzes them, so runs start alike.
 async fn reset(opts: &PgConnectOptions) -> Res<()> {
     let mut c = <PgConnection as sqlx::Connection>::connect_with(opts).await?;
-    for sql in [
-        "UPDATE hot SET v = 0",
-        "UPDATE doctors SET on_call = true",
-        "VACUUM ANALYZE hot",
-        "VACUUM ANALYZE doctors",
-    ] {
-        sqlx::raw_sql(sql).execute(&mut c).await?;
-    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "TRUNCATE hot, doctors;
+         INSERT INTO hot SELECT g, 0 FROM generate_series(1, {HOT_ROWS}) g;
+         INSERT INTO doctors SELECT s, d, true
+           FROM generate_series(1, {SHIFTS}) s, generate_series(1, {DOCTORS}) d;
+         ANALYZE hot;
+         ANALYZE doctors;"
+    )))
+    .execute(&mut c)
+    .await?;
     sqlx::Connection::close(c).await?;
     Ok(())
 }
@@ -76,11 +85,18 @@ pub async fn skew_violations(c: &mut PgConnection) -> Res<i64> {
     .await?)
 }
 
+/// The workloads of the contention and strategy sections, in report order.
+pub const CONTENDED: [Workload; 3] = [Workload::Hot, Workload::HotIndexed, Workload::Skew];
+
 /// The contended workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     /// SELECT then UPDATE of one of 4 rows.
     Hot,
+    /// The same with sequential scans disabled (`enable_seqscan = off`, both sides): the SELECT
+    /// takes a predicate lock on the row it read instead of the whole table, so only clients on
+    /// the same row conflict. A larger table gets that plan on its own.
+    HotIndexed,
     /// On-call doctors: count those on call for a shift, go off call if ≥ 2 remain.
     Skew,
     /// `SELECT 1` outside a transaction: one round trip, what the machine charges for it.
@@ -88,10 +104,19 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// Server settings of this workload's sessions, for both sides.
+    pub fn settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Workload::HotIndexed => &[("enable_seqscan", "off")],
+            _ => &[],
+        }
+    }
+
     /// The name used in the report.
     pub fn name(self) -> &'static str {
         match self {
             Workload::Hot => "hot row",
+            Workload::HotIndexed => "hot row, index scan",
             Workload::Skew => "write skew",
             Workload::Ping => "`SELECT 1`",
         }
@@ -100,7 +125,7 @@ impl Workload {
     /// The pgbench script: the same SQL as our bodies.
     pub fn script(self) -> String {
         match self {
-            Workload::Hot => format!(
+            Workload::Hot | Workload::HotIndexed => format!(
                 "\\set id random(1, {HOT_ROWS})\n\
                  \\set d random(1, 1000)\n\
                  BEGIN ISOLATION LEVEL SERIALIZABLE;\n\
@@ -199,7 +224,7 @@ async fn one(
             bump_counter(attempts);
             sqlx::query("SELECT 1").execute(pool).await.map(drop)
         }
-        (Workload::Hot, Imp::Attribute) => {
+        (Workload::Hot | Workload::HotIndexed, Imp::Attribute) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
             hot_attr(pool, id, d, attempts).await
         }
@@ -207,7 +232,7 @@ async fn one(
             let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
             skew_attr(pool, s, d, attempts).await
         }
-        (Workload::Hot, Imp::Plain(policy)) => {
+        (Workload::Hot | Workload::HotIndexed, Imp::Plain(policy)) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
             transaction(pool, policy, |tx| {
                 let a = attempts.clone();
@@ -326,7 +351,12 @@ pub async fn run_ours(
     dur: Duration,
 ) -> Res<RunResult> {
     reset(opts).await?;
-    let pool = pool(opts.clone(), clients as u32, false).await?;
+    let pool = pool(
+        opts.clone().options(w.settings().iter().copied()),
+        clients as u32,
+        false,
+    )
+    .await?;
     let attempts = Arc::new(AtomicU64::new(0));
     // A short warm-up fills the statement caches of every connection.
     run_tasks(
@@ -482,7 +512,13 @@ impl PgBench {
             .arg("-T")
             .arg(secs.to_string())
             .arg(opts.get_database().unwrap_or("postgres"))
-            .env("PGOPTIONS", format!("-c search_path={}", self.schema))
+            .env("PGOPTIONS", {
+                let mut o = format!("-c search_path={}", self.schema);
+                for (k, v) in w.settings() {
+                    o.push_str(&format!(" -c {k}={v}"));
+                }
+                o
+            })
             .current_dir(&dir)
             .stdin(Stdio::null());
         let out = cmd.output().await?;
