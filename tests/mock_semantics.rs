@@ -549,6 +549,35 @@ async fn time_budget_is_exact_with_a_fixed_backoff() {
     assert_eq!(sleeps(&db), [ms(20), ms(20)]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn time_budget_counts_the_timer_rounding_sleeps_up() {
+    // tokio's timer fires on whole milliseconds: each 1.3 ms sleep lasts until the next tick.
+    // At 8 ms a fifth sleep would be asked to end at 9.3 ms, inside the 9.5 ms budget, but would
+    // really end at 10 ms; so the call gives up at 8 ms instead.
+    let policy = Policy::builder()
+        .max_attempts(100)
+        .timeout(Duration::from_micros(9_500))
+        .backoff(Backoff::fixed(Duration::from_micros(1_300)))
+        .build()
+        .unwrap();
+    let db = failing(1..=100, Phase::Commit, "40001");
+    let started = Instant::now();
+    sqlx_retry::transaction(&db, &policy, |tx| {
+        Box::pin(async move {
+            tx.execute("bump")?;
+            Ok::<_, sqlx::Error>(())
+        })
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() <= Duration::from_micros(9_500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(db.attempts(), 5);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Connection lost in the body.
 // ---------------------------------------------------------------------------------------------

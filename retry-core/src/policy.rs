@@ -259,8 +259,9 @@ impl PolicyBuilder {
         self
     }
 
-    /// The total time budget: no retry starts whose backoff would end past it. A running attempt
-    /// is not interrupted (use `statement_timeout` for that), so a call ends at the latest one
+    /// The total time budget: no retry starts whose backoff would end past it, counting the
+    /// up to 1 ms by which tokio's millisecond timer can lengthen a sleep. A running attempt is
+    /// not interrupted (use `statement_timeout` for that), so a call ends at the latest one
     /// attempt's duration after the budget.
     pub fn timeout(mut self, budget: Duration) -> Self {
         self.policy.timeout = Some(budget);

@@ -5,6 +5,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -63,6 +64,10 @@ impl std::fmt::Debug for Attempts<'_> {
             .finish_non_exhaustive()
     }
 }
+
+/// tokio's timer fires on whole milliseconds, so a sleep can end up to this much later than
+/// asked; the time budget counts it so that no sleep ends past the budget.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 impl<'p> Attempts<'p> {
     /// A new call of the loop for the function `name` under `policy`. `name` labels the tracing
@@ -366,7 +371,12 @@ impl<'p> Attempts<'p> {
             return self.give_up();
         };
         if let Some(budget) = policy.timeout
-            && self.started.elapsed().saturating_add(delay) >= budget
+            && self
+                .started
+                .elapsed()
+                .saturating_add(delay)
+                .saturating_add(TIMER_SLACK)
+                >= budget
         {
             tracing::warn!(
                 attempts = self.attempt,
