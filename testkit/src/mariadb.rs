@@ -335,29 +335,17 @@ impl Instance {
 
     /// An error carrying the advice and the tails of every log of the server.
     fn error(&self, what: String) -> ServerError {
-        let mut message =
-            format!("could not run a throwaway MariaDB server: {what}\n{HOW_TO_GET_A_DATABASE}");
-        for name in ["install.log", "mariadbd.out", "mariadbd.log"] {
-            let tail = tail_of_file(&self.root.join(name), 30);
-            if !tail.trim().is_empty() {
-                message.push_str(&format!("\n--- tail of {name} ---\n{tail}"));
-            }
-        }
-        ServerError::new(message)
+        ServerError::new(process::with_log_tails(
+            format!("could not run a throwaway MariaDB server: {what}\n{HOW_TO_GET_A_DATABASE}"),
+            &self.root,
+            &["install.log", "mariadbd.out", "mariadbd.log"],
+        ))
     }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let watchdog = self
-            .watchdog
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(mut watchdog) = watchdog {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
+        process::stop_watchdog(&mut self.watchdog);
         self.kill_server();
         let _ = fs::remove_dir_all(&self.root);
     }

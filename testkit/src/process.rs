@@ -116,6 +116,28 @@ pub(crate) fn tail_of_file(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `headline`, then the last 30 lines of each of `logs` (files under `root`) that has any: the
+/// message of a throwaway server that failed.
+pub(crate) fn with_log_tails(headline: String, root: &Path, logs: &[&str]) -> String {
+    let mut message = headline;
+    for name in logs {
+        let tail = tail_of_file(&root.join(name), 30);
+        if !tail.trim().is_empty() {
+            message.push_str(&format!("\n--- tail of {name} ---\n{tail}"));
+        }
+    }
+    message
+}
+
+/// Kills and reaps the watchdog process in `slot`, if any (a poisoned lock still yields it).
+pub(crate) fn stop_watchdog(slot: &mut std::sync::Mutex<Option<Child>>) {
+    let watchdog = slot.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut watchdog) = watchdog {
+        let _ = watchdog.kill();
+        let _ = watchdog.wait();
+    }
+}
+
 /// Runs a future to completion on a fresh current-thread runtime in a scoped helper thread, so
 /// it works both inside and outside of a Tokio runtime.
 pub(crate) fn block_on<F>(future: F) -> F::Output

@@ -457,30 +457,19 @@ impl Cluster {
 
     /// An error carrying the advice and the tails of every log of the cluster.
     fn error(&self, what: String) -> ServerError {
-        let mut message = format!(
-            "could not run a throwaway PostgreSQL cluster: {what}\n{HOW_TO_GET_A_DATABASE}"
-        );
-        for name in ["initdb.log", "pg_ctl.log", "postgres.log"] {
-            let tail = tail_of_file(&self.root.join(name), 30);
-            if !tail.trim().is_empty() {
-                message.push_str(&format!("\n--- tail of {name} ---\n{tail}"));
-            }
-        }
-        ServerError::new(message)
+        ServerError::new(process::with_log_tails(
+            format!(
+                "could not run a throwaway PostgreSQL cluster: {what}\n{HOW_TO_GET_A_DATABASE}"
+            ),
+            &self.root,
+            &["initdb.log", "pg_ctl.log", "postgres.log"],
+        ))
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let watchdog = self
-            .control
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(mut watchdog) = watchdog {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
+        process::stop_watchdog(&mut self.control);
         if self.data.join("postmaster.pid").exists() {
             let _ = self.stop_immediate();
         }
