@@ -99,11 +99,11 @@
 pub use sqlx_retry_macros::serializable_retry;
 
 pub use sqlx_retry_core::{
-    Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, DelaysFactory,
-    InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder, PolicyError,
-    RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
-    UnsupportedTxOption, classify, classify_sqlx, find_commit_unknown, find_sqlx_error,
-    is_commit_unknown, sqlstate, transaction, transaction_with,
+    Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, ConflictKind,
+    DelaysFactory, InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder,
+    PolicyError, RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
+    UnsupportedTxOption, classify, classify_sqlx, conflict_kind, find_commit_unknown,
+    find_sqlx_error, is_commit_unknown, sqlstate, transaction, transaction_with,
 };
 
 pub use sqlx_retry_core::{Joined, MaybeJoined, NoTransaction, Scoped, after_commit};

@@ -7,12 +7,12 @@
 //! gets its own schema from `sqlx_retry_testkit::isolated_pool`.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection, PgPool};
-use sqlx_retry::serializable_retry;
+use sqlx_retry::{Backoff, ConflictKind, Policy, RetryInfo, serializable_retry, transaction};
 use sqlx_retry_testkit::{PgProxy, isolated_pool};
 use tokio::sync::Barrier;
 
@@ -25,9 +25,14 @@ fn get(attempts: &AtomicU32) -> u32 {
     attempts.load(Ordering::SeqCst)
 }
 
-/// The SQLSTATE found in `err`'s source chain, or `""`.
+/// The SQLSTATE found in `err`'s source chain and the kind of conflict it reports, e.g.
+/// `"40001 RowWrite"`.
 fn code(err: &(dyn std::error::Error + 'static)) -> String {
-    sqlx_retry::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
+    let code = sqlx_retry::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned());
+    match sqlx_retry::conflict_kind(err) {
+        Some(kind) => format!("{code} {kind:?}"),
+        None => code,
+    }
 }
 
 /// Fails the test instead of hanging when an interleaving does not go as planned.
@@ -109,7 +114,8 @@ async fn p4_lost_update_repeatable_read_is_retried() {
         get(&a1),
         get(&a2)
     );
-    assert_eq!(*codes.lock().unwrap(), ["40001"]);
+    // The loser waited on the winner's row lock: a row write conflict, not a dependency cycle.
+    assert_eq!(*codes.lock().unwrap(), ["40001 RowWrite"]);
     let v: i32 = sqlx::query_scalar("SELECT value FROM test WHERE id = 1")
         .fetch_one(&pool)
         .await
@@ -238,7 +244,7 @@ async fn g2_item_write_skew_serializable_is_retried() {
             get(&a2)
         );
     } else {
-        assert_eq!(write_errors, ["40001"]);
+        assert_eq!(write_errors, ["40001 Dependency"]);
         assert_eq!(bodies_ok, 2);
         eprintln!(
             "G2-item serializable: 40001 at the UPDATE; attempts {} + {}",
@@ -246,6 +252,57 @@ async fn g2_item_write_skew_serializable_is_retried() {
             get(&a2)
         );
     }
+}
+
+/// The retry loop tells the `on_retry` hook what kind of conflict it retries, wherever
+/// PostgreSQL raised it: at the write inside the body, or at COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_hook_is_told_a_write_skew_is_a_dependency_cycle() {
+    let (pool, _schema) = isolated_pool(4).await;
+    setup(&pool, DOCTORS).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let policy = Policy::builder()
+        .backoff(Backoff::fixed(Duration::from_millis(1)))
+        .on_retry({
+            let seen = Arc::clone(&seen);
+            move |info: &RetryInfo| {
+                let code = info.sqlstate.map(|c| c.to_string()).unwrap_or_default();
+                seen.lock().unwrap().push((code, info.conflict));
+            }
+        })
+        .build()
+        .unwrap();
+    let read_done = Arc::new(Barrier::new(2));
+    let write_done = Arc::new(Barrier::new(2));
+    let observed = Arc::new(Observed::default());
+    let call = |me: i32| {
+        let (read_done, write_done, observed) = (
+            Arc::clone(&read_done),
+            Arc::clone(&write_done),
+            Arc::clone(&observed),
+        );
+        let attempts = Arc::new(AtomicU32::new(0));
+        transaction(&pool, &policy, move |tx| {
+            let (read_done, write_done, observed, attempts) = (
+                Arc::clone(&read_done),
+                Arc::clone(&write_done),
+                Arc::clone(&observed),
+                Arc::clone(&attempts),
+            );
+            Box::pin(async move {
+                go_off_call_body(tx, me, &read_done, &write_done, &attempts, &observed).await
+            })
+        })
+    };
+    let (r1, r2) = within(async { tokio::join!(call(1), call(2)) }).await;
+    assert!(
+        r1.unwrap() ^ r2.unwrap(),
+        "exactly one doctor went off call"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("40001".to_owned(), Some(ConflictKind::Dependency))]
+    );
 }
 
 /// The negative case: REPEATABLE READ (snapshot isolation) allows write skew. Both transactions
@@ -436,7 +493,11 @@ async fn deadlock_case(serializable: bool) {
     .await;
     r1.unwrap();
     r2.unwrap();
-    assert_eq!(*codes.lock().unwrap(), ["40P01"], "one deadlock victim");
+    assert_eq!(
+        *codes.lock().unwrap(),
+        ["40P01 Deadlock"],
+        "one deadlock victim"
+    );
     assert_eq!(get(&a1) + get(&a2), 3);
     let rows: Vec<(i32, i32)> = sqlx::query_as("SELECT id, value FROM test ORDER BY id")
         .fetch_all(&pool)

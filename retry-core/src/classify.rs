@@ -39,6 +39,78 @@ impl Class {
     }
 }
 
+/// What kind of conflict a retried error reports, as far as the database says.
+///
+/// The adaptive backoff waits differently for each: see [`Backoff::adaptive`](crate::Backoff::adaptive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// A write conflict on a row: the attempt updated, deleted or locked a row that a concurrent
+    /// transaction changed and committed after the attempt's snapshot was taken (PostgreSQL's
+    /// `40001` "could not serialize access due to concurrent update"). Typically the attempt
+    /// waited on that transaction's row lock, so the winner has already committed and the row
+    /// is free for the next attempt.
+    RowWrite,
+    /// A serialization failure found by PostgreSQL's serializable snapshot isolation: a cycle of
+    /// read/write dependencies among concurrent transactions (`40001` whose detail begins with
+    /// `Reason code:`). Some of the transactions involved may still be running.
+    Dependency,
+    /// `40P01` deadlock_detected.
+    Deadlock,
+    /// Anything else that is retried: a code from `retry_on`, another database's conflict, or a
+    /// `40001` that does not say where it came from.
+    Other,
+}
+
+/// The kind of conflict the first database error in `err`'s source chain reports, read the
+/// same way as [`sqlstate`]; `None` when the chain holds no database error with a SQLSTATE.
+/// Codes other than `40001` and `40P01` give [`ConflictKind::Other`]: whether they are retried
+/// is [`classify`]'s business.
+///
+/// PostgreSQL reports both row write conflicts and dependency cycles as `40001`. They are told
+/// apart by the source file the server names in the error (`predicate.c` holds serializable
+/// snapshot isolation) or the `Reason code:` detail it adds to those; neither is translated,
+/// unlike the message. A `40001` without those fields (from another database, or built by
+/// hand) is [`ConflictKind::Other`].
+///
+/// ```
+/// # use sqlx_retry_core::{conflict_kind, ConflictKind, SimulatedDbError, SqlState};
+/// let deadlock = SimulatedDbError::sqlx(SqlState::DEADLOCK_DETECTED, "deadlock detected");
+/// assert_eq!(conflict_kind(&deadlock), Some(ConflictKind::Deadlock));
+/// let simulated = SimulatedDbError::sqlx(SqlState::SERIALIZATION_FAILURE, "conflict");
+/// assert_eq!(conflict_kind(&simulated), Some(ConflictKind::Other));
+/// assert_eq!(conflict_kind(&sqlx::Error::RowNotFound), None);
+/// ```
+pub fn conflict_kind(err: &(dyn StdError + 'static)) -> Option<ConflictKind> {
+    let db = match find(err)? {
+        Found::Sqlx(sqlx::Error::Database(db)) => db.as_ref(),
+        Found::Database(db) => db,
+        _ => return None,
+    };
+    database_conflict_kind(db)
+}
+
+pub(crate) fn database_conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
+    let code = db.code().and_then(|c| SqlState::new(&c))?;
+    if code == SqlState::DEADLOCK_DETECTED {
+        return Some(ConflictKind::Deadlock);
+    }
+    if code != SqlState::SERIALIZATION_FAILURE {
+        return Some(ConflictKind::Other);
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let ssi = pg.file() == Some("predicate.c")
+            || pg.detail().is_some_and(|d| d.starts_with("Reason code:"));
+        return Some(match (ssi, pg.file()) {
+            (true, _) => ConflictKind::Dependency,
+            (false, Some(_)) => ConflictKind::RowWrite,
+            (false, None) => ConflictKind::Other,
+        });
+    }
+    Some(ConflictKind::Other)
+}
+
 /// Finds the first [`sqlx::Error`] in `err`'s [`source()`](std::error::Error::source) chain,
 /// starting with `err` itself.
 ///

@@ -23,8 +23,8 @@ mod sqlstate;
 pub use backends::UnsupportedTxOption;
 pub use backoff::{Backoff, DelaysFactory};
 pub use classify::{
-    Class, CommitUnknown, SimulatedDbError, classify, classify_sqlx, find_commit_unknown,
-    find_sqlx_error, is_commit_unknown, sqlstate,
+    Class, CommitUnknown, ConflictKind, SimulatedDbError, classify, classify_sqlx, conflict_kind,
+    find_commit_unknown, find_sqlx_error, is_commit_unknown, sqlstate,
 };
 pub use effects::{NoTransaction, Scoped, after_commit};
 pub use policy::{

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Backoff, SqlState};
+use crate::{Backoff, ConflictKind, SqlState};
 
 /// The isolation level a transaction starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -72,6 +72,8 @@ pub struct RetryInfo {
     pub attempt: u32,
     /// The SQLSTATE that caused the retry, if the failure had one (a lost connection has none).
     pub sqlstate: Option<SqlState>,
+    /// What kind of conflict it was, when the error says (see [`ConflictKind`]).
+    pub conflict: Option<ConflictKind>,
     /// How long the loop sleeps before the next attempt.
     pub delay: Duration,
 }

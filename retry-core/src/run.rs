@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Delays;
-use crate::classify::{Class, CommitUnknown, classify, classify_sqlx};
+use crate::backoff::Failure;
+use crate::classify::{Class, CommitUnknown, ConflictKind, classify, classify_sqlx, conflict_kind};
 use crate::effects::{self, Registry, Scoped};
 use crate::metrics::{self, Outcome};
 use crate::{BeginTransaction, OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
@@ -43,6 +44,8 @@ pub struct Attempts<'p> {
     attempt: u32,
     reconnects: bool,
     started: Instant,
+    /// When the current attempt started (after its backoff sleep).
+    attempt_started: Instant,
     delays: Option<Delays>,
     pending: Option<std::time::Duration>,
     /// The current attempt joined an outer transaction.
@@ -79,6 +82,7 @@ impl<'p> Attempts<'p> {
             attempt: 0,
             reconnects: false,
             started: Instant::now(),
+            attempt_started: Instant::now(),
             delays: None,
             pending: None,
             joined: false,
@@ -126,6 +130,7 @@ impl<'p> Attempts<'p> {
             source.sleep(delay).await;
         }
         self.attempt += 1;
+        self.attempt_started = Instant::now();
         self.reconnects = source.reconnects();
         match source.begin(self.policy.options).await {
             Ok(tx) => {
@@ -138,7 +143,9 @@ impl<'p> Attempts<'p> {
             Err(err) => {
                 metrics::attempt(self.name);
                 let class = classify_sqlx(&err, &self.policy.retry_on);
-                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), &err) {
+                if self.is_retryable(class)
+                    && self.schedule_retry(class.sqlstate(), conflict_kind(&err), &err)
+                {
                     Ok(None)
                 } else {
                     self.end(if self.exhausted {
@@ -238,7 +245,7 @@ impl<'p> Attempts<'p> {
                 }
                 Err(err) => match classify_sqlx(&err, &self.policy.retry_on) {
                     Class::Conflict(code) => {
-                        if self.schedule_retry(Some(code), &err) {
+                        if self.schedule_retry(Some(code), conflict_kind(&err), &err) {
                             None
                         } else {
                             self.end(Outcome::Exhausted);
@@ -255,7 +262,7 @@ impl<'p> Attempts<'p> {
                         let unknown = CommitUnknown::into_sqlx_error(err);
                         if self.policy.idempotent
                             && self.reconnects
-                            && self.schedule_retry(None, &unknown)
+                            && self.schedule_retry(None, None, &unknown)
                         {
                             None
                         } else {
@@ -274,9 +281,9 @@ impl<'p> Attempts<'p> {
                 },
             },
             Err(err) => {
-                let class = match chain(&err) {
-                    Some(e) => classify(e, &self.policy.retry_on),
-                    None => Class::Permanent,
+                let (class, kind) = match chain(&err) {
+                    Some(e) => (classify(e, &self.policy.retry_on), conflict_kind(e)),
+                    None => (Class::Permanent, None),
                 };
                 if let Err(rollback) = tx.rollback().await {
                     tracing::warn!(
@@ -285,7 +292,7 @@ impl<'p> Attempts<'p> {
                         "ROLLBACK failed; returning or retrying on the error that caused it"
                     );
                 }
-                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), &class) {
+                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), kind, &class) {
                     None
                 } else {
                     self.end(if self.exhausted {
@@ -347,7 +354,12 @@ impl<'p> Attempts<'p> {
 
     /// Decides whether another attempt fits in the policy; if so records the delay to sleep
     /// before it and reports the retry.
-    fn schedule_retry(&mut self, sqlstate: Option<SqlState>, cause: &dyn std::fmt::Debug) -> bool {
+    fn schedule_retry(
+        &mut self,
+        sqlstate: Option<SqlState>,
+        kind: Option<ConflictKind>,
+        cause: &dyn std::fmt::Debug,
+    ) -> bool {
         let code = sqlstate.as_ref().map(SqlState::as_str).unwrap_or("");
         if self.attempt >= self.policy.max_attempts {
             tracing::warn!(
@@ -362,7 +374,11 @@ impl<'p> Attempts<'p> {
         let delays = self
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
-        let Some(delay) = delays.next_delay() else {
+        let failure = Failure {
+            kind,
+            attempt: self.attempt_started.elapsed(),
+        };
+        let Some(delay) = delays.next_delay(failure) else {
             tracing::warn!(
                 attempts = self.attempt,
                 sqlstate = code,
@@ -389,6 +405,7 @@ impl<'p> Attempts<'p> {
         tracing::info!(
             attempt = self.attempt,
             sqlstate = code,
+            conflict = ?kind,
             delay_ms = delay.as_secs_f64() * 1e3,
             cause = ?cause,
             "retrying transaction"
@@ -399,6 +416,7 @@ impl<'p> Attempts<'p> {
                 name: self.name,
                 attempt: self.attempt,
                 sqlstate,
+                conflict: kind,
                 delay,
             });
         }
