@@ -600,9 +600,7 @@ impl Report {
              strategy once, in an order rotated per round; the figures add up over the rounds). \
              `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
              window is `unit · k · 2ⁿ⁻¹` (capped), with *k* the number of calls of the policy \
-             retrying right now and *unit* the measured attempt duration (≤ base); a row write \
-             conflict (the attempt waited on a row lock whose holder committed) gets \
-             `4 · row unit · 2ⁿ⁻¹` instead while no call is retrying another kind of conflict.\n",
+             retrying right now and *unit* the measured attempt duration (≤ base).\n",
                 p.max_tries,
                 p.contention_clients,
                 p.strategy_rounds,

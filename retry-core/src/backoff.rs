@@ -9,16 +9,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::PolicyError;
-use crate::classify::ConflictKind;
-
-/// What the retry loop tells the backoff about the failure it is about to retry.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Failure {
-    /// The kind of conflict, if the error said.
-    pub(crate) kind: Option<ConflictKind>,
-    /// How long the failed attempt ran, from its BEGIN to its failure.
-    pub(crate) attempt: Duration,
-}
 
 /// A factory for per-call delay sequences, for plugging in other backoff crates.
 pub type DelaysFactory = dyn Fn() -> Box<dyn Iterator<Item = Duration> + Send> + Send + Sync;
@@ -54,12 +44,6 @@ struct Adaptive {
     /// Exponentially weighted mean of the measured attempt duration, in nanoseconds
     /// (time from the end of one backoff sleep to the next conflict), starting at `base`.
     attempt_ns: AtomicU64,
-    /// Exponentially weighted mean of the duration of attempts that ended in a row write
-    /// conflict, in nanoseconds, starting at `base`.
-    row_ns: AtomicU64,
-    /// Of the `contenders`, those whose latest conflict was not a row write conflict: while
-    /// there are any, conflicts are not confined to single rows.
-    spread: AtomicU32,
 }
 
 impl Adaptive {
@@ -67,44 +51,18 @@ impl Adaptive {
     const MIN_UNIT: Duration = Duration::from_micros(50);
 
     fn unit(&self) -> Duration {
-        self.clamp(&self.attempt_ns)
-    }
-
-    fn clamp(&self, mean: &AtomicU64) -> Duration {
-        let measured = Duration::from_nanos(mean.load(Ordering::Relaxed));
+        let measured = Duration::from_nanos(self.attempt_ns.load(Ordering::Relaxed));
         measured.min(self.base).max(Self::MIN_UNIT.min(self.base))
     }
 
     /// Folds one measured attempt duration into the mean, with weight 1/8.
     fn observe(&self, attempt: Duration) {
-        Self::fold(&self.attempt_ns, attempt);
-    }
-
-    fn fold(mean: &AtomicU64, attempt: Duration) {
         let sample = u64::try_from(attempt.as_nanos()).unwrap_or(u64::MAX);
-        let _ = mean.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-            Some(old - old / 8 + sample / 8)
-        });
-    }
-
-    /// How many attempt durations a row write conflict's window spans: about the number of
-    /// calls that fail together when a row's lock holder commits.
-    const ROW_SPREAD: u32 = 4;
-
-    /// The jitter window before retry `retry` after a row write conflict that ended an attempt
-    /// of duration `attempt`, or `None` while other kinds of conflict are live.
-    fn row_window(&self, retry: u32, attempt: Duration) -> Option<Duration> {
-        Self::fold(&self.row_ns, attempt);
-        if self.spread.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let shift = (retry.saturating_sub(1)).min(31);
-        Some(
-            self.clamp(&self.row_ns)
-                .saturating_mul(Self::ROW_SPREAD)
-                .saturating_mul(1u32 << shift)
-                .min(self.cap),
-        )
+        let _ = self
+            .attempt_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
     }
 
     /// The jitter window before retry `retry` (1-based).
@@ -171,19 +129,8 @@ impl Backoff {
     ///
     /// The idea: *k* conflicting clients need about *k* attempt durations to each get one
     /// conflict-free turn, so that is the window they are spread over; doubling per retry covers
-    /// the cases the estimate gets wrong.
-    ///
-    /// A row write conflict ([`ConflictKind::RowWrite`](crate::ConflictKind::RowWrite)) says
-    /// more: the attempt waited on one row's lock, the transaction holding it has committed, and
-    /// the contention is on that row, not spread over everything the *k* callers touch. So while
-    /// no call of the policy is retrying any other kind of conflict, a row write conflict waits
-    /// within `[0, min(cap, 4 · row unit · 2ⁿ⁻¹)]`, where *row unit* is the mean duration of the
-    /// attempts that ended in a row write conflict (same weight and clamp as *unit*): a window
-    /// for the few callers that fail together when the row's holder commits. As soon as another
-    /// kind of conflict is live, row write conflicts get the window above, because contention
-    /// then reaches beyond single rows.
-    ///
-    /// Delays always stay within `[0, cap]`. `base` must be positive and at most `cap`.
+    /// the cases the estimate gets wrong. Delays always stay within `[0, cap]`. `base` must be
+    /// positive and at most `cap`.
     ///
     /// Unlike the other constructors this one allocates its shared state, so build a policy once
     /// and reuse it (or clone it: clones share the estimate).
@@ -195,8 +142,6 @@ impl Backoff {
                 cap,
                 contenders: AtomicU32::new(0),
                 attempt_ns: AtomicU64::new(base_ns),
-                row_ns: AtomicU64::new(base_ns),
-                spread: AtomicU32::new(0),
             })),
         }
     }
@@ -254,7 +199,7 @@ impl Backoff {
     /// checking a policy; the retry loop seeds from the thread's generator.
     pub fn delays(&self, seed: u64) -> impl Iterator<Item = Duration> + Send + use<> {
         let mut state = Delays::new(self.clone(), fastrand::Rng::with_seed(seed));
-        std::iter::from_fn(move || state.next_delay(Failure::default()))
+        std::iter::from_fn(move || state.next_delay())
     }
 }
 
@@ -293,8 +238,6 @@ pub(crate) struct Delays {
     custom: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     /// Adaptive only: when the previous delay was handed out, to measure the attempt after it.
     handed_out: Option<std::time::Instant>,
-    /// Adaptive only: this call is counted in `spread`.
-    spread: bool,
 }
 
 impl Delays {
@@ -309,12 +252,11 @@ impl Delays {
             previous: Duration::ZERO,
             custom: None,
             handed_out: None,
-            spread: false,
         }
     }
 
     /// The delay before the next retry, or `None` when a custom sequence has run out.
-    pub(crate) fn next_delay(&mut self, failure: Failure) -> Option<Duration> {
+    pub(crate) fn next_delay(&mut self) -> Option<Duration> {
         self.retry = self.retry.saturating_add(1);
         let delay = match &self.backoff.kind {
             Kind::None => Duration::ZERO,
@@ -338,22 +280,7 @@ impl Delays {
                     );
                 }
                 self.handed_out = Some(now);
-                let row = failure.kind == Some(ConflictKind::RowWrite);
-                if row == self.spread {
-                    self.spread = !row;
-                    if row {
-                        state.spread.fetch_sub(1, Ordering::Relaxed);
-                    } else {
-                        state.spread.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let window = if row {
-                    state.row_window(self.retry, failure.attempt)
-                } else {
-                    None
-                };
-                let window = window.unwrap_or_else(|| state.window(self.retry));
-                uniform(&mut self.rng, Duration::ZERO, window)
+                uniform(&mut self.rng, Duration::ZERO, state.window(self.retry))
             }
             Kind::Custom(make) => {
                 let custom = self.custom.get_or_insert_with(|| make());
@@ -369,9 +296,6 @@ impl Drop for Delays {
     fn drop(&mut self) {
         if let Kind::Adaptive(state) = &self.backoff.kind {
             state.contenders.fetch_sub(1, Ordering::Relaxed);
-            if self.spread {
-                state.spread.fetch_sub(1, Ordering::Relaxed);
-            }
         }
     }
 }
@@ -478,8 +402,6 @@ mod tests {
             cap: 500 * MS,
             contenders: AtomicU32::new(0),
             attempt_ns: AtomicU64::new(5_000_000),
-            row_ns: AtomicU64::new(5_000_000),
-            spread: AtomicU32::new(0),
         };
         // Alone: plain full jitter with the base as unit.
         assert_eq!(state.window(1), 5 * MS);
@@ -518,58 +440,6 @@ mod tests {
                 cap: MS
             })
         );
-    }
-
-    #[test]
-    fn adaptive_row_write_conflicts_wait_a_few_attempts_while_no_other_conflict_is_live() {
-        let backoff = Backoff::adaptive(5 * MS, 500 * MS);
-        let Kind::Adaptive(state) = &backoff.kind else {
-            unreachable!()
-        };
-        let fail = |kind, micros| Failure {
-            kind: Some(kind),
-            attempt: Duration::from_micros(micros),
-        };
-        let row = fail(ConflictKind::RowWrite, 500);
-        let cycle = fail(ConflictKind::Dependency, 500);
-        let mut calls: Vec<Delays> = (0..8)
-            .map(|seed| Delays::new(backoff.clone(), fastrand::Rng::with_seed(seed)))
-            .collect();
-        // Row conflicts after 500 µs attempts teach a 500 µs unit; the window is four of them
-        // per doubling, whatever the number of calls retrying (eight here).
-        for _ in 0..100 {
-            Adaptive::fold(&state.row_ns, row.attempt);
-        }
-        // The integer mean settles within a few nanoseconds of the samples.
-        let near = |got: Option<Duration>, want: Duration| {
-            got.is_some_and(|got| got.abs_diff(want) < Duration::from_micros(1))
-        };
-        for call in &mut calls {
-            let d = call.next_delay(row).unwrap();
-            assert!(d < 2 * MS + Duration::from_micros(1), "{d:?}");
-        }
-        assert!(near(state.row_window(2, row.attempt), 4 * MS));
-        assert_eq!(
-            state.window(1),
-            40 * MS,
-            "the contention window is far wider"
-        );
-        // One call meets a dependency cycle: while it is live, row conflicts get the
-        // contention window too.
-        calls[0].next_delay(cycle);
-        assert_eq!(state.spread.load(Ordering::Relaxed), 1);
-        assert_eq!(state.row_window(1, row.attempt), None);
-        let wide: Vec<Duration> = (1..8).map(|i| calls[i].next_delay(row).unwrap()).collect();
-        assert!(wide.iter().any(|d| *d > 8 * MS), "{wide:?}");
-        // Its next conflict is a row write again, so it no longer counts; nor does a finished
-        // call.
-        calls[0].next_delay(row);
-        assert_eq!(state.spread.load(Ordering::Relaxed), 0);
-        calls[1].next_delay(cycle);
-        assert_eq!(state.spread.load(Ordering::Relaxed), 1);
-        drop(calls);
-        assert_eq!(state.spread.load(Ordering::Relaxed), 0);
-        assert_eq!(backoff.contenders(), Some(0));
     }
 
     #[test]

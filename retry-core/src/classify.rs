@@ -41,7 +41,10 @@ impl Class {
 
 /// What kind of conflict a retried error reports, as far as the database says.
 ///
-/// The adaptive backoff waits differently for each: see [`Backoff::adaptive`](crate::Backoff::adaptive).
+/// The retry loop hands it to the `on_retry` hook ([`RetryInfo::conflict`](crate::RetryInfo))
+/// and puts it on its `retrying transaction` event (field `conflict`), so a service can see
+/// whether its conflicts are contended rows or dependency cycles: the two call for different
+/// backoff settings (the README's attribute section says which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConflictKind {

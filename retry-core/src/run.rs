@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Delays;
-use crate::backoff::Failure;
 use crate::classify::{Class, CommitUnknown, ConflictKind, classify, classify_sqlx, conflict_kind};
 use crate::effects::{self, Registry, Scoped};
 use crate::metrics::{self, Outcome};
@@ -44,8 +43,6 @@ pub struct Attempts<'p> {
     attempt: u32,
     reconnects: bool,
     started: Instant,
-    /// When the current attempt started (after its backoff sleep).
-    attempt_started: Instant,
     delays: Option<Delays>,
     pending: Option<std::time::Duration>,
     /// The current attempt joined an outer transaction.
@@ -82,7 +79,6 @@ impl<'p> Attempts<'p> {
             attempt: 0,
             reconnects: false,
             started: Instant::now(),
-            attempt_started: Instant::now(),
             delays: None,
             pending: None,
             joined: false,
@@ -130,7 +126,6 @@ impl<'p> Attempts<'p> {
             source.sleep(delay).await;
         }
         self.attempt += 1;
-        self.attempt_started = Instant::now();
         self.reconnects = source.reconnects();
         match source.begin(self.policy.options).await {
             Ok(tx) => {
@@ -374,11 +369,7 @@ impl<'p> Attempts<'p> {
         let delays = self
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
-        let failure = Failure {
-            kind,
-            attempt: self.attempt_started.elapsed(),
-        };
-        let Some(delay) = delays.next_delay(failure) else {
+        let Some(delay) = delays.next_delay() else {
             tracing::warn!(
                 attempts = self.attempt,
                 sqlstate = code,
