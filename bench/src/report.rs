@@ -537,9 +537,10 @@ impl Report {
             );
             let _ = writeln!(
                 m,
-                "| workload | who | committed tx/s | failed tx | retries / committed tx | p50 ms | p99 ms |"
+                "| workload | who | committed tx/s | failed tx | retries / committed tx | p50 ms | p99 ms | client CPU µs / committed tx | server CPU µs / committed tx |"
             );
-            let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|");
+            let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+            let cpu = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0}"));
             for c in &self.contention {
                 for (who, r) in [
                     ("sqlx-retry", c.ours.as_ref()),
@@ -547,16 +548,28 @@ impl Report {
                 ] {
                     let _ = writeln!(
                         m,
-                        "| {} | {who} | {} | {} | {} | {} | {} |",
+                        "| {} | {who} | {} | {} | {} | {} | {} | {} | {} |",
                         c.workload.name(),
                         opt(r, |r| format!("{:.0}", r.tps())),
                         opt(r, |r| r.failed.to_string()),
                         opt(r, |r| format!("{:.3}", r.retries_per_commit())),
                         opt(r, |r| format!("{:.2}", r.pct_ms(0.5))),
                         opt(r, |r| format!("{:.2}", r.pct_ms(0.99))),
+                        opt(r, |r| cpu(r.cpu_us_per_commit().0)),
+                        opt(r, |r| cpu(r.cpu_us_per_commit().1)),
                     );
                 }
             }
+            let _ = writeln!(
+                m,
+                "\nCPU time is read from `/proc` around each run: the client column is our whole \
+                 process (tokio, sqlx, the loop) or pgbench's; the server column is the \
+                 postmaster with the backends it reaped, so it covers each side's connections \
+                 from start to exit. Both sides share the machine's {} CPUs with the server, so \
+                 where the CPUs are saturated, goodput is bounded by the CPU a committed \
+                 transaction costs on both sides together.",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            );
             let _ = writeln!(m);
             for c in &self.contention {
                 let (Some(ours), Some(t)) = (&c.ours, &c.theirs) else {

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use sqlx_retry::{Policy, serializable_retry, transaction};
 
-use crate::{Res, bump_counter};
+use crate::{Res, bump_counter, cpu};
 
 /// Hot rows in the hot-row workload.
 pub const HOT_ROWS: i32 = 4;
@@ -59,7 +59,9 @@ pub async fn create_schema(c: &mut PgConnection) -> Res<()> {
 
 /// Refills the contended tables from scratch (TRUNCATE, not UPDATE: no dead tuples, no pages
 /// left from earlier runs) and analyzes them, so runs start alike.
-async fn reset(opts: &PgConnectOptions) -> Res<()> {
+///
+/// Returns the server's CPU meter, when the server runs on this machine.
+async fn reset(opts: &PgConnectOptions) -> Res<Option<cpu::Server>> {
     let mut c = <PgConnection as sqlx::Connection>::connect_with(opts).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "TRUNCATE hot, doctors;
@@ -71,8 +73,9 @@ async fn reset(opts: &PgConnectOptions) -> Res<()> {
     )))
     .execute(&mut c)
     .await?;
+    let server = cpu::Server::find(&mut c).await;
     sqlx::Connection::close(c).await?;
-    Ok(())
+    Ok(server)
 }
 
 /// Shifts with nobody on call: the write-skew invariant; 0 when serializable did its job.
@@ -274,6 +277,10 @@ pub struct RunResult {
     pub reported_tps: Option<f64>,
     /// pgbench's latency average (ms); `None` for ours.
     pub reported_lat_avg_ms: Option<f64>,
+    /// CPU time of the client side: our process, or pgbench's; `None` where unreadable.
+    pub cpu_client: Option<Duration>,
+    /// CPU time of the server (postmaster and the backends it reaped); `None` where unreadable.
+    pub cpu_server: Option<Duration>,
 }
 
 impl RunResult {
@@ -290,6 +297,16 @@ impl RunResult {
         self.retries += other.retries;
         self.lat_us.extend(other.lat_us);
         self.lat_us.sort_by(f64::total_cmp);
+        let add = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+        self.cpu_client = add(self.cpu_client, other.cpu_client);
+        self.cpu_server = add(self.cpu_server, other.cpu_server);
+    }
+
+    /// CPU µs per committed transaction: `(client, server)`.
+    pub fn cpu_us_per_commit(&self) -> (Option<f64>, Option<f64>) {
+        let per =
+            |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6 / self.committed.max(1) as f64);
+        (per(self.cpu_client), per(self.cpu_server))
     }
 
     /// Adds `r` to the sum in `slot`, or makes it the sum.
@@ -350,7 +367,7 @@ pub async fn run_ours(
     clients: usize,
     dur: Duration,
 ) -> Res<RunResult> {
-    reset(opts).await?;
+    let server = reset(opts).await?;
     let pool = pool(
         opts.clone().options(w.settings().iter().copied()),
         clients as u32,
@@ -369,12 +386,21 @@ pub async fn run_ours(
     )
     .await;
     attempts.store(0, Ordering::Relaxed);
+    // The server's figure covers the pool's backends from their start to their exit, warm-up
+    // and connection set-up included, as pgbench's covers its own connections.
+    let (client0, server0) = (cpu::own(), server.and_then(|s| s.total()));
     let start = Instant::now();
     let per_task = run_tasks(&pool, w, imp, clients, dur, &attempts).await;
     let elapsed = start.elapsed();
+    let client1 = cpu::own();
     pool.close().await;
+    if let Some(s) = server {
+        s.settle(opts).await;
+    }
     let mut r = RunResult {
         elapsed,
+        cpu_client: cpu::delta(client0, client1),
+        cpu_server: cpu::delta(server0, server.and_then(|s| s.total())),
         ..RunResult::default()
     };
     for (committed, failed, lat) in per_task {
@@ -483,7 +509,7 @@ impl PgBench {
         dur: Duration,
         max_tries: u32,
     ) -> Res<RunResult> {
-        reset(opts).await?;
+        let server = reset(opts).await?;
         let dir = std::env::temp_dir().join(format!(
             "sqlx-retry-pgbench-{}-{}",
             std::process::id(),
@@ -521,7 +547,13 @@ impl PgBench {
             })
             .current_dir(&dir)
             .stdin(Stdio::null());
+        let (client0, server0) = (cpu::children(), server.and_then(|s| s.total()));
         let out = cmd.output().await?;
+        let client1 = cpu::children();
+        if let Some(s) = server {
+            s.settle(opts).await;
+        }
+        let cpu_server = cpu::delta(server0, server.and_then(|s| s.total()));
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         if !out.status.success() {
@@ -547,6 +579,8 @@ impl PgBench {
         }
         r.lat_us.sort_by(f64::total_cmp);
         r.elapsed = Duration::from_secs(secs);
+        r.cpu_client = cpu::delta(client0, client1);
+        r.cpu_server = cpu_server;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(r)
     }
