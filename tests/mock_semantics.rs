@@ -1195,10 +1195,13 @@ async fn tracing_span_and_one_event_per_retry() {
     let retries = retry_events(&seen);
     assert_eq!(retries.len(), 2, "{retries:#?}");
     let slept = sleeps(&db);
-    for (i, (event, code)) in retries.iter().zip(["40001", "40P01"]).enumerate() {
+    // A simulated 40001 names no source file, so it is `other`; a 40P01 is a deadlock anywhere.
+    let expected = [("40001", "other"), ("40P01", "deadlock")];
+    for (i, (event, (code, kind))) in retries.iter().zip(expected).enumerate() {
         assert_eq!(event.span, Some("bump"), "{event:?}");
         assert_eq!(event.fields["attempt"], (i + 1).to_string(), "{event:?}");
         assert_eq!(event.fields["sqlstate"], code, "{event:?}");
+        assert_eq!(event.fields["conflict"], kind, "{event:?}");
         let delay_ms: f64 = event.fields["delay_ms"].parse().unwrap();
         assert_eq!(delay_ms, slept[i].as_secs_f64() * 1e3, "{event:?}");
     }

@@ -60,9 +60,22 @@ pub enum ConflictKind {
     Dependency,
     /// `40P01` deadlock_detected.
     Deadlock,
-    /// Anything else that is retried: a code from `retry_on`, another database's conflict, or a
-    /// `40001` that does not say where it came from.
+    /// Anything else that is retried: a code from `retry_on`, another database's conflict, a
+    /// hot standby's recovery conflict, or a `40001` that does not say where it came from.
     Other,
+}
+
+impl ConflictKind {
+    /// The kind as the retry event's `conflict` field shows it: `row_write`, `dependency`,
+    /// `deadlock` or `other`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConflictKind::RowWrite => "row_write",
+            ConflictKind::Dependency => "dependency",
+            ConflictKind::Deadlock => "deadlock",
+            ConflictKind::Other => "other",
+        }
+    }
 }
 
 /// The kind of conflict the first database error in `err`'s source chain reports, read the
@@ -72,9 +85,9 @@ pub enum ConflictKind {
 ///
 /// PostgreSQL reports both row write conflicts and dependency cycles as `40001`. They are told
 /// apart by the source file the server names in the error (`predicate.c` holds serializable
-/// snapshot isolation) or the `Reason code:` detail it adds to those; neither is translated,
-/// unlike the message. A `40001` without those fields (from another database, or built by
-/// hand) is [`ConflictKind::Other`].
+/// snapshot isolation, and adds a `Reason code:` detail) rather than by the message, which is
+/// translated. A `40001` from `postgres.c` is a hot standby's recovery conflict; one without a
+/// source file (from another database, or built by hand) is [`ConflictKind::Other`].
 ///
 /// ```
 /// # use sqlx_retry_core::{conflict_kind, ConflictKind, SimulatedDbError, SqlState};
@@ -93,7 +106,7 @@ pub fn conflict_kind(err: &(dyn StdError + 'static)) -> Option<ConflictKind> {
     database_conflict_kind(db)
 }
 
-pub(crate) fn database_conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
+fn database_conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
     let code = db.code().and_then(|c| SqlState::new(&c))?;
     if code == SqlState::DEADLOCK_DETECTED {
         return Some(ConflictKind::Deadlock);
@@ -103,12 +116,12 @@ pub(crate) fn database_conflict_kind(db: &dyn DatabaseError) -> Option<ConflictK
     }
     #[cfg(feature = "postgres")]
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        let ssi = pg.file() == Some("predicate.c")
-            || pg.detail().is_some_and(|d| d.starts_with("Reason code:"));
-        return Some(match (ssi, pg.file()) {
-            (true, _) => ConflictKind::Dependency,
-            (false, Some(_)) => ConflictKind::RowWrite,
-            (false, None) => ConflictKind::Other,
+        let ssi = pg.detail().is_some_and(|d| d.starts_with("Reason code:"));
+        return Some(match pg.file() {
+            Some("predicate.c") => ConflictKind::Dependency,
+            _ if ssi => ConflictKind::Dependency,
+            Some("postgres.c") | None => ConflictKind::Other,
+            Some(_) => ConflictKind::RowWrite,
         });
     }
     Some(ConflictKind::Other)

@@ -396,7 +396,7 @@ impl<'p> Attempts<'p> {
         tracing::info!(
             attempt = self.attempt,
             sqlstate = code,
-            conflict = ?kind,
+            conflict = kind.as_ref().map_or("", ConflictKind::as_str),
             delay_ms = delay.as_secs_f64() * 1e3,
             cause = ?cause,
             "retrying transaction"
