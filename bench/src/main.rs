@@ -29,7 +29,7 @@ use sqlx_retry::{
 };
 use sqlx_retry_testkit::{PgProxy, isolated_schema};
 
-use workloads::{Imp, PgBench, RunResult, Workload};
+use workloads::{Conns, Imp, PgBench, RunResult, Workload};
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -237,6 +237,7 @@ async fn run() -> Res<()> {
                     &opts,
                     w,
                     &Imp::Attribute,
+                    Conns::Held,
                     plan.contention_clients,
                     plan.contention,
                 )
@@ -248,7 +249,21 @@ async fn run() -> Res<()> {
                 if let Some(t) = &theirs {
                     eprintln!("  round {} {w:?} pgbench: {}", round + 1, t.summary());
                 }
-                c.add_round(ours, theirs);
+                let pooled = workloads::run_ours(
+                    &opts,
+                    w,
+                    &Imp::Attribute,
+                    Conns::Pooled,
+                    plan.contention_clients,
+                    plan.contention,
+                )
+                .await?;
+                eprintln!(
+                    "  round {} {w:?} ours, pooled: {}",
+                    round + 1,
+                    pooled.summary()
+                );
+                c.add_round(ours, pooled, theirs);
             }
             c.violations = workloads::skew_violations(&mut admin).await?;
             rep.contention.push(c);
@@ -312,6 +327,7 @@ async fn strategies_section(
                     opts,
                     w,
                     &Imp::Plain(Arc::new(policy)),
+                    Conns::Pooled,
                     plan.contention_clients,
                     plan.strategy,
                 )
@@ -351,12 +367,20 @@ async fn scaling_section(
             .build()?,
     );
     for &c in &plan.clients {
-        let ours =
-            workloads::run_ours(opts, Workload::Hot, &Imp::Attribute, c, plan.scaling).await?;
+        let ours = workloads::run_ours(
+            opts,
+            Workload::Hot,
+            &Imp::Attribute,
+            Conns::Pooled,
+            c,
+            plan.scaling,
+        )
+        .await?;
         let adapt = workloads::run_ours(
             opts,
             Workload::Hot,
             &Imp::Plain(adaptive.clone()),
+            Conns::Pooled,
             c,
             plan.scaling,
         )

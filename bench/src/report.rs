@@ -81,8 +81,11 @@ pub struct Report {
 pub struct Contention {
     /// The workload.
     pub workload: Workload,
-    /// Ours, all rounds (`None` before the first).
+    /// Ours, each client holding its connection as pgbench's do, all rounds (`None` before the
+    /// first).
     pub ours: Option<RunResult>,
+    /// Ours through the pool, each call taking a connection, all rounds.
+    pub pooled: Option<RunResult>,
     /// pgbench, all rounds (`None` without pgbench).
     pub theirs: Option<RunResult>,
     /// Goodput ours / pgbench of each round.
@@ -97,6 +100,7 @@ impl Contention {
         Contention {
             workload,
             ours: None,
+            pooled: None,
             theirs: None,
             round_ratios: Vec::new(),
             violations: 0,
@@ -104,11 +108,12 @@ impl Contention {
     }
 
     /// Adds one round.
-    pub fn add_round(&mut self, ours: RunResult, theirs: Option<RunResult>) {
+    pub fn add_round(&mut self, ours: RunResult, pooled: RunResult, theirs: Option<RunResult>) {
         if let Some(t) = &theirs {
             self.round_ratios.push(ours.tps() / t.tps().max(1e-9));
         }
         RunResult::accumulate(&mut self.ours, ours);
+        RunResult::accumulate(&mut self.pooled, pooled);
         if let Some(t) = theirs {
             RunResult::accumulate(&mut self.theirs, t);
         }
@@ -296,8 +301,10 @@ impl Report {
             "- Mode `{}`: overhead {} blocks × {} transactions per implementation; contention runs \
              {} × {:.1} s with {} clients; strategy runs {} × {:.1} s; scaling points {:.1} s (pgbench runs \
              whole seconds, at least 1). Contended runs, ours: pools of exactly as many connections as clients, \
-             opened in advance, `test_before_acquire(false)` (a pooled client holds its connection \
-             like a pgbench client), at most {} attempts. pgbench: `-M prepared -n -r -l \
+             opened in advance, `test_before_acquire(false)`, at most {} attempts; in section 2 each \
+             client holds one of them for the whole run, as a pgbench client holds its connection \
+             (and a second run per round goes through the pool instead), in sections 3 and 4 every \
+             call takes a connection from the pool and sqlx pings it on return. pgbench: `-M prepared -n -r -l \
              --failures-detailed --max-tries={}` (immediate retry), `-j 2`; {}.\n",
             p.mode,
             p.blocks,
@@ -531,7 +538,9 @@ impl Report {
              same row conflict, and a conflict costs less. **Write skew**: 4 shifts × 8 doctors; count those on call for a random shift; a \
              random doctor of it goes off call if ≥ 2 are on call, else on call (keeps the workload \
              stationary). Ours = `#[serializable_retry(max = {})]` with the default backoff \
-             (adaptive 5 ms/500 ms). Latency is per committed transaction, \
+             (adaptive 5 ms/500 ms), each client on the connection it holds (`&mut PgConnection`), \
+             as pgbench's clients do; \"sqlx-retry, pooled\" is the same through `&PgPool`, each call \
+             taking a connection and giving it back. Latency is per committed transaction, \
              retries and backoff included.\n",
                 p.contention_clients, p.max_tries
             );
@@ -544,6 +553,7 @@ impl Report {
             for c in &self.contention {
                 for (who, r) in [
                     ("sqlx-retry", c.ours.as_ref()),
+                    ("sqlx-retry, pooled", c.pooled.as_ref()),
                     ("pgbench", c.theirs.as_ref()),
                 ] {
                     let _ = writeln!(
@@ -583,13 +593,20 @@ impl Report {
                     m,
                     "- {}: goodput ours/pgbench = **{tps:.2}** (goal ≥ 1: {}; by round: {}); failed \
                  ours = {} (goal 0: {}); retries per commit ours/pgbench = **{rr:.2}** (goal ≤ \
-                 0.5: {}).{}",
+                 0.5: {}).{}{}",
                     c.workload.name(),
                     verdict(tps >= 1.0),
                     rounds.join(", "),
                     ours.failed,
                     verdict(ours.failed == 0),
                     verdict(rr <= 0.5),
+                    c.pooled.as_ref().map_or_else(String::new, |p| format!(
+                        " Through the pool: goodput {:.2} of pgbench's, {} failed, retries per \
+                         commit {:.2} of pgbench's.",
+                        p.tps() / t.tps().max(1e-9),
+                        p.failed,
+                        p.retries_per_commit() / t.retries_per_commit().max(1e-9)
+                    )),
                     if c.workload == Workload::Skew {
                         format!(
                             " Shifts left with nobody on call after the runs: {}.",

@@ -216,6 +216,28 @@ pub enum Imp {
     Plain(Arc<Policy>),
 }
 
+/// One call of the attribute on a connection the client holds.
+async fn one_held(
+    conn: &mut PgConnection,
+    w: Workload,
+    attempts: &Arc<AtomicU64>,
+) -> Result<(), sqlx::Error> {
+    match w {
+        Workload::Ping => {
+            bump_counter(attempts);
+            sqlx::query("SELECT 1").execute(conn).await.map(drop)
+        }
+        Workload::Hot | Workload::HotIndexed => {
+            let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
+            hot_attr(conn, id, d, attempts).await
+        }
+        Workload::Skew => {
+            let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
+            skew_attr(conn, s, d, attempts).await
+        }
+    }
+}
+
 async fn one(
     pool: &PgPool,
     w: Workload,
@@ -358,15 +380,31 @@ impl RunResult {
     }
 }
 
+/// How our clients get their connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conns {
+    /// Each client holds one connection for the whole run, as a pgbench client does, and the
+    /// attribute runs on its `&mut PgConnection`.
+    Held,
+    /// Each call takes a connection from the pool and gives it back, and sqlx pings it on the
+    /// way back.
+    Pooled,
+}
+
 /// Runs `clients` tasks of workload `w` through `imp` for `dur` on a fresh pool of `clients`
-/// connections (no ping on acquire: a pooled client holds its connection like a pgbench client).
+/// connections (no ping on acquire), each task taking its connections as `conns` says.
+/// [`Conns::Held`] runs only the attribute.
 pub async fn run_ours(
     opts: &PgConnectOptions,
     w: Workload,
     imp: &Imp,
+    conns: Conns,
     clients: usize,
     dur: Duration,
 ) -> Res<RunResult> {
+    if conns == Conns::Held && !matches!(imp, Imp::Attribute) {
+        return Err("held connections run only the attribute".into());
+    }
     let server = reset(opts).await?;
     let pool = pool(
         opts.clone().options(w.settings().iter().copied()),
@@ -380,6 +418,7 @@ pub async fn run_ours(
         &pool,
         w,
         imp,
+        conns,
         clients,
         Duration::from_millis(100),
         &attempts,
@@ -390,7 +429,7 @@ pub async fn run_ours(
     // and connection set-up included, as pgbench's covers its own connections.
     let (client0, server0) = (cpu::own(), server.and_then(|s| s.total()));
     let start = Instant::now();
-    let per_task = run_tasks(&pool, w, imp, clients, dur, &attempts).await;
+    let per_task = run_tasks(&pool, w, imp, conns, clients, dur, &attempts).await;
     let elapsed = start.elapsed();
     let client1 = cpu::own();
     pool.close().await;
@@ -419,6 +458,7 @@ async fn run_tasks(
     pool: &PgPool,
     w: Workload,
     imp: &Imp,
+    conns: Conns,
     clients: usize,
     dur: Duration,
     attempts: &Arc<AtomicU64>,
@@ -429,9 +469,17 @@ async fn run_tasks(
         let (pool, imp, attempts) = (pool.clone(), imp.clone(), attempts.clone());
         set.spawn(async move {
             let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            let mut held = match conns {
+                Conns::Held => Some(pool.acquire().await.expect("the pool was opened in full")),
+                Conns::Pooled => None,
+            };
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match one(&pool, w, &imp, &attempts).await {
+                let result = match held.as_deref_mut() {
+                    Some(conn) => one_held(conn, w, &attempts).await,
+                    None => one(&pool, w, &imp, &attempts).await,
+                };
+                match result {
                     Ok(()) => {
                         ok += 1;
                         lat.push(t.elapsed().as_secs_f64() * 1e6);
