@@ -43,8 +43,42 @@ pub fn children() -> Option<Duration> {
 }
 
 /// `later - earlier`, when both were read.
-pub fn delta(earlier: Option<Duration>, later: Option<Duration>) -> Option<Duration> {
+fn delta(earlier: Option<Duration>, later: Option<Duration>) -> Option<Duration> {
     Some(later?.saturating_sub(earlier?))
+}
+
+/// CPU time spent during one run, on the client side (read by `client`: [`own`] or
+/// [`children`]) and on the server.
+pub struct Meter {
+    client: fn() -> Option<Duration>,
+    client0: Option<Duration>,
+    server: Option<Server>,
+    server0: Option<Duration>,
+}
+
+impl Meter {
+    /// Starts counting.
+    pub fn start(client: fn() -> Option<Duration>, server: Option<Server>) -> Meter {
+        Meter {
+            client,
+            client0: client(),
+            server,
+            server0: server.and_then(|s| s.total()),
+        }
+    }
+
+    /// The client's CPU time since the start.
+    pub fn client(&self) -> Option<Duration> {
+        delta(self.client0, (self.client)())
+    }
+
+    /// The server's CPU time since the start, once the run's connections are closed: waits for
+    /// their backends to exit and be counted (see [`Server::settle`]).
+    pub async fn server(&self, opts: &PgConnectOptions) -> Option<Duration> {
+        let server = self.server?;
+        server.settle(opts).await;
+        delta(self.server0, server.total())
+    }
 }
 
 /// The server's CPU meter: the postmaster of the backend serving a connection, when it runs on

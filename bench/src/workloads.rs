@@ -427,19 +427,16 @@ pub async fn run_ours(
     attempts.store(0, Ordering::Relaxed);
     // The server's figure covers the pool's backends from their start to their exit, warm-up
     // and connection set-up included, as pgbench's covers its own connections.
-    let (client0, server0) = (cpu::own(), server.and_then(|s| s.total()));
+    let meter = cpu::Meter::start(cpu::own, server);
     let start = Instant::now();
     let per_task = run_tasks(&pool, w, imp, conns, clients, dur, &attempts).await;
     let elapsed = start.elapsed();
-    let client1 = cpu::own();
+    let cpu_client = meter.client();
     pool.close().await;
-    if let Some(s) = server {
-        s.settle(opts).await;
-    }
     let mut r = RunResult {
         elapsed,
-        cpu_client: cpu::delta(client0, client1),
-        cpu_server: cpu::delta(server0, server.and_then(|s| s.total())),
+        cpu_client,
+        cpu_server: meter.server(opts).await,
         ..RunResult::default()
     };
     for (committed, failed, lat) in per_task {
@@ -595,13 +592,9 @@ impl PgBench {
             })
             .current_dir(&dir)
             .stdin(Stdio::null());
-        let (client0, server0) = (cpu::children(), server.and_then(|s| s.total()));
+        let meter = cpu::Meter::start(cpu::children, server);
         let out = cmd.output().await?;
-        let client1 = cpu::children();
-        if let Some(s) = server {
-            s.settle(opts).await;
-        }
-        let cpu_server = cpu::delta(server0, server.and_then(|s| s.total()));
+        let (cpu_client, cpu_server) = (meter.client(), meter.server(opts).await);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         if !out.status.success() {
@@ -627,7 +620,7 @@ impl PgBench {
         }
         r.lat_us.sort_by(f64::total_cmp);
         r.elapsed = Duration::from_secs(secs);
-        r.cpu_client = cpu::delta(client0, client1);
+        r.cpu_client = cpu_client;
         r.cpu_server = cpu_server;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(r)
