@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx_retry::mock::{Fault, MockDb, MockEvent, MockTx, Phase};
 use sqlx_retry::{
-    Backoff, CommitUnknown, IsolationLevel, Policy, RetryInfo, SqlState, is_commit_unknown,
-    serializable_retry, sqlstate,
+    Backoff, CommitUnknown, ConflictKind, IsolationLevel, Policy, RetryInfo, SqlState,
+    is_commit_unknown, serializable_retry, sqlstate,
 };
 use tokio::time::Instant;
 
@@ -1236,6 +1236,40 @@ async fn tracing_reports_giving_up() {
 // ---------------------------------------------------------------------------------------------
 // 14. The plain API.
 // ---------------------------------------------------------------------------------------------
+
+/// The hook is told a conflict kind only for conflicts: a retried lost connection (`57P01`,
+/// backend terminated) is not one, even though its error carries a SQLSTATE.
+#[tokio::test(start_paused = true)]
+async fn on_retry_hook_gets_a_conflict_kind_only_for_conflicts() {
+    type Seen = Vec<(String, Option<ConflictKind>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let policy = Policy::builder()
+        .backoff(Backoff::fixed(ms(1)))
+        .on_retry({
+            let seen = Arc::clone(&seen);
+            move |info| {
+                let code = info.sqlstate.map(|c| c.to_string()).unwrap_or_default();
+                seen.lock().unwrap().push((code, info.conflict));
+            }
+        })
+        .build()
+        .unwrap();
+    let db = MockDb::new(0_i64)
+        .fail(1, Phase::Begin, Fault::sqlstate("57P01"))
+        .fail(2, Phase::Body, Fault::sqlstate("40P01"));
+    sqlx_retry::transaction(&db, &policy, |tx| {
+        Box::pin(async move { tx.execute("bump") })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (String::new(), None),
+            ("40P01".to_owned(), Some(ConflictKind::Deadlock)),
+        ]
+    );
+}
 
 #[tokio::test(start_paused = true)]
 async fn plain_api_exact_script_and_on_retry_hook() {

@@ -163,6 +163,7 @@ fn chain<'a>(
 
 /// What classification looks for in a chain: the first link that says something about the
 /// database.
+#[derive(Clone, Copy)]
 enum Found<'a> {
     Sqlx(&'a sqlx::Error),
     Database(&'a dyn DatabaseError),
@@ -210,12 +211,30 @@ pub fn sqlstate(err: &(dyn StdError + 'static)) -> Option<SqlState> {
 /// | the commit-unknown error of [`is_commit_unknown`] | [`Class::Permanent`] |
 /// | everything else, including `57014` statement timeout, `55P03` lock timeout, `23505`, no `sqlx::Error` in the chain | [`Class::Permanent`] |
 pub fn classify(err: &(dyn StdError + 'static), retry_on: &[SqlState]) -> Class {
-    match find(err) {
+    classify_conflict(err, retry_on).0
+}
+
+/// [`classify`], and for a [`Class::Conflict`] its [`ConflictKind`], from one walk of the chain.
+/// Anything but a conflict has no kind.
+pub(crate) fn classify_conflict(
+    err: &(dyn StdError + 'static),
+    retry_on: &[SqlState],
+) -> (Class, Option<ConflictKind>) {
+    let found = find(err);
+    let class = match found {
         Some(Found::Sqlx(e)) => classify_sqlx(e, retry_on),
         Some(Found::Database(db)) => classify_database(db, retry_on),
         Some(Found::Io) => Class::ConnectionLost,
         None => Class::Permanent,
-    }
+    };
+    let kind = match (class, found) {
+        (Class::Conflict(_), Some(Found::Sqlx(sqlx::Error::Database(db)))) => {
+            database_conflict_kind(db.as_ref())
+        }
+        (Class::Conflict(_), Some(Found::Database(db))) => database_conflict_kind(db),
+        _ => None,
+    };
+    (class, kind)
 }
 
 /// [`classify`] for a [`sqlx::Error`] in hand.

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Delays;
-use crate::classify::{Class, CommitUnknown, ConflictKind, classify, classify_sqlx, conflict_kind};
+use crate::classify::{Class, CommitUnknown, ConflictKind, classify_conflict};
 use crate::effects::{self, Registry, Scoped};
 use crate::metrics::{self, Outcome};
 use crate::{BeginTransaction, OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
@@ -137,10 +137,8 @@ impl<'p> Attempts<'p> {
             }
             Err(err) => {
                 metrics::attempt(self.name);
-                let class = classify_sqlx(&err, &self.policy.retry_on);
-                if self.is_retryable(class)
-                    && self.schedule_retry(class.sqlstate(), conflict_kind(&err), &err)
-                {
+                let (class, kind) = classify_conflict(&err, &self.policy.retry_on);
+                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), kind, &err) {
                     Ok(None)
                 } else {
                     self.end(if self.exhausted {
@@ -238,16 +236,16 @@ impl<'p> Attempts<'p> {
                     self.end(Outcome::Committed);
                     Some(Ok(value))
                 }
-                Err(err) => match classify_sqlx(&err, &self.policy.retry_on) {
-                    Class::Conflict(code) => {
-                        if self.schedule_retry(Some(code), conflict_kind(&err), &err) {
+                Err(err) => match classify_conflict(&err, &self.policy.retry_on) {
+                    (Class::Conflict(code), kind) => {
+                        if self.schedule_retry(Some(code), kind, &err) {
                             None
                         } else {
                             self.end(Outcome::Exhausted);
                             Some(Err(E::from(err)))
                         }
                     }
-                    Class::ConnectionLost => {
+                    (Class::ConnectionLost, _) => {
                         tracing::warn!(
                             attempt = self.attempt,
                             error = %err,
@@ -269,7 +267,7 @@ impl<'p> Attempts<'p> {
                             Some(Err(E::from(unknown)))
                         }
                     }
-                    Class::Permanent => {
+                    (Class::Permanent, _) => {
                         self.end(Outcome::Error);
                         Some(Err(E::from(err)))
                     }
@@ -277,7 +275,7 @@ impl<'p> Attempts<'p> {
             },
             Err(err) => {
                 let (class, kind) = match chain(&err) {
-                    Some(e) => (classify(e, &self.policy.retry_on), conflict_kind(e)),
+                    Some(e) => classify_conflict(e, &self.policy.retry_on),
                     None => (Class::Permanent, None),
                 };
                 if let Err(rollback) = tx.rollback().await {
