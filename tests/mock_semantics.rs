@@ -1549,3 +1549,32 @@ async fn mock_detects_concurrent_write_conflicts() {
     assert_eq!(db.state(), 2, "lost update; script: {:?}", db.script());
     assert_eq!(a.max(b), 2);
 }
+
+/// `Backoff::none()` retries at once. tokio's timer rounds every deadline up to its next
+/// millisecond tick, so even a zero-length `tokio::time::sleep` would wait about a millisecond
+/// per retry. On the mock every step is ready at once, so a call that never touches the timer
+/// finishes on its first poll.
+#[tokio::test]
+async fn no_backoff_retries_without_waiting_for_the_timer() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let policy = Policy::builder()
+        .max_attempts(4)
+        .backoff(Backoff::none())
+        .build()
+        .unwrap();
+    let db = failing(1..=3, Phase::Body, "40001");
+    let call = sqlx_retry::transaction(&db, &policy, |tx| {
+        Box::pin(async move {
+            tx.execute("bump")?;
+            Ok::<_, sqlx::Error>(())
+        })
+    });
+    let polled = std::pin::pin!(call).poll(&mut Context::from_waker(Waker::noop()));
+    assert!(
+        matches!(polled, Poll::Ready(Ok(()))),
+        "the call waited: {polled:?}"
+    );
+    assert_eq!(sleeps(&db), [Duration::ZERO; 3]);
+}

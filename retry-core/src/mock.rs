@@ -471,7 +471,7 @@ impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &MockDb<S> {
 
     fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
         lock(&self.inner).events.push(MockEvent::Sleep(delay));
-        tokio::time::sleep(delay)
+        crate::source::timer_sleep(delay)
     }
 
     fn reconnects(&self) -> bool {

@@ -176,14 +176,28 @@ pub trait BeginTransaction<'s>: Send {
     ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's;
 
     /// Waits between attempts. The default is `tokio::time::sleep`, so tests on tokio's paused
-    /// clock spend no real time.
+    /// clock spend no real time, except that a zero delay returns at once: tokio's timer would
+    /// still wait for its next millisecond tick.
     fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
-        tokio::time::sleep(delay)
+        timer_sleep(delay)
     }
 
     /// Whether a later attempt gets a fresh connection after this one's broke. A pool does; a
     /// single connection does not, so a lost connection is final for it.
     fn reconnects(&self) -> bool;
+}
+
+/// Sleeps `delay` on tokio's timer, and returns at once for a zero delay.
+///
+/// tokio's timer counts whole milliseconds and rounds a deadline up to the next one, so
+/// `tokio::time::sleep(Duration::ZERO)` waits about a millisecond: a retry that its backoff says
+/// to start at once would otherwise start a millisecond late.
+pub(crate) fn timer_sleep(delay: Duration) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
 }
 
 /// What callers pass in place of an annotated function's transaction parameter: a source of
