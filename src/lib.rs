@@ -103,7 +103,7 @@ pub use sqlx_retry_core::{
     DelaysFactory, InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder,
     PolicyError, RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
     UnsupportedTxOption, classify, classify_sqlx, conflict_kind, find_commit_unknown,
-    find_sqlx_error, is_commit_unknown, sqlstate, transaction, transaction_with,
+    find_sqlx_error, is_commit_unknown, sqlstate, timer_sleep, transaction, transaction_with,
 };
 
 pub use sqlx_retry_core::{Joined, MaybeJoined, NoTransaction, Scoped, after_commit};

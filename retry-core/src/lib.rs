@@ -33,7 +33,7 @@ pub use policy::{
 pub use pool::PoolTransaction;
 pub use run::{Attempts, BoxFuture, transaction, transaction_with};
 pub use source::{
-    Backend, BeginTransaction, Joined, MaybeJoined, OpenTransaction, TransactionSource,
+    Backend, BeginTransaction, Joined, MaybeJoined, OpenTransaction, TransactionSource, timer_sleep,
 };
 pub use sqlstate::{InvalidSqlState, SqlState};
 
