@@ -263,14 +263,28 @@ async fn run() -> Res<()> {
                     round + 1,
                     pooled.summary()
                 );
-                c.add_round(ours, pooled, theirs);
+                let hand = workloads::run_ours(
+                    &opts,
+                    w,
+                    &Imp::Hand(plan.max_tries),
+                    Conns::Held,
+                    plan.contention_clients,
+                    plan.contention,
+                )
+                .await?;
+                eprintln!(
+                    "  round {} {w:?} hand-written: {}",
+                    round + 1,
+                    hand.summary()
+                );
+                c.add_round(ours, pooled, hand, theirs);
             }
             c.violations = workloads::skew_violations(&mut admin).await?;
             rep.contention.push(c);
         }
     }
 
-    // 3. Backoff strategies through the plain API.
+    // 3. Backoff strategies through the plain API, on held connections.
     if runs("strategies") {
         strategies_section(&plan, &opts, &mut rep).await?;
     }
@@ -327,7 +341,7 @@ async fn strategies_section(
                     opts,
                     w,
                     &Imp::Plain(Arc::new(policy)),
-                    Conns::Pooled,
+                    Conns::Held,
                     plan.contention_clients,
                     plan.strategy,
                 )
@@ -371,7 +385,7 @@ async fn scaling_section(
             opts,
             Workload::Hot,
             &Imp::Attribute,
-            Conns::Pooled,
+            Conns::Held,
             c,
             plan.scaling,
         )
@@ -380,7 +394,7 @@ async fn scaling_section(
             opts,
             Workload::Hot,
             &Imp::Plain(adaptive.clone()),
-            Conns::Pooled,
+            Conns::Held,
             c,
             plan.scaling,
         )

@@ -86,6 +86,9 @@ pub struct Contention {
     pub ours: Option<RunResult>,
     /// Ours through the pool, each call taking a connection, all rounds.
     pub pooled: Option<RunResult>,
+    /// The hand-written loop without the library (immediate retry, held connections), all
+    /// rounds.
+    pub hand: Option<RunResult>,
     /// pgbench, all rounds (`None` without pgbench).
     pub theirs: Option<RunResult>,
     /// Goodput ours / pgbench of each round.
@@ -101,6 +104,7 @@ impl Contention {
             workload,
             ours: None,
             pooled: None,
+            hand: None,
             theirs: None,
             round_ratios: Vec::new(),
             violations: 0,
@@ -108,12 +112,19 @@ impl Contention {
     }
 
     /// Adds one round.
-    pub fn add_round(&mut self, ours: RunResult, pooled: RunResult, theirs: Option<RunResult>) {
+    pub fn add_round(
+        &mut self,
+        ours: RunResult,
+        pooled: RunResult,
+        hand: RunResult,
+        theirs: Option<RunResult>,
+    ) {
         if let Some(t) = &theirs {
             self.round_ratios.push(ours.tps() / t.tps().max(1e-9));
         }
         RunResult::accumulate(&mut self.ours, ours);
         RunResult::accumulate(&mut self.pooled, pooled);
+        RunResult::accumulate(&mut self.hand, hand);
         if let Some(t) = theirs {
             RunResult::accumulate(&mut self.theirs, t);
         }
@@ -540,7 +551,11 @@ impl Report {
              stationary). Ours = `#[serializable_retry(max = {})]` with the default backoff \
              (adaptive 5 ms/500 ms), each client on the connection it holds (`&mut PgConnection`), \
              as pgbench's clients do; \"sqlx-retry, pooled\" is the same through `&PgPool`, each call \
-             taking a connection and giving it back. Latency is per committed transaction, \
+             taking a connection and giving it back. \"hand-written sqlx\" is the loop a user \
+             writes without the library, on held connections: `begin_with(\"BEGIN ISOLATION \
+             LEVEL SERIALIZABLE\")`, the same body, `commit()`, and on `40001`/`40P01` a retry at \
+             once (sqlx sends the ROLLBACK ahead of the next BEGIN), as pgbench retries; it shows \
+             what tokio and sqlx alone achieve here. Latency is per committed transaction, \
              retries and backoff included.\n",
                 p.contention_clients, p.max_tries
             );
@@ -554,6 +569,7 @@ impl Report {
                 for (who, r) in [
                     ("sqlx-retry", c.ours.as_ref()),
                     ("sqlx-retry, pooled", c.pooled.as_ref()),
+                    ("hand-written sqlx", c.hand.as_ref()),
                     ("pgbench", c.theirs.as_ref()),
                 ] {
                     let _ = writeln!(
@@ -625,7 +641,7 @@ impl Report {
             let _ = writeln!(m, "## 3. Backoff strategies\n");
             let _ = writeln!(
                 m,
-                "`sqlx_retry::transaction(&pool, &policy, …)` with `Policy::builder().max_attempts({}).backoff(…)`, \
+                "`sqlx_retry::transaction(&mut conn, &policy, …)`, each client on the connection it holds, with `Policy::builder().max_attempts({}).backoff(…)`, \
              {} clients, {} rounds of {:.1} s per strategy and workload (each round runs every \
              strategy once, in an order rotated per round; the figures add up over the rounds). \
              `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
@@ -736,7 +752,7 @@ impl Report {
             let serial = self.scaling.iter().find(|s| s.0 == 1).map(|s| s.1.tps());
             let _ = writeln!(
                 m,
-                "{:.1} s per point. Ours = the attribute with the default backoff; adaptive = the plain \
+                "{:.1} s per point, each client on the connection it holds. Ours = the attribute with the default backoff; adaptive = the plain \
              API with `Backoff::adaptive(5ms, 500ms)`. The serial ceiling is ours with 1 client: \
              {} (a lone client's round trips cost several times more here, see Setup, so \
              goodput can rise above it).\n",

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
-use sqlx_retry::{Policy, serializable_retry, transaction};
+use sqlx_retry::{Policy, TransactionSource, serializable_retry, transaction};
 
 use crate::{Res, bump_counter, cpu};
 
@@ -207,59 +208,41 @@ async fn skew_attr(
     skew_body(tx, shift, doc).await
 }
 
-/// Which of our implementations runs.
+/// Which implementation runs on our side.
 #[derive(Clone)]
 pub enum Imp {
     /// `#[serializable_retry(max = 50)]`, default backoff.
     Attribute,
     /// `sqlx_retry::transaction` with this policy.
     Plain(Arc<Policy>),
+    /// Not ours: the loop a user writes by hand without the library, as pgbench retries. It
+    /// retries `40001` and `40P01` at once, up to this many attempts, and leaves the ROLLBACK to
+    /// sqlx, which sends it ahead of the next BEGIN. Held connections only.
+    Hand(u32),
 }
 
-/// One call of the attribute on a connection the client holds.
-async fn one_held(
-    conn: &mut PgConnection,
-    w: Workload,
-    attempts: &Arc<AtomicU64>,
-) -> Result<(), sqlx::Error> {
-    match w {
-        Workload::Ping => {
-            bump_counter(attempts);
-            sqlx::query("SELECT 1").execute(conn).await.map(drop)
-        }
-        Workload::Hot | Workload::HotIndexed => {
-            let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
-            hot_attr(conn, id, d, attempts).await
-        }
-        Workload::Skew => {
-            let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
-            skew_attr(conn, s, d, attempts).await
-        }
-    }
-}
-
-async fn one(
-    pool: &PgPool,
+/// One call of `imp` on `src`, a held connection or the pool.
+async fn one<S: TransactionSource<PgConnection>>(
+    src: S,
     w: Workload,
     imp: &Imp,
     attempts: &Arc<AtomicU64>,
 ) -> Result<(), sqlx::Error> {
     match (w, imp) {
-        (Workload::Ping, _) => {
-            bump_counter(attempts);
-            sqlx::query("SELECT 1").execute(pool).await.map(drop)
-        }
+        (Workload::Ping, _) | (_, Imp::Hand(_)) => Err(sqlx::Error::Configuration(
+            format!("{w:?} does not run through the retry loop").into(),
+        )),
         (Workload::Hot | Workload::HotIndexed, Imp::Attribute) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
-            hot_attr(pool, id, d, attempts).await
+            hot_attr(src, id, d, attempts).await
         }
         (Workload::Skew, Imp::Attribute) => {
             let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
-            skew_attr(pool, s, d, attempts).await
+            skew_attr(src, s, d, attempts).await
         }
         (Workload::Hot | Workload::HotIndexed, Imp::Plain(policy)) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
-            transaction(pool, policy, |tx| {
+            transaction(src, policy, |tx| {
                 let a = attempts.clone();
                 Box::pin(async move {
                     bump_counter(&a);
@@ -270,7 +253,7 @@ async fn one(
         }
         (Workload::Skew, Imp::Plain(policy)) => {
             let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
-            transaction(pool, policy, |tx| {
+            transaction(src, policy, |tx| {
                 let a = attempts.clone();
                 Box::pin(async move {
                     bump_counter(&a);
@@ -278,6 +261,42 @@ async fn one(
                 })
             })
             .await
+        }
+    }
+}
+
+/// One call of the hand-written loop ([`Imp::Hand`]) on a held connection.
+async fn hand(
+    conn: &mut PgConnection,
+    w: Workload,
+    max: u32,
+    attempts: &AtomicU64,
+) -> Result<(), sqlx::Error> {
+    let (row, value) = match w {
+        Workload::Hot | Workload::HotIndexed => (fastrand::i32(1..=HOT_ROWS), 0),
+        Workload::Skew => (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS)),
+        Workload::Ping => return Err(sqlx::Error::Configuration("no loop for Ping".into())),
+    };
+    let d = fastrand::i64(1..=1000);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        bump_counter(attempts);
+        let result = async {
+            let mut tx = conn
+                .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                .await?;
+            match w {
+                Workload::Skew => skew_body(&mut tx, row, value).await?,
+                _ => hot_body(&mut tx, row, d).await?,
+            }
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Err(sqlx::Error::Database(e))
+                if tries < max && matches!(e.code().as_deref(), Some("40001" | "40P01")) => {}
+            other => return other,
         }
     }
 }
@@ -402,8 +421,8 @@ pub async fn run_ours(
     clients: usize,
     dur: Duration,
 ) -> Res<RunResult> {
-    if conns == Conns::Held && !matches!(imp, Imp::Attribute) {
-        return Err("held connections run only the attribute".into());
+    if conns == Conns::Pooled && matches!(imp, Imp::Hand(_)) {
+        return Err("the hand-written loop runs on held connections only".into());
     }
     let server = reset(opts).await?;
     let pool = pool(
@@ -472,9 +491,10 @@ async fn run_tasks(
             };
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let result = match held.as_deref_mut() {
-                    Some(conn) => one_held(conn, w, &attempts).await,
-                    None => one(&pool, w, &imp, &attempts).await,
+                let result = match (held.as_deref_mut(), &imp) {
+                    (Some(conn), Imp::Hand(max)) => hand(conn, w, *max, &attempts).await,
+                    (Some(conn), _) => one(conn, w, &imp, &attempts).await,
+                    (None, _) => one(&pool, w, &imp, &attempts).await,
                 };
                 match result {
                     Ok(()) => {
