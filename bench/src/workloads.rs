@@ -229,8 +229,11 @@ async fn one<S: TransactionSource<PgConnection>>(
     attempts: &Arc<AtomicU64>,
 ) -> Result<(), sqlx::Error> {
     match (w, imp) {
-        (Workload::Ping, _) | (_, Imp::Hand(_)) => Err(sqlx::Error::Configuration(
-            format!("{w:?} does not run through the retry loop").into(),
+        (Workload::Ping, _) => Err(sqlx::Error::Configuration(
+            "`SELECT 1` is pgbench's round-trip probe, not a transaction of ours".into(),
+        )),
+        (_, Imp::Hand(_)) => Err(sqlx::Error::Configuration(
+            "the hand-written loop runs through `hand`".into(),
         )),
         (Workload::Hot | Workload::HotIndexed, Imp::Attribute) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
@@ -275,7 +278,11 @@ async fn hand(
     let (row, value) = match w {
         Workload::Hot | Workload::HotIndexed => (fastrand::i32(1..=HOT_ROWS), 0),
         Workload::Skew => (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS)),
-        Workload::Ping => return Err(sqlx::Error::Configuration("no loop for Ping".into())),
+        Workload::Ping => {
+            return Err(sqlx::Error::Configuration(
+                "`SELECT 1` is pgbench's round-trip probe, not a transaction".into(),
+            ));
+        }
     };
     let d = fastrand::i64(1..=1000);
     let mut tries = 0;

@@ -67,7 +67,7 @@ impl std::fmt::Debug for Attempts<'_> {
 
 /// tokio's timer fires on whole milliseconds, so a sleep can end up to this much later than
 /// asked; the time budget counts it so that no sleep ends past the budget.
-const TIMER_SLACK: Duration = Duration::from_millis(1);
+const TIMER_SLACK: Duration = crate::source::TIMER_TICK;
 
 impl<'p> Attempts<'p> {
     /// A new call of the loop for the function `name` under `policy`. `name` labels the tracing

@@ -176,7 +176,8 @@ pub trait BeginTransaction<'s>: Send {
     ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's;
 
     /// Waits between attempts. The default waits on tokio's timer, with its millisecond of lag
-    /// taken off (see [`timer_sleep`]); on tokio's paused clock it spends no real time.
+    /// taken off (see [`timer_sleep`]). On tokio's paused clock it spends no real time, and the
+    /// clock moves on a tick less than `delay`; the mock source's sleep is exact.
     fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
         timer_sleep(delay)
     }
