@@ -419,7 +419,7 @@ pub enum Conns {
 
 /// Runs `clients` tasks of workload `w` through `imp` for `dur` on a fresh pool of `clients`
 /// connections (no ping on acquire), each task taking its connections as `conns` says.
-/// [`Conns::Held`] runs only the attribute.
+/// [`Imp::Hand`] runs only on [`Conns::Held`].
 pub async fn run_ours(
     opts: &PgConnectOptions,
     w: Workload,

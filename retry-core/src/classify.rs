@@ -98,12 +98,16 @@ impl ConflictKind {
 /// assert_eq!(conflict_kind(&sqlx::Error::RowNotFound), None);
 /// ```
 pub fn conflict_kind(err: &(dyn StdError + 'static)) -> Option<ConflictKind> {
-    let db = match find(err)? {
-        Found::Sqlx(sqlx::Error::Database(db)) => db.as_ref(),
-        Found::Database(db) => db,
-        _ => return None,
-    };
-    database_conflict_kind(db)
+    find(err).and_then(found_conflict_kind)
+}
+
+/// The kind of conflict a found link reports, if it is a database error.
+fn found_conflict_kind(found: Found<'_>) -> Option<ConflictKind> {
+    match found {
+        Found::Sqlx(sqlx::Error::Database(db)) => database_conflict_kind(db.as_ref()),
+        Found::Database(db) => database_conflict_kind(db),
+        _ => None,
+    }
 }
 
 fn database_conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
@@ -227,11 +231,8 @@ pub(crate) fn classify_conflict(
         Some(Found::Io) => Class::ConnectionLost,
         None => Class::Permanent,
     };
-    let kind = match (class, found) {
-        (Class::Conflict(_), Some(Found::Sqlx(sqlx::Error::Database(db)))) => {
-            database_conflict_kind(db.as_ref())
-        }
-        (Class::Conflict(_), Some(Found::Database(db))) => database_conflict_kind(db),
+    let kind = match class {
+        Class::Conflict(_) => found.and_then(found_conflict_kind),
         _ => None,
     };
     (class, kind)

@@ -200,7 +200,7 @@ pub(crate) const TIMER_TICK: Duration = Duration::from_millis(1);
 /// with probability `delay / tick`, and no wait otherwise, which keeps the mean. A zero delay
 /// returns at once.
 pub fn timer_sleep(delay: Duration) -> impl Future<Output = ()> + Send + 'static {
-    let asked = timer_request(delay, fastrand::u64(..tick_ns()));
+    let asked = timer_request(delay, fastrand::u64(..TICK_NS));
     async move {
         if let Some(asked) = asked {
             tokio::time::sleep(asked).await;
@@ -208,11 +208,10 @@ pub fn timer_sleep(delay: Duration) -> impl Future<Output = ()> + Send + 'static
     }
 }
 
-fn tick_ns() -> u64 {
-    TIMER_TICK.as_nanos() as u64
-}
+/// [`TIMER_TICK`] in nanoseconds.
+const TICK_NS: u64 = TIMER_TICK.as_nanos() as u64;
 
-/// What [`timer_sleep`] asks tokio's timer for, given `coin`, uniform in `0..tick_ns()`: `None`
+/// What [`timer_sleep`] asks tokio's timer for, given `coin`, uniform in `0..TICK_NS`: `None`
 /// means no wait at all.
 fn timer_request(delay: Duration, coin: u64) -> Option<Duration> {
     if delay >= TIMER_TICK {
@@ -391,7 +390,7 @@ mod tests {
         assert_eq!(timer_request(5 * MS, 999_999), Some(4 * MS));
         assert_eq!(timer_request(Duration::MAX, 7), Some(Duration::MAX - MS));
         // 300 µs: a tick's wait for 30 % of the coins, none for the rest.
-        let waits = (0..tick_ns())
+        let waits = (0..TICK_NS)
             .step_by(1_000)
             .filter(|&coin| timer_request(Duration::from_micros(300), coin).is_some())
             .count();
