@@ -963,3 +963,311 @@ fn fmt_axis(v: f64) -> String {
         format!("{v:.2}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The report rendered from fixed data, against golden files in `bench/golden/`. The files
+    //! hold `{CPUS}` and `{CPU_MODEL}` where the report names this machine's CPUs. After an
+    //! intended change of the report, regenerate them with `BENCH_GOLDEN=overwrite cargo test -p
+    //! sqlx-retry-bench` and read the diff.
+
+    use super::*;
+    use crate::workloads::CONTENDED;
+    use crate::{Allocs, Target};
+
+    /// A run of `tps` committed tx/s with `rpc` retries per commit and `failed` failures; its
+    /// latencies spread from 0.1 to 10 ms over 100 transactions, scaled by `slow`.
+    fn run(tps: f64, rpc: f64, failed: u64, slow: f64) -> RunResult {
+        RunResult {
+            committed: 1000,
+            failed,
+            retries: (rpc * 1000.0) as u64,
+            elapsed: Duration::from_secs_f64(1000.0 / tps),
+            lat_us: (1..=100).map(|i| f64::from(i) * 100.0 * slow).collect(),
+            cpu_client: Some(Duration::from_millis(250)),
+            cpu_server: Some(Duration::from_millis(400)),
+            ..RunResult::default()
+        }
+    }
+
+    /// pgbench's kind of run: its own tps, no CPU figure for the server.
+    fn pgbench_run(tps: f64, rpc: f64) -> RunResult {
+        RunResult {
+            reported_tps: Some(tps),
+            reported_lat_avg_ms: Some(2.5),
+            cpu_server: None,
+            ..run(tps * 0.9, rpc, 0, 1.3)
+        }
+    }
+
+    fn server() -> ServerInfo {
+        ServerInfo {
+            version: "PostgreSQL 17.6 (Debian 17.6-1) on x86_64-pc-linux-gnu".into(),
+            fsync: "off".into(),
+            synchronous_commit: "off".into(),
+            max_connections: 200,
+            throwaway: true,
+        }
+    }
+
+    fn overhead_run(target: Target, b: f64, c: f64) -> OverheadRun {
+        OverheadRun {
+            target,
+            median_us: [300.0, 300.0 / b, 300.0 / c],
+            p99_us: [900.5, 870.25, 1100.0],
+            block_ratio: [1.0, b, c],
+            block_ci: [(1.0, 1.0), (b - 0.01, b + 0.02), (c - 0.03, c + 0.01)],
+            round_trips: [3.0, 3.0, 4.0],
+            n: 1000,
+        }
+    }
+
+    /// Every section filled, with pgbench; the strategy data keep the default within the
+    /// noise of a better one, and `none` has the best goodput.
+    fn full() -> Report {
+        let mut r = Report::new(Plan::new(true, false), server());
+        r.elapsed = Duration::from_secs_f64(123.4);
+        r.pgbench = Some("pgbench (PostgreSQL) 17.6".into());
+        r.load = vec![
+            ("profile", 0.5),
+            ("overhead", 1.25),
+            ("contention", 2.0),
+            ("strategies", 3.75),
+            ("scaling", 4.0),
+            ("end", 3.5),
+        ];
+        r.round_trip = vec![
+            (1, run(4000.0, 0.0, 0, 0.2)),
+            (2, run(15000.0, 0.0, 0, 0.1)),
+        ];
+        r.profile = Profile {
+            allocs: Some(Allocs {
+                conn: [12.0, 10.5],
+                pool: [20.25, 18.0],
+                mock: [3.0, 0.0],
+            }),
+            mock_attr_ns: 950.0,
+            mock_hand_ns: 400.0,
+            span_ns: 12.34,
+            event_ns: 1.5,
+            box_ns: 25.0,
+            begin_us: 110.0,
+            update_us: 95.5,
+            commit_us: 120.25,
+        };
+        r.overhead = Some(vec![
+            overhead_run(Target::ALL[0], 1.01, 0.78),
+            overhead_run(Target::ALL[1], 1.03, 0.82),
+            overhead_run(Target::ALL[2], 0.99, 0.79),
+            overhead_run(Target::ALL[3], 1.0, 0.85),
+        ]);
+        for (i, w) in CONTENDED.into_iter().enumerate() {
+            let k = i as f64;
+            let mut c = Contention::new(w);
+            c.add_round(
+                run(2000.0 + k * 100.0, 0.4, 0, 1.0),
+                run(1800.0, 0.5, 1, 1.1),
+                run(2100.0, 1.2, 0, 0.9),
+                Some(pgbench_run(1900.0, 1.0 + k)),
+            );
+            c.add_round(
+                run(2200.0, 0.3, 0, 1.0),
+                run(1700.0, 0.6, 0, 1.2),
+                RunResult {
+                    cpu_client: None,
+                    ..run(2000.0, 1.1, 2, 0.8)
+                },
+                Some(pgbench_run(2000.0, 1.5)),
+            );
+            if w == Workload::Skew {
+                c.hand = None;
+            }
+            r.contention.push(c);
+        }
+        // Goodput by strategy: `none` best, the fastest candidate within the noise of the
+        // default.
+        for (name, tps, rpc) in [
+            ("none", 1000.0, 2.0),
+            ("exponential full jitter 5ms/500ms", 980.0, 0.8),
+            ("decorrelated jitter 5ms/500ms", 900.0, 0.4),
+            (DEFAULT_STRATEGY, 950.0, 0.5),
+            ("exponential full jitter 1ms/100ms", 990.0, 1.5),
+        ] {
+            for (j, w) in CONTENDED.into_iter().enumerate() {
+                let wobble = 1.0 + j as f64 * 0.01;
+                r.strategies
+                    .push((name.to_string(), w, run(tps * wobble, rpc, 0, 1.0)));
+            }
+        }
+        r.scaling = vec![
+            (
+                1,
+                run(3000.0, 0.0, 0, 0.3),
+                run(2900.0, 0.0, 0, 0.3),
+                Some(pgbench_run(2800.0, 0.0)),
+            ),
+            (
+                16,
+                run(2500.0, 0.6, 0, 2.0),
+                run(2400.0, 0.7, 0, 2.1),
+                Some(pgbench_run(2000.0, 1.4)),
+            ),
+            (64, run(2200.0, 0.9, 0, 5.0), run(2100.0, 1.0, 0, 5.5), None),
+        ];
+        r
+    }
+
+    /// Smoke mode without pgbench or allocation counts; the default fails transactions, so the
+    /// data say it should change, and no overhead goal (b) is met.
+    fn without_pgbench() -> Report {
+        let mut r = full();
+        r.plan = Plan::new(false, true);
+        r.pgbench = None;
+        r.round_trip.clear();
+        r.profile.allocs = None;
+        r.overhead = Some(vec![
+            overhead_run(Target::ALL[1], 1.05, 0.9),
+            overhead_run(Target::ALL[3], 1.0, 0.95),
+        ]);
+        for c in &mut r.contention {
+            c.theirs = None;
+            c.round_ratios.clear();
+            c.pooled = None;
+            c.violations = 2;
+        }
+        for (name, _, run) in &mut r.strategies {
+            if name == DEFAULT_STRATEGY {
+                run.failed = 1;
+            }
+            if name == "none" {
+                run.elapsed *= 3;
+            }
+        }
+        for point in &mut r.scaling {
+            point.3 = None;
+        }
+        r.scaling.retain(|p| p.0 != 1);
+        r
+    }
+
+    /// The default mode; the default backoff wins; no overhead, contention or scaling section.
+    fn default_wins() -> Report {
+        let mut r = full();
+        r.plan = Plan::new(false, false);
+        r.overhead = None;
+        r.contention.clear();
+        r.scaling.clear();
+        for (name, _, run) in &mut r.strategies {
+            if name == DEFAULT_STRATEGY {
+                run.elapsed /= 2;
+            }
+        }
+        r
+    }
+
+    /// No strategy qualifies (all but `none` fail); an empty overhead list; `DATABASE_URL`.
+    fn no_candidate() -> Report {
+        let mut r = full();
+        r.overhead = Some(Vec::new());
+        r.server.throwaway = false;
+        for (name, _, run) in &mut r.strategies {
+            if name != "none" {
+                run.failed = 3;
+            }
+        }
+        r
+    }
+
+    fn check(name: &str, report: &Report, chart: &str) {
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let model = cpu_model();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("golden")
+            .join(format!("{name}.md"));
+        let actual = report.markdown(chart);
+        if std::env::var_os("BENCH_GOLDEN").is_some_and(|v| v == "overwrite") {
+            let generic = actual
+                .replace(
+                    &format!("Machine: {cpus} logical CPUs ({model})"),
+                    "Machine: {CPUS} logical CPUs ({CPU_MODEL})",
+                )
+                .replace(&format!("({cpus} CPUs)"), "({CPUS} CPUs)")
+                .replace(&format!("machine's {cpus} CPUs"), "machine's {CPUS} CPUs");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, generic).unwrap();
+            return;
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; write it with BENCH_GOLDEN=overwrite",
+                path.display()
+            )
+        });
+        let expected = golden
+            .replace("{CPUS}", &cpus.to_string())
+            .replace("{CPU_MODEL}", &model);
+        if actual != expected {
+            let line = actual
+                .lines()
+                .zip(expected.lines())
+                .position(|(a, e)| a != e)
+                .map_or(actual.lines().count().min(expected.lines().count()), |i| i);
+            panic!(
+                "BENCHMARKS.md of `{name}` differs from {} from line {}:\n  actual:   {:?}\n  expected: {:?}",
+                path.display(),
+                line + 1,
+                actual.lines().nth(line),
+                expected.lines().nth(line)
+            );
+        }
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn report_with_every_section_matches_golden() {
+        check("full", &full(), "bench/chart.svg");
+    }
+
+    #[test]
+    fn report_without_pgbench_matches_golden() {
+        check("without-pgbench", &without_pgbench(), "chart.svg");
+    }
+
+    #[test]
+    fn report_where_the_default_wins_matches_golden() {
+        check("default-wins", &default_wins(), "bench/chart.svg");
+    }
+
+    #[test]
+    fn report_without_a_candidate_strategy_matches_golden() {
+        check("no-candidate", &no_candidate(), "chart.svg");
+    }
+
+    #[test]
+    fn golden_reports_cover_each_choice_of_default() {
+        // The scenarios above are only worth their files if they reach the report's branches.
+        let choice = |r: &Report| r.best_strategy().map(|b| b.0);
+        assert_eq!(
+            choice(&full()).as_deref(),
+            Some("exponential full jitter 5ms/500ms")
+        );
+        assert_eq!(choice(&default_wins()).as_deref(), Some(DEFAULT_STRATEGY));
+        assert_eq!(choice(&no_candidate()), None);
+        let full = full().markdown("c");
+        assert!(full.contains("so the default stays"), "{full}");
+        assert!(full.contains("Retrying at once (`none`) had the higher"));
+        let changed = without_pgbench().markdown("c");
+        assert!(changed.contains("the default should change"), "{changed}");
+        assert!(
+            default_wins()
+                .markdown("c")
+                .contains("keeping the current default")
+        );
+        assert!(
+            no_candidate()
+                .markdown("c")
+                .contains("No strategy both avoided")
+        );
+    }
+}
