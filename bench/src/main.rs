@@ -130,52 +130,11 @@ async fn main() {
 }
 
 async fn run() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut quick = false;
-    let mut smoke = false;
-    let mut out: Option<PathBuf> = None;
-    let mut only: Option<String> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--smoke" => smoke = true,
-            "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
-            "--only" => only = Some(it.next().ok_or("--only needs section names")?.clone()),
-            "-h" | "--help" => {
-                println!(
-                    "usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR] [--only SECTION,…]"
-                );
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?}").into()),
-        }
-    }
-    let plan = Plan::new(quick, smoke);
-    const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
-    let only: Option<Vec<&str>> = only.as_deref().map(|o| o.split(',').collect());
-    if let Some(bad) = only.iter().flatten().find(|s| !SECTIONS.contains(s)) {
-        return Err(format!("unknown section {bad:?}; sections: {}", SECTIONS.join(", ")).into());
-    }
-    let runs = |section: &str| only.as_ref().is_none_or(|o| o.contains(&section));
-    if only.is_some() && out.is_none() && !smoke {
-        return Err("--only writes a partial report: give --out DIR".into());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_path_buf();
-    let (md_path, svg_path) = match (&out, smoke) {
-        (Some(dir), _) => (dir.join("BENCHMARKS.md"), dir.join("chart.svg")),
-        (None, true) => {
-            let dir = std::env::temp_dir().join(format!("sqlx-retry-bench-{}", std::process::id()));
-            (dir.join("BENCHMARKS.md"), dir.join("chart.svg"))
-        }
-        (None, false) => (
-            root.join("BENCHMARKS.md"),
-            root.join("bench").join("chart.svg"),
-        ),
+    let Some(args) = Args::parse(std::env::args().skip(1))? else {
+        return Ok(());
     };
+    let plan = Plan::new(args.quick, args.smoke);
+    let (md_path, svg_path, chart_link) = args.paths()?;
     if let Some(dir) = md_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -204,108 +163,28 @@ async fn run() -> Res<()> {
 
     let mut rep = report::Report::new(plan.clone(), server);
     rep.pgbench = pgbench.as_ref().map(PgBench::version);
-
-    // 0. Profile: in-process loop cost, tracing, boxing, and the DB phases.
-    if runs("profile") {
-        eprintln!("[profile]");
-        rep.load.push(("profile", report::loadavg()));
-        rep.profile = profile(&plan, &opts).await?;
-        rep.round_trip = round_trip(&plan, &opts, pgbench.as_ref()).await?;
+    if args.runs("profile") {
+        profile_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
-
-    // 1. Uncontended overhead.
-    if runs("overhead") {
-        eprintln!("[overhead]");
-        rep.load.push(("overhead", report::loadavg()));
-        rep.overhead = Some(overhead(&plan, &opts, &iso).await?);
+    if args.runs("overhead") {
+        overhead_section(&plan, &opts, &iso, &mut rep).await?;
     }
-
-    // 2. Contention: ours (the attribute, default backoff) vs pgbench, in rounds whose order
-    // alternates, so that neither side always runs first or on the same stretch of a noisy host.
-    if runs("contention") {
-        eprintln!("[contention]");
-        rep.load.push(("contention", report::loadavg()));
-        for w in workloads::CONTENDED {
-            let mut c = report::Contention::new(w);
-            for round in 0..plan.contention_rounds {
-                let pgbench_first = round % 2 == 1;
-                let mut theirs = None;
-                if pgbench_first {
-                    theirs = run_pgbench(pgbench.as_ref(), &opts, w, &plan).await?;
-                }
-                let ours = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Attribute,
-                    Conns::Held,
-                    plan.contention_clients,
-                    plan.contention,
-                )
-                .await?;
-                eprintln!("  round {} {w:?} ours: {}", round + 1, ours.summary());
-                if !pgbench_first {
-                    theirs = run_pgbench(pgbench.as_ref(), &opts, w, &plan).await?;
-                }
-                if let Some(t) = &theirs {
-                    eprintln!("  round {} {w:?} pgbench: {}", round + 1, t.summary());
-                }
-                let pooled = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Attribute,
-                    Conns::Pooled,
-                    plan.contention_clients,
-                    plan.contention,
-                )
-                .await?;
-                eprintln!(
-                    "  round {} {w:?} ours, pooled: {}",
-                    round + 1,
-                    pooled.summary()
-                );
-                let hand = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Hand(plan.max_tries),
-                    Conns::Held,
-                    plan.contention_clients,
-                    plan.contention,
-                )
-                .await?;
-                eprintln!(
-                    "  round {} {w:?} hand-written: {}",
-                    round + 1,
-                    hand.summary()
-                );
-                c.add_round(ours, pooled, hand, theirs);
-            }
-            c.violations = workloads::skew_violations(&mut admin).await?;
-            rep.contention.push(c);
-        }
+    if args.runs("contention") {
+        contention_section(&plan, &opts, pgbench.as_ref(), &mut admin, &mut rep).await?;
     }
-
-    // 3. Backoff strategies through the plain API, on held connections.
-    if runs("strategies") {
+    if args.runs("strategies") {
         strategies_section(&plan, &opts, &mut rep).await?;
     }
-
-    // 4. Scaling on the hot row.
-    if runs("scaling") {
+    if args.runs("scaling") {
         scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
-
     rep.load.push(("end", report::loadavg()));
     rep.elapsed = started.elapsed();
+
     admin.close().await?;
     let _ = iso.drop_schema().await;
-    let svg = report::chart(&rep);
-    std::fs::write(&svg_path, svg)?;
-    let chart_link = if out.is_none() && !smoke {
-        "bench/chart.svg".to_string()
-    } else {
-        "chart.svg".to_string()
-    };
-    std::fs::write(&md_path, rep.markdown(&chart_link))?;
+    std::fs::write(&svg_path, report::chart(&rep))?;
+    std::fs::write(&md_path, rep.markdown(chart_link))?;
     eprintln!(
         "wrote {} and {} in {:.0?}",
         md_path.display(),
@@ -313,6 +192,197 @@ async fn run() -> Res<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// The sections `--only` accepts, in the order they run.
+const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
+
+/// The command line.
+struct Args {
+    quick: bool,
+    smoke: bool,
+    /// `--out DIR`.
+    out: Option<PathBuf>,
+    /// `--only SECTION,…`; `None` runs them all.
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    /// Parses and checks the arguments; `None` when `--help` printed the usage.
+    fn parse(args: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
+        let mut parsed = Args {
+            quick: false,
+            smoke: false,
+            out: None,
+            only: None,
+        };
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => parsed.quick = true,
+                "--smoke" => parsed.smoke = true,
+                "--out" => {
+                    parsed.out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?));
+                }
+                "--only" => {
+                    let names = it.next().ok_or("--only needs section names")?;
+                    parsed.only = Some(names.split(',').map(str::to_owned).collect());
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR] [--only SECTION,…]"
+                    );
+                    return Ok(None);
+                }
+                other => return Err(format!("unknown argument {other:?}").into()),
+            }
+        }
+        if let Some(bad) = (parsed.only.iter().flatten()).find(|s| !SECTIONS.contains(&s.as_str()))
+        {
+            return Err(
+                format!("unknown section {bad:?}; sections: {}", SECTIONS.join(", ")).into(),
+            );
+        }
+        if parsed.only.is_some() && parsed.out.is_none() && !parsed.smoke {
+            return Err("--only writes a partial report: give --out DIR".into());
+        }
+        Ok(Some(parsed))
+    }
+
+    /// Whether `section` runs.
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+
+    /// Where the report and the chart go, and the chart's path as the report links it: the
+    /// repository's `BENCHMARKS.md` and `bench/chart.svg` for a full run, else `--out DIR` or a
+    /// temporary directory (smoke).
+    fn paths(&self) -> Res<(PathBuf, PathBuf, &'static str)> {
+        let dir = match (&self.out, self.smoke) {
+            (Some(dir), _) => dir.clone(),
+            (None, true) => {
+                std::env::temp_dir().join(format!("sqlx-retry-bench-{}", std::process::id()))
+            }
+            (None, false) => {
+                let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .ok_or("no workspace root")?;
+                return Ok((
+                    root.join("BENCHMARKS.md"),
+                    root.join("bench").join("chart.svg"),
+                    "bench/chart.svg",
+                ));
+            }
+        };
+        Ok((
+            dir.join("BENCHMARKS.md"),
+            dir.join("chart.svg"),
+            "chart.svg",
+        ))
+    }
+}
+
+/// Section 0: in-process loop cost, tracing, boxing and the database phases, and what a round
+/// trip costs on this machine.
+async fn profile_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[profile]");
+    rep.load.push(("profile", report::loadavg()));
+    rep.profile = profile(plan, opts).await?;
+    rep.round_trip = round_trip(plan, opts, pgbench).await?;
+    Ok(())
+}
+
+/// Section 1: the uncontended overhead per connection source.
+async fn overhead_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    iso: &sqlx_retry_testkit::Isolated,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[overhead]");
+    rep.load.push(("overhead", report::loadavg()));
+    rep.overhead = Some(overhead(plan, opts, iso).await?);
+    Ok(())
+}
+
+/// Section 2: ours (the attribute, default backoff) against pgbench on every contended workload,
+/// in rounds; then each workload's write-skew invariant.
+async fn contention_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    admin: &mut PgConnection,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[contention]");
+    rep.load.push(("contention", report::loadavg()));
+    for w in workloads::CONTENDED {
+        let mut c = report::Contention::new(w);
+        for round in 0..plan.contention_rounds {
+            let (ours, pooled, hand, theirs) =
+                contention_round(plan, opts, pgbench, w, round).await?;
+            c.add_round(ours, pooled, hand, theirs);
+        }
+        c.violations = workloads::skew_violations(admin).await?;
+        rep.contention.push(c);
+    }
+    Ok(())
+}
+
+/// One round of section 2 on workload `w`: ours on held connections and pgbench, in an order
+/// that alternates by round so that neither side always runs first or on the same stretch of a
+/// noisy host; then ours through the pool and the hand-written loop.
+async fn contention_round(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    w: Workload,
+    round: usize,
+) -> Res<(RunResult, RunResult, RunResult, Option<RunResult>)> {
+    let ours = |imp: Imp, conns: Conns| async move {
+        workloads::run_ours(
+            opts,
+            w,
+            &imp,
+            conns,
+            plan.contention_clients,
+            plan.contention,
+        )
+        .await
+    };
+    let pgbench_first = round % 2 == 1;
+    let mut theirs = None;
+    if pgbench_first {
+        theirs = run_pgbench(pgbench, opts, w, plan).await?;
+    }
+    let held = ours(Imp::Attribute, Conns::Held).await?;
+    eprintln!("  round {} {w:?} ours: {}", round + 1, held.summary());
+    if !pgbench_first {
+        theirs = run_pgbench(pgbench, opts, w, plan).await?;
+    }
+    if let Some(t) = &theirs {
+        eprintln!("  round {} {w:?} pgbench: {}", round + 1, t.summary());
+    }
+    let pooled = ours(Imp::Attribute, Conns::Pooled).await?;
+    eprintln!(
+        "  round {} {w:?} ours, pooled: {}",
+        round + 1,
+        pooled.summary()
+    );
+    let hand = ours(Imp::Hand(plan.max_tries), Conns::Held).await?;
+    eprintln!(
+        "  round {} {w:?} hand-written: {}",
+        round + 1,
+        hand.summary()
+    );
+    Ok((held, pooled, hand, theirs))
 }
 
 /// Section 3: every strategy on every contended workload through the plain API, in rotated rounds.
@@ -992,9 +1062,4 @@ async fn overhead(
 /// Counts the body's attempts (ours) for the retry figures.
 pub fn bump_counter(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The results of one contention run, as a helper for `RunResult` users.
-pub fn fmt_opt(r: Option<&RunResult>, f: impl Fn(&RunResult) -> String) -> String {
-    r.map_or_else(|| "–".to_string(), f)
 }
