@@ -237,8 +237,8 @@ impl Args {
                 other => return Err(format!("unknown argument {other:?}").into()),
             }
         }
-        if let Some(bad) = (parsed.only.iter().flatten()).find(|s| !SECTIONS.contains(&s.as_str()))
-        {
+        let mut names = parsed.only.iter().flatten();
+        if let Some(bad) = names.find(|s| !SECTIONS.contains(&s.as_str())) {
             return Err(
                 format!("unknown section {bad:?}; sections: {}", SECTIONS.join(", ")).into(),
             );
@@ -603,11 +603,38 @@ fn per_iter_ns(elapsed: Duration, n: usize) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
 }
 
+/// Section 0's figures: the loop's cost in process, tracing and boxing, the database phases,
+/// heap allocations.
 async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
-    let mut p = Profile::default();
-    // Mock loops, interleaved in 10 blocks; a fresh MockDb per block keeps its event log short.
+    let (mock_attr_ns, mock_hand_ns) = mock_loops(plan.mock_iters).await?;
+    let span_ns = span_cost(plan.mock_iters).await;
+    let event_ns = event_cost(plan.mock_iters);
+    let box_ns = box_cost(plan.mock_iters).await;
+    let [begin_us, update_us, commit_us] =
+        db_phases(opts, (plan.blocks * plan.per_block).max(50)).await?;
+    let opts = opts.clone();
+    let (n, mock_n) = (plan.per_block * 10, plan.mock_iters / 10);
+    let allocs =
+        tokio::task::spawn_blocking(move || count_allocations(opts, n.max(20), mock_n.max(20)))
+            .await??;
+    Ok(Profile {
+        allocs: Some(allocs),
+        mock_attr_ns,
+        mock_hand_ns,
+        span_ns,
+        event_ns,
+        box_ns,
+        begin_us,
+        update_us,
+        commit_us,
+    })
+}
+
+/// ns per call of the attribute and of the hand loop over the mock source, `iters` calls each,
+/// interleaved in 10 blocks; a fresh MockDb per block keeps its event log short.
+async fn mock_loops(iters: usize) -> Res<(f64, f64)> {
     let blocks = 10;
-    let per = (plan.mock_iters / blocks).max(1);
+    let per = (iters / blocks).max(1);
     let (mut attr, mut hand) = (Vec::new(), Vec::new());
     for b in 0..blocks {
         for which in if b % 2 == 0 { [0, 1] } else { [1, 0] } {
@@ -628,17 +655,22 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
             }
         }
     }
-    p.mock_attr_ns = median_f(&mut attr);
-    p.mock_hand_ns = median_f(&mut hand);
+    Ok((median_f(&mut attr), median_f(&mut hand)))
+}
 
-    let n = plan.mock_iters;
+/// ns of an `info_span!` + `instrument` of a ready future, no subscriber, over `n` iterations.
+async fn span_cost(n: usize) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         use tracing::Instrument as _;
         let span = tracing::info_span!("transaction");
         std::hint::black_box(async move { i }.instrument(span).await);
     }
-    p.span_ns = per_iter_ns(t.elapsed(), n);
+    per_iter_ns(t.elapsed(), n)
+}
+
+/// ns of a disabled `info!` event with fields, over `n` iterations.
+fn event_cost(n: usize) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         tracing::info!(
@@ -649,7 +681,11 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
         );
         std::hint::black_box(i);
     }
-    p.event_ns = per_iter_ns(t.elapsed(), n);
+    per_iter_ns(t.elapsed(), n)
+}
+
+/// ns of a `Box::pin` of a 256-byte future, awaited, over `n` iterations.
+async fn box_cost(n: usize) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         let payload = [i as u8; 256];
@@ -657,11 +693,13 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
             Box::pin(async move { std::hint::black_box(payload)[0] });
         std::hint::black_box(fut.await);
     }
-    p.box_ns = per_iter_ns(t.elapsed(), n);
+    per_iter_ns(t.elapsed(), n)
+}
 
-    // DB phases, hand loop, one connection, no ping.
+/// Median µs of `[BEGIN, UPDATE, COMMIT]` over `iters` hand-written transactions on a
+/// one-connection pool without ping, after 20 of warm-up.
+async fn db_phases(opts: &PgConnectOptions, iters: usize) -> Res<[f64; 3]> {
     let pool = workloads::pool(opts.clone(), 1, false).await?;
-    let iters = (plan.blocks * plan.per_block).max(50);
     let (mut b, mut u, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..iters + 20 {
         let t0 = Instant::now();
@@ -683,16 +721,7 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
         }
     }
     pool.close().await;
-    p.begin_us = median_f(&mut b);
-    p.update_us = median_f(&mut u);
-    p.commit_us = median_f(&mut c);
-    let opts = opts.clone();
-    let (n, mock_n) = (plan.per_block * 10, plan.mock_iters / 10);
-    p.allocs = Some(
-        tokio::task::spawn_blocking(move || count_allocations(opts, n.max(20), mock_n.max(20)))
-            .await??,
-    );
-    Ok(p)
+    Ok([median_f(&mut b), median_f(&mut u), median_f(&mut c)])
 }
 
 /// Heap allocations per transaction: `[ours, hand-written begin_with]` per source.
@@ -982,6 +1011,8 @@ const ORDERS: [[usize; 3]; 6] = [
     [1, 0, 2],
 ];
 
+/// Section 1's figures for every [`Target`]: latencies and block ratios on a direct connection,
+/// round trips through a counting proxy.
 async fn overhead(
     plan: &Plan,
     opts: &PgConnectOptions,
@@ -991,63 +1022,8 @@ async fn overhead(
     let mut out = Vec::new();
     for target in Target::ALL {
         eprintln!("  {}", target.title());
-        let mut h = target.open(opts.clone()).await?;
-        // Warm-up: statement caches, server caches.
-        for which in 0..3 {
-            for _ in 0..50 {
-                bump(which, &mut h).await?;
-            }
-        }
-        let mut lat: [Vec<f64>; 3] = Default::default();
-        let mut ratios: [Vec<f64>; 3] = Default::default();
-        for block in 0..plan.blocks {
-            let mut totals = [0.0_f64; 3];
-            for which in ORDERS[block % ORDERS.len()] {
-                let t_block = Instant::now();
-                for _ in 0..plan.per_block {
-                    let t = Instant::now();
-                    bump(which, &mut h).await?;
-                    lat[which].push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                totals[which] = t_block.elapsed().as_secs_f64();
-            }
-            for k in 0..3 {
-                ratios[k].push(totals[0] / totals[k]);
-            }
-        }
-        h.close().await?;
-        let mut run = OverheadRun {
-            target,
-            median_us: [0.0; 3],
-            p99_us: [0.0; 3],
-            block_ratio: [0.0; 3],
-            block_ci: [(0.0, 0.0); 3],
-            round_trips: [0.0; 3],
-            n: plan.blocks * plan.per_block,
-        };
-        for k in 0..3 {
-            run.median_us[k] = median_f(&mut lat[k]);
-            run.p99_us[k] = lat[k][(lat[k].len() * 99 / 100).min(lat[k].len() - 1)];
-            run.block_ratio[k] = median_f(&mut ratios[k]);
-            run.block_ci[k] = bootstrap_median_ci(&ratios[k]);
-        }
-        // Round trips through the proxy, counted with the same kind of connection source.
-        let mut ph = target.open(proxy.schema_options(iso.schema())).await?;
-        for which in 0..3 {
-            for _ in 0..10 {
-                bump(which, &mut ph).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let n = 200;
-            let before = proxy.stats();
-            for _ in 0..n {
-                bump(which, &mut ph).await?;
-            }
-            // Let the pool's release ping of the last transaction land before counting.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            run.round_trips[which] = proxy.stats().since(&before).round_trips as f64 / n as f64;
-        }
-        ph.close().await?;
+        let mut run = time_blocks(plan, opts, target).await?;
+        run.round_trips = count_round_trips(&proxy, iso, target).await?;
         eprintln!(
             "    ours/begin_with {:.3}, ours/begin+SET {:.3}, round trips {:?}",
             run.ratio(1),
@@ -1057,6 +1033,79 @@ async fn overhead(
         out.push(run);
     }
     Ok(out)
+}
+
+/// Times the three implementations on `target` in blocks whose order rotates ([`ORDERS`]): the
+/// latencies and block ratios of section 1, without round trips.
+async fn time_blocks(plan: &Plan, opts: &PgConnectOptions, target: Target) -> Res<OverheadRun> {
+    let mut h = target.open(opts.clone()).await?;
+    // Warm-up: statement caches, server caches.
+    for which in 0..3 {
+        for _ in 0..50 {
+            bump(which, &mut h).await?;
+        }
+    }
+    let mut lat: [Vec<f64>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    for block in 0..plan.blocks {
+        let mut totals = [0.0_f64; 3];
+        for which in ORDERS[block % ORDERS.len()] {
+            let t_block = Instant::now();
+            for _ in 0..plan.per_block {
+                let t = Instant::now();
+                bump(which, &mut h).await?;
+                lat[which].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            totals[which] = t_block.elapsed().as_secs_f64();
+        }
+        for k in 0..3 {
+            ratios[k].push(totals[0] / totals[k]);
+        }
+    }
+    h.close().await?;
+    let mut run = OverheadRun {
+        target,
+        median_us: [0.0; 3],
+        p99_us: [0.0; 3],
+        block_ratio: [0.0; 3],
+        block_ci: [(0.0, 0.0); 3],
+        round_trips: [0.0; 3],
+        n: plan.blocks * plan.per_block,
+    };
+    for k in 0..3 {
+        run.median_us[k] = median_f(&mut lat[k]);
+        run.p99_us[k] = lat[k][(lat[k].len() * 99 / 100).min(lat[k].len() - 1)];
+        run.block_ratio[k] = median_f(&mut ratios[k]);
+        run.block_ci[k] = bootstrap_median_ci(&ratios[k]);
+    }
+    Ok(run)
+}
+
+/// Round trips per transaction of each implementation through `proxy`, counted with the same
+/// kind of connection source as `target`.
+async fn count_round_trips(
+    proxy: &PgProxy,
+    iso: &sqlx_retry_testkit::Isolated,
+    target: Target,
+) -> Res<[f64; 3]> {
+    let mut round_trips = [0.0; 3];
+    let mut ph = target.open(proxy.schema_options(iso.schema())).await?;
+    for (which, per_tx) in round_trips.iter_mut().enumerate() {
+        for _ in 0..10 {
+            bump(which, &mut ph).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = 200;
+        let before = proxy.stats();
+        for _ in 0..n {
+            bump(which, &mut ph).await?;
+        }
+        // Let the pool's release ping of the last transaction land before counting.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        *per_tx = proxy.stats().since(&before).round_trips as f64 / n as f64;
+    }
+    ph.close().await?;
+    Ok(round_trips)
 }
 
 /// Counts the body's attempts (ours) for the retry figures.
