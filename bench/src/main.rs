@@ -16,7 +16,9 @@ mod report;
 mod workloads;
 
 use std::error::Error;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -742,70 +744,75 @@ fn count_allocations(opts: PgConnectOptions, n: usize, mock_n: usize) -> Res<All
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let per_tx = |run: &mut dyn FnMut() -> Res<()>, n: usize| -> Res<f64> {
-        let mut result = Ok(());
-        let info = allocation_counter::measure(|| result = run());
-        result?;
-        Ok(info.count_total as f64 / n as f64)
+    let pool = Target::Pool {
+        size: 1,
+        ping: false,
     };
-    let mut out = Allocs::default();
-    for target in [
-        Target::Conn,
-        Target::Pool {
-            size: 1,
-            ping: false,
-        },
-    ] {
-        let mut h = rt.block_on(target.open(opts.clone()))?;
-        for which in 0..2 {
-            // Warm-up: statement cache, buffers.
+    Ok(Allocs {
+        conn: count_db_allocations(&rt, Target::Conn, opts.clone(), n)?,
+        pool: count_db_allocations(&rt, pool, opts, n)?,
+        mock: count_mock_allocations(&rt, mock_n)?,
+    })
+}
+
+/// Heap allocations per transaction of ours and of the hand-written `begin_with` on `target`,
+/// `n` transactions each after 20 of warm-up (statement cache, buffers).
+fn count_db_allocations(
+    rt: &tokio::runtime::Runtime,
+    target: Target,
+    opts: PgConnectOptions,
+    n: usize,
+) -> Res<[f64; 2]> {
+    let mut out = [0.0; 2];
+    let mut h = rt.block_on(target.open(opts))?;
+    for (which, count) in out.iter_mut().enumerate() {
+        rt.block_on(async {
+            for _ in 0..20 {
+                bump(which, &mut h).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        })?;
+        *count = allocations_per_tx(n, || {
             rt.block_on(async {
-                for _ in 0..20 {
+                for _ in 0..n {
                     bump(which, &mut h).await?;
                 }
-                Ok::<_, sqlx::Error>(())
-            })?;
-            let count = per_tx(
-                &mut || {
-                    rt.block_on(async {
-                        for _ in 0..n {
-                            bump(which, &mut h).await?;
-                        }
-                        Ok(())
-                    })
-                },
-                n,
-            )?;
-            match target {
-                Target::Conn => out.conn[which] = count,
-                Target::Pool { .. } => out.pool[which] = count,
-            }
-        }
-        rt.block_on(h.close())?;
+                Ok(())
+            })
+        })?;
     }
+    rt.block_on(h.close())?;
+    Ok(out)
+}
+
+/// Heap allocations per call of the attribute and of the hand loop over the mock source.
+fn count_mock_allocations(rt: &tokio::runtime::Runtime, n: usize) -> Res<[f64; 2]> {
     let db = MockDb::new(0_i64);
-    for which in 0..2 {
-        out.mock[which] = per_tx(
-            &mut || {
-                rt.block_on(async {
-                    for _ in 0..mock_n {
-                        if which == 0 {
-                            mock_attr(&db).await?;
-                        } else {
-                            mock_hand(&db).await?;
-                        }
+    let mut out = [0.0; 2];
+    for (which, count) in out.iter_mut().enumerate() {
+        *count = allocations_per_tx(n, || {
+            rt.block_on(async {
+                for _ in 0..n {
+                    if which == 0 {
+                        mock_attr(&db).await?;
+                    } else {
+                        mock_hand(&db).await?;
                     }
-                    Ok(())
-                })
-            },
-            mock_n,
-        )?;
+                }
+                Ok(())
+            })
+        })?;
     }
     Ok(out)
 }
 
-use std::future::Future;
-use std::pin::Pin;
+/// The heap allocations of `run`, which runs `n` transactions, per transaction.
+fn allocations_per_tx(n: usize, run: impl FnOnce() -> Res<()>) -> Res<f64> {
+    let mut result = Ok(());
+    let info = allocation_counter::measure(|| result = run());
+    result?;
+    Ok(info.count_total as f64 / n as f64)
+}
 
 /// The median of `v` (sorted in place); 0 when empty.
 pub fn median_f(v: &mut [f64]) -> f64 {
