@@ -16,7 +16,9 @@ mod report;
 mod workloads;
 
 use std::error::Error;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -130,52 +132,11 @@ async fn main() {
 }
 
 async fn run() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut quick = false;
-    let mut smoke = false;
-    let mut out: Option<PathBuf> = None;
-    let mut only: Option<String> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--smoke" => smoke = true,
-            "--out" => out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
-            "--only" => only = Some(it.next().ok_or("--only needs section names")?.clone()),
-            "-h" | "--help" => {
-                println!(
-                    "usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR] [--only SECTION,…]"
-                );
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other:?}").into()),
-        }
-    }
-    let plan = Plan::new(quick, smoke);
-    const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
-    let only: Option<Vec<&str>> = only.as_deref().map(|o| o.split(',').collect());
-    if let Some(bad) = only.iter().flatten().find(|s| !SECTIONS.contains(s)) {
-        return Err(format!("unknown section {bad:?}; sections: {}", SECTIONS.join(", ")).into());
-    }
-    let runs = |section: &str| only.as_ref().is_none_or(|o| o.contains(&section));
-    if only.is_some() && out.is_none() && !smoke {
-        return Err("--only writes a partial report: give --out DIR".into());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_path_buf();
-    let (md_path, svg_path) = match (&out, smoke) {
-        (Some(dir), _) => (dir.join("BENCHMARKS.md"), dir.join("chart.svg")),
-        (None, true) => {
-            let dir = std::env::temp_dir().join(format!("sqlx-retry-bench-{}", std::process::id()));
-            (dir.join("BENCHMARKS.md"), dir.join("chart.svg"))
-        }
-        (None, false) => (
-            root.join("BENCHMARKS.md"),
-            root.join("bench").join("chart.svg"),
-        ),
+    let Some(args) = Args::parse(std::env::args().skip(1))? else {
+        return Ok(());
     };
+    let plan = Plan::new(args.quick, args.smoke);
+    let (md_path, svg_path, chart_link) = args.paths()?;
     if let Some(dir) = md_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -204,108 +165,28 @@ async fn run() -> Res<()> {
 
     let mut rep = report::Report::new(plan.clone(), server);
     rep.pgbench = pgbench.as_ref().map(PgBench::version);
-
-    // 0. Profile: in-process loop cost, tracing, boxing, and the DB phases.
-    if runs("profile") {
-        eprintln!("[profile]");
-        rep.load.push(("profile", report::loadavg()));
-        rep.profile = profile(&plan, &opts).await?;
-        rep.round_trip = round_trip(&plan, &opts, pgbench.as_ref()).await?;
+    if args.runs("profile") {
+        profile_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
-
-    // 1. Uncontended overhead.
-    if runs("overhead") {
-        eprintln!("[overhead]");
-        rep.load.push(("overhead", report::loadavg()));
-        rep.overhead = Some(overhead(&plan, &opts, &iso).await?);
+    if args.runs("overhead") {
+        overhead_section(&plan, &opts, &iso, &mut rep).await?;
     }
-
-    // 2. Contention: ours (the attribute, default backoff) vs pgbench, in rounds whose order
-    // alternates, so that neither side always runs first or on the same stretch of a noisy host.
-    if runs("contention") {
-        eprintln!("[contention]");
-        rep.load.push(("contention", report::loadavg()));
-        for w in workloads::CONTENDED {
-            let mut c = report::Contention::new(w);
-            for round in 0..plan.contention_rounds {
-                let pgbench_first = round % 2 == 1;
-                let mut theirs = None;
-                if pgbench_first {
-                    theirs = run_pgbench(pgbench.as_ref(), &opts, w, &plan).await?;
-                }
-                let ours = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Attribute,
-                    Conns::Held,
-                    plan.contention_clients,
-                    plan.contention,
-                )
-                .await?;
-                eprintln!("  round {} {w:?} ours: {}", round + 1, ours.summary());
-                if !pgbench_first {
-                    theirs = run_pgbench(pgbench.as_ref(), &opts, w, &plan).await?;
-                }
-                if let Some(t) = &theirs {
-                    eprintln!("  round {} {w:?} pgbench: {}", round + 1, t.summary());
-                }
-                let pooled = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Attribute,
-                    Conns::Pooled,
-                    plan.contention_clients,
-                    plan.contention,
-                )
-                .await?;
-                eprintln!(
-                    "  round {} {w:?} ours, pooled: {}",
-                    round + 1,
-                    pooled.summary()
-                );
-                let hand = workloads::run_ours(
-                    &opts,
-                    w,
-                    &Imp::Hand(plan.max_tries),
-                    Conns::Held,
-                    plan.contention_clients,
-                    plan.contention,
-                )
-                .await?;
-                eprintln!(
-                    "  round {} {w:?} hand-written: {}",
-                    round + 1,
-                    hand.summary()
-                );
-                c.add_round(ours, pooled, hand, theirs);
-            }
-            c.violations = workloads::skew_violations(&mut admin).await?;
-            rep.contention.push(c);
-        }
+    if args.runs("contention") {
+        contention_section(&plan, &opts, pgbench.as_ref(), &mut admin, &mut rep).await?;
     }
-
-    // 3. Backoff strategies through the plain API, on held connections.
-    if runs("strategies") {
+    if args.runs("strategies") {
         strategies_section(&plan, &opts, &mut rep).await?;
     }
-
-    // 4. Scaling on the hot row.
-    if runs("scaling") {
+    if args.runs("scaling") {
         scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
-
     rep.load.push(("end", report::loadavg()));
     rep.elapsed = started.elapsed();
+
     admin.close().await?;
     let _ = iso.drop_schema().await;
-    let svg = report::chart(&rep);
-    std::fs::write(&svg_path, svg)?;
-    let chart_link = if out.is_none() && !smoke {
-        "bench/chart.svg".to_string()
-    } else {
-        "chart.svg".to_string()
-    };
-    std::fs::write(&md_path, rep.markdown(&chart_link))?;
+    std::fs::write(&svg_path, report::chart(&rep))?;
+    std::fs::write(&md_path, rep.markdown(chart_link))?;
     eprintln!(
         "wrote {} and {} in {:.0?}",
         md_path.display(),
@@ -313,6 +194,197 @@ async fn run() -> Res<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// The sections `--only` accepts, in the order they run.
+const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
+
+/// The command line.
+struct Args {
+    quick: bool,
+    smoke: bool,
+    /// `--out DIR`.
+    out: Option<PathBuf>,
+    /// `--only SECTION,…`; `None` runs them all.
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    /// Parses and checks the arguments; `None` when `--help` printed the usage.
+    fn parse(args: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
+        let mut parsed = Args {
+            quick: false,
+            smoke: false,
+            out: None,
+            only: None,
+        };
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => parsed.quick = true,
+                "--smoke" => parsed.smoke = true,
+                "--out" => {
+                    parsed.out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?));
+                }
+                "--only" => {
+                    let names = it.next().ok_or("--only needs section names")?;
+                    parsed.only = Some(names.split(',').map(str::to_owned).collect());
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "usage: sqlx-retry-bench [--quick] [--smoke] [--out DIR] [--only SECTION,…]"
+                    );
+                    return Ok(None);
+                }
+                other => return Err(format!("unknown argument {other:?}").into()),
+            }
+        }
+        let mut names = parsed.only.iter().flatten();
+        if let Some(bad) = names.find(|s| !SECTIONS.contains(&s.as_str())) {
+            return Err(
+                format!("unknown section {bad:?}; sections: {}", SECTIONS.join(", ")).into(),
+            );
+        }
+        if parsed.only.is_some() && parsed.out.is_none() && !parsed.smoke {
+            return Err("--only writes a partial report: give --out DIR".into());
+        }
+        Ok(Some(parsed))
+    }
+
+    /// Whether `section` runs.
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+
+    /// Where the report and the chart go, and the chart's path as the report links it: the
+    /// repository's `BENCHMARKS.md` and `bench/chart.svg` for a full run, else `--out DIR` or a
+    /// temporary directory (smoke).
+    fn paths(&self) -> Res<(PathBuf, PathBuf, &'static str)> {
+        let dir = match (&self.out, self.smoke) {
+            (Some(dir), _) => dir.clone(),
+            (None, true) => {
+                std::env::temp_dir().join(format!("sqlx-retry-bench-{}", std::process::id()))
+            }
+            (None, false) => {
+                let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .ok_or("no workspace root")?;
+                return Ok((
+                    root.join("BENCHMARKS.md"),
+                    root.join("bench").join("chart.svg"),
+                    "bench/chart.svg",
+                ));
+            }
+        };
+        Ok((
+            dir.join("BENCHMARKS.md"),
+            dir.join("chart.svg"),
+            "chart.svg",
+        ))
+    }
+}
+
+/// Section 0: in-process loop cost, tracing, boxing and the database phases, and what a round
+/// trip costs on this machine.
+async fn profile_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[profile]");
+    rep.load.push(("profile", report::loadavg()));
+    rep.profile = profile(plan, opts).await?;
+    rep.round_trip = round_trip(plan, opts, pgbench).await?;
+    Ok(())
+}
+
+/// Section 1: the uncontended overhead per connection source.
+async fn overhead_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    iso: &sqlx_retry_testkit::Isolated,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[overhead]");
+    rep.load.push(("overhead", report::loadavg()));
+    rep.overhead = Some(overhead(plan, opts, iso).await?);
+    Ok(())
+}
+
+/// Section 2: ours (the attribute, default backoff) against pgbench on every contended workload,
+/// in rounds; then each workload's write-skew invariant.
+async fn contention_section(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    admin: &mut PgConnection,
+    rep: &mut report::Report,
+) -> Res<()> {
+    eprintln!("[contention]");
+    rep.load.push(("contention", report::loadavg()));
+    for w in workloads::CONTENDED {
+        let mut c = report::Contention::new(w);
+        for round in 0..plan.contention_rounds {
+            let (ours, pooled, hand, theirs) =
+                contention_round(plan, opts, pgbench, w, round).await?;
+            c.add_round(ours, pooled, hand, theirs);
+        }
+        c.violations = workloads::skew_violations(admin).await?;
+        rep.contention.push(c);
+    }
+    Ok(())
+}
+
+/// One round of section 2 on workload `w`: ours on held connections and pgbench, in an order
+/// that alternates by round so that neither side always runs first or on the same stretch of a
+/// noisy host; then ours through the pool and the hand-written loop.
+async fn contention_round(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    pgbench: Option<&PgBench>,
+    w: Workload,
+    round: usize,
+) -> Res<(RunResult, RunResult, RunResult, Option<RunResult>)> {
+    let ours = |imp: Imp, conns: Conns| async move {
+        workloads::run_ours(
+            opts,
+            w,
+            &imp,
+            conns,
+            plan.contention_clients,
+            plan.contention,
+        )
+        .await
+    };
+    let pgbench_first = round % 2 == 1;
+    let mut theirs = None;
+    if pgbench_first {
+        theirs = run_pgbench(pgbench, opts, w, plan).await?;
+    }
+    let held = ours(Imp::Attribute, Conns::Held).await?;
+    eprintln!("  round {} {w:?} ours: {}", round + 1, held.summary());
+    if !pgbench_first {
+        theirs = run_pgbench(pgbench, opts, w, plan).await?;
+    }
+    if let Some(t) = &theirs {
+        eprintln!("  round {} {w:?} pgbench: {}", round + 1, t.summary());
+    }
+    let pooled = ours(Imp::Attribute, Conns::Pooled).await?;
+    eprintln!(
+        "  round {} {w:?} ours, pooled: {}",
+        round + 1,
+        pooled.summary()
+    );
+    let hand = ours(Imp::Hand(plan.max_tries), Conns::Held).await?;
+    eprintln!(
+        "  round {} {w:?} hand-written: {}",
+        round + 1,
+        hand.summary()
+    );
+    Ok((held, pooled, hand, theirs))
 }
 
 /// Section 3: every strategy on every contended workload through the plain API, in rotated rounds.
@@ -533,11 +605,38 @@ fn per_iter_ns(elapsed: Duration, n: usize) -> f64 {
     elapsed.as_nanos() as f64 / n as f64
 }
 
+/// Section 0's figures: the loop's cost in process, tracing and boxing, the database phases,
+/// heap allocations.
 async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
-    let mut p = Profile::default();
-    // Mock loops, interleaved in 10 blocks; a fresh MockDb per block keeps its event log short.
+    let (mock_attr_ns, mock_hand_ns) = mock_loops(plan.mock_iters).await?;
+    let span_ns = span_cost(plan.mock_iters).await;
+    let event_ns = event_cost(plan.mock_iters);
+    let box_ns = box_cost(plan.mock_iters).await;
+    let [begin_us, update_us, commit_us] =
+        db_phases(opts, (plan.blocks * plan.per_block).max(50)).await?;
+    let opts = opts.clone();
+    let (n, mock_n) = (plan.per_block * 10, plan.mock_iters / 10);
+    let allocs =
+        tokio::task::spawn_blocking(move || count_allocations(opts, n.max(20), mock_n.max(20)))
+            .await??;
+    Ok(Profile {
+        allocs: Some(allocs),
+        mock_attr_ns,
+        mock_hand_ns,
+        span_ns,
+        event_ns,
+        box_ns,
+        begin_us,
+        update_us,
+        commit_us,
+    })
+}
+
+/// ns per call of the attribute and of the hand loop over the mock source, `iters` calls each,
+/// interleaved in 10 blocks; a fresh MockDb per block keeps its event log short.
+async fn mock_loops(iters: usize) -> Res<(f64, f64)> {
     let blocks = 10;
-    let per = (plan.mock_iters / blocks).max(1);
+    let per = (iters / blocks).max(1);
     let (mut attr, mut hand) = (Vec::new(), Vec::new());
     for b in 0..blocks {
         for which in if b % 2 == 0 { [0, 1] } else { [1, 0] } {
@@ -558,17 +657,22 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
             }
         }
     }
-    p.mock_attr_ns = median_f(&mut attr);
-    p.mock_hand_ns = median_f(&mut hand);
+    Ok((median_f(&mut attr), median_f(&mut hand)))
+}
 
-    let n = plan.mock_iters;
+/// ns of an `info_span!` + `instrument` of a ready future, no subscriber, over `n` iterations.
+async fn span_cost(n: usize) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         use tracing::Instrument as _;
         let span = tracing::info_span!("transaction");
         std::hint::black_box(async move { i }.instrument(span).await);
     }
-    p.span_ns = per_iter_ns(t.elapsed(), n);
+    per_iter_ns(t.elapsed(), n)
+}
+
+/// ns of a disabled `info!` event with fields, over `n` iterations.
+fn event_cost(n: usize) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         tracing::info!(
@@ -579,7 +683,11 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
         );
         std::hint::black_box(i);
     }
-    p.event_ns = per_iter_ns(t.elapsed(), n);
+    per_iter_ns(t.elapsed(), n)
+}
+
+/// ns of a `Box::pin` of a 256-byte future, awaited, over `n` iterations.
+async fn box_cost(n: usize) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         let payload = [i as u8; 256];
@@ -587,11 +695,13 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
             Box::pin(async move { std::hint::black_box(payload)[0] });
         std::hint::black_box(fut.await);
     }
-    p.box_ns = per_iter_ns(t.elapsed(), n);
+    per_iter_ns(t.elapsed(), n)
+}
 
-    // DB phases, hand loop, one connection, no ping.
+/// Median µs of `[BEGIN, UPDATE, COMMIT]` over `iters` hand-written transactions on a
+/// one-connection pool without ping, after 20 of warm-up.
+async fn db_phases(opts: &PgConnectOptions, iters: usize) -> Res<[f64; 3]> {
     let pool = workloads::pool(opts.clone(), 1, false).await?;
-    let iters = (plan.blocks * plan.per_block).max(50);
     let (mut b, mut u, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..iters + 20 {
         let t0 = Instant::now();
@@ -613,16 +723,7 @@ async fn profile(plan: &Plan, opts: &PgConnectOptions) -> Res<Profile> {
         }
     }
     pool.close().await;
-    p.begin_us = median_f(&mut b);
-    p.update_us = median_f(&mut u);
-    p.commit_us = median_f(&mut c);
-    let opts = opts.clone();
-    let (n, mock_n) = (plan.per_block * 10, plan.mock_iters / 10);
-    p.allocs = Some(
-        tokio::task::spawn_blocking(move || count_allocations(opts, n.max(20), mock_n.max(20)))
-            .await??,
-    );
-    Ok(p)
+    Ok([median_f(&mut b), median_f(&mut u), median_f(&mut c)])
 }
 
 /// Heap allocations per transaction: `[ours, hand-written begin_with]` per source.
@@ -643,70 +744,75 @@ fn count_allocations(opts: PgConnectOptions, n: usize, mock_n: usize) -> Res<All
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let per_tx = |run: &mut dyn FnMut() -> Res<()>, n: usize| -> Res<f64> {
-        let mut result = Ok(());
-        let info = allocation_counter::measure(|| result = run());
-        result?;
-        Ok(info.count_total as f64 / n as f64)
+    let pool = Target::Pool {
+        size: 1,
+        ping: false,
     };
-    let mut out = Allocs::default();
-    for target in [
-        Target::Conn,
-        Target::Pool {
-            size: 1,
-            ping: false,
-        },
-    ] {
-        let mut h = rt.block_on(target.open(opts.clone()))?;
-        for which in 0..2 {
-            // Warm-up: statement cache, buffers.
+    Ok(Allocs {
+        conn: count_db_allocations(&rt, Target::Conn, opts.clone(), n)?,
+        pool: count_db_allocations(&rt, pool, opts, n)?,
+        mock: count_mock_allocations(&rt, mock_n)?,
+    })
+}
+
+/// Heap allocations per transaction of ours and of the hand-written `begin_with` on `target`,
+/// `n` transactions each after 20 of warm-up (statement cache, buffers).
+fn count_db_allocations(
+    rt: &tokio::runtime::Runtime,
+    target: Target,
+    opts: PgConnectOptions,
+    n: usize,
+) -> Res<[f64; 2]> {
+    let mut out = [0.0; 2];
+    let mut h = rt.block_on(target.open(opts))?;
+    for (which, count) in out.iter_mut().enumerate() {
+        rt.block_on(async {
+            for _ in 0..20 {
+                bump(which, &mut h).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        })?;
+        *count = allocations_per_tx(n, || {
             rt.block_on(async {
-                for _ in 0..20 {
+                for _ in 0..n {
                     bump(which, &mut h).await?;
                 }
-                Ok::<_, sqlx::Error>(())
-            })?;
-            let count = per_tx(
-                &mut || {
-                    rt.block_on(async {
-                        for _ in 0..n {
-                            bump(which, &mut h).await?;
-                        }
-                        Ok(())
-                    })
-                },
-                n,
-            )?;
-            match target {
-                Target::Conn => out.conn[which] = count,
-                Target::Pool { .. } => out.pool[which] = count,
-            }
-        }
-        rt.block_on(h.close())?;
+                Ok(())
+            })
+        })?;
     }
+    rt.block_on(h.close())?;
+    Ok(out)
+}
+
+/// Heap allocations per call of the attribute and of the hand loop over the mock source.
+fn count_mock_allocations(rt: &tokio::runtime::Runtime, n: usize) -> Res<[f64; 2]> {
     let db = MockDb::new(0_i64);
-    for which in 0..2 {
-        out.mock[which] = per_tx(
-            &mut || {
-                rt.block_on(async {
-                    for _ in 0..mock_n {
-                        if which == 0 {
-                            mock_attr(&db).await?;
-                        } else {
-                            mock_hand(&db).await?;
-                        }
+    let mut out = [0.0; 2];
+    for (which, count) in out.iter_mut().enumerate() {
+        *count = allocations_per_tx(n, || {
+            rt.block_on(async {
+                for _ in 0..n {
+                    if which == 0 {
+                        mock_attr(&db).await?;
+                    } else {
+                        mock_hand(&db).await?;
                     }
-                    Ok(())
-                })
-            },
-            mock_n,
-        )?;
+                }
+                Ok(())
+            })
+        })?;
     }
     Ok(out)
 }
 
-use std::future::Future;
-use std::pin::Pin;
+/// The heap allocations of `run`, which runs `n` transactions, per transaction.
+fn allocations_per_tx(n: usize, run: impl FnOnce() -> Res<()>) -> Res<f64> {
+    let mut result = Ok(());
+    let info = allocation_counter::measure(|| result = run());
+    result?;
+    Ok(info.count_total as f64 / n as f64)
+}
 
 /// The median of `v` (sorted in place); 0 when empty.
 pub fn median_f(v: &mut [f64]) -> f64 {
@@ -912,6 +1018,8 @@ const ORDERS: [[usize; 3]; 6] = [
     [1, 0, 2],
 ];
 
+/// Section 1's figures for every [`Target`]: latencies and block ratios on a direct connection,
+/// round trips through a counting proxy.
 async fn overhead(
     plan: &Plan,
     opts: &PgConnectOptions,
@@ -921,63 +1029,8 @@ async fn overhead(
     let mut out = Vec::new();
     for target in Target::ALL {
         eprintln!("  {}", target.title());
-        let mut h = target.open(opts.clone()).await?;
-        // Warm-up: statement caches, server caches.
-        for which in 0..3 {
-            for _ in 0..50 {
-                bump(which, &mut h).await?;
-            }
-        }
-        let mut lat: [Vec<f64>; 3] = Default::default();
-        let mut ratios: [Vec<f64>; 3] = Default::default();
-        for block in 0..plan.blocks {
-            let mut totals = [0.0_f64; 3];
-            for which in ORDERS[block % ORDERS.len()] {
-                let t_block = Instant::now();
-                for _ in 0..plan.per_block {
-                    let t = Instant::now();
-                    bump(which, &mut h).await?;
-                    lat[which].push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                totals[which] = t_block.elapsed().as_secs_f64();
-            }
-            for k in 0..3 {
-                ratios[k].push(totals[0] / totals[k]);
-            }
-        }
-        h.close().await?;
-        let mut run = OverheadRun {
-            target,
-            median_us: [0.0; 3],
-            p99_us: [0.0; 3],
-            block_ratio: [0.0; 3],
-            block_ci: [(0.0, 0.0); 3],
-            round_trips: [0.0; 3],
-            n: plan.blocks * plan.per_block,
-        };
-        for k in 0..3 {
-            run.median_us[k] = median_f(&mut lat[k]);
-            run.p99_us[k] = lat[k][(lat[k].len() * 99 / 100).min(lat[k].len() - 1)];
-            run.block_ratio[k] = median_f(&mut ratios[k]);
-            run.block_ci[k] = bootstrap_median_ci(&ratios[k]);
-        }
-        // Round trips through the proxy, counted with the same kind of connection source.
-        let mut ph = target.open(proxy.schema_options(iso.schema())).await?;
-        for which in 0..3 {
-            for _ in 0..10 {
-                bump(which, &mut ph).await?;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let n = 200;
-            let before = proxy.stats();
-            for _ in 0..n {
-                bump(which, &mut ph).await?;
-            }
-            // Let the pool's release ping of the last transaction land before counting.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            run.round_trips[which] = proxy.stats().since(&before).round_trips as f64 / n as f64;
-        }
-        ph.close().await?;
+        let mut run = time_blocks(plan, opts, target).await?;
+        run.round_trips = count_round_trips(&proxy, iso, target).await?;
         eprintln!(
             "    ours/begin_with {:.3}, ours/begin+SET {:.3}, round trips {:?}",
             run.ratio(1),
@@ -989,12 +1042,80 @@ async fn overhead(
     Ok(out)
 }
 
+/// Times the three implementations on `target` in blocks whose order rotates ([`ORDERS`]): the
+/// latencies and block ratios of section 1, without round trips.
+async fn time_blocks(plan: &Plan, opts: &PgConnectOptions, target: Target) -> Res<OverheadRun> {
+    let mut h = target.open(opts.clone()).await?;
+    // Warm-up: statement caches, server caches.
+    for which in 0..3 {
+        for _ in 0..50 {
+            bump(which, &mut h).await?;
+        }
+    }
+    let mut lat: [Vec<f64>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    for block in 0..plan.blocks {
+        let mut totals = [0.0_f64; 3];
+        for which in ORDERS[block % ORDERS.len()] {
+            let t_block = Instant::now();
+            for _ in 0..plan.per_block {
+                let t = Instant::now();
+                bump(which, &mut h).await?;
+                lat[which].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            totals[which] = t_block.elapsed().as_secs_f64();
+        }
+        for k in 0..3 {
+            ratios[k].push(totals[0] / totals[k]);
+        }
+    }
+    h.close().await?;
+    let mut run = OverheadRun {
+        target,
+        median_us: [0.0; 3],
+        p99_us: [0.0; 3],
+        block_ratio: [0.0; 3],
+        block_ci: [(0.0, 0.0); 3],
+        round_trips: [0.0; 3],
+        n: plan.blocks * plan.per_block,
+    };
+    for k in 0..3 {
+        run.median_us[k] = median_f(&mut lat[k]);
+        run.p99_us[k] = lat[k][(lat[k].len() * 99 / 100).min(lat[k].len() - 1)];
+        run.block_ratio[k] = median_f(&mut ratios[k]);
+        run.block_ci[k] = bootstrap_median_ci(&ratios[k]);
+    }
+    Ok(run)
+}
+
+/// Round trips per transaction of each implementation through `proxy`, counted with the same
+/// kind of connection source as `target`.
+async fn count_round_trips(
+    proxy: &PgProxy,
+    iso: &sqlx_retry_testkit::Isolated,
+    target: Target,
+) -> Res<[f64; 3]> {
+    let mut round_trips = [0.0; 3];
+    let mut ph = target.open(proxy.schema_options(iso.schema())).await?;
+    for (which, per_tx) in round_trips.iter_mut().enumerate() {
+        for _ in 0..10 {
+            bump(which, &mut ph).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = 200;
+        let before = proxy.stats();
+        for _ in 0..n {
+            bump(which, &mut ph).await?;
+        }
+        // Let the pool's release ping of the last transaction land before counting.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        *per_tx = proxy.stats().since(&before).round_trips as f64 / n as f64;
+    }
+    ph.close().await?;
+    Ok(round_trips)
+}
+
 /// Counts the body's attempts (ours) for the retry figures.
 pub fn bump_counter(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The results of one contention run, as a helper for `RunResult` users.
-pub fn fmt_opt(r: Option<&RunResult>, f: impl Fn(&RunResult) -> String) -> String {
-    r.map_or_else(|| "–".to_string(), f)
 }

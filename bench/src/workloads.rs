@@ -1,6 +1,6 @@
 //! The contended workloads, run by our loop and by pgbench with the same SQL.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -591,6 +591,36 @@ impl PgBench {
         let script = dir.join("script.sql");
         std::fs::write(&script, w.script())?;
         let secs = dur.as_secs_f64().round().max(1.0) as u64;
+        let mut cmd = self.command(opts, w, clients, secs, max_tries, &dir);
+        let meter = cpu::Meter::start(cpu::children, server);
+        let out = cmd.output().await?;
+        let (cpu_client, cpu_server) = (meter.client(), meter.server(opts).await);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            return Err(format!("pgbench failed ({}):\n{stdout}\n{stderr}", out.status).into());
+        }
+        let mut r = parse_summary(&stdout)
+            .ok_or_else(|| format!("could not parse pgbench output:\n{stdout}\n{stderr}"))?;
+        r.lat_us = latencies(&dir)?;
+        r.elapsed = Duration::from_secs(secs);
+        r.cpu_client = cpu_client;
+        r.cpu_server = cpu_server;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(r)
+    }
+
+    /// The pgbench command of a run of workload `w`: `clients` clients for `secs` seconds, the
+    /// script `dir/script.sql`, the per-transaction logs into `dir`.
+    fn command(
+        &self,
+        opts: &PgConnectOptions,
+        w: Workload,
+        clients: usize,
+        secs: u64,
+        max_tries: u32,
+        dir: &Path,
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg("-h")
             .arg(opts.get_host())
@@ -602,7 +632,7 @@ impl PgBench {
             .arg(format!("--log-prefix={}", dir.join("pgb").display()))
             .arg(format!("--max-tries={max_tries}"))
             .arg("-f")
-            .arg(&script)
+            .arg(dir.join("script.sql"))
             .arg("-c")
             .arg(clients.to_string())
             .arg("-j")
@@ -617,41 +647,33 @@ impl PgBench {
                 }
                 o
             })
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdin(Stdio::null());
-        let meter = cpu::Meter::start(cpu::children, server);
-        let out = cmd.output().await?;
-        let (cpu_client, cpu_server) = (meter.client(), meter.server(opts).await);
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        if !out.status.success() {
-            return Err(format!("pgbench failed ({}):\n{stdout}\n{stderr}", out.status).into());
-        }
-        let mut r = parse_summary(&stdout)
-            .ok_or_else(|| format!("could not parse pgbench output:\n{stdout}\n{stderr}"))?;
-        // Per-transaction logs: "client tx_no latency_us script epoch epoch_us [retries]".
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let is_log = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("pgb."));
-            if !is_log {
-                continue;
-            }
-            for line in std::fs::read_to_string(&path)?.lines() {
-                if let Some(Ok(us)) = line.split_whitespace().nth(2).map(str::parse::<f64>) {
-                    r.lat_us.push(us);
-                }
-            }
-        }
-        r.lat_us.sort_by(f64::total_cmp);
-        r.elapsed = Duration::from_secs(secs);
-        r.cpu_client = cpu_client;
-        r.cpu_server = cpu_server;
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(r)
+        cmd
     }
+}
+
+/// The latencies (µs, sorted) in pgbench's per-transaction logs in `dir`.
+fn latencies(dir: &Path) -> Res<Vec<f64>> {
+    let mut lat_us = Vec::new();
+    // Per-transaction logs: "client tx_no latency_us script epoch epoch_us [retries]".
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_log = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("pgb."));
+        if !is_log {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path)?.lines() {
+            if let Some(Ok(us)) = line.split_whitespace().nth(2).map(str::parse::<f64>) {
+                lat_us.push(us);
+            }
+        }
+    }
+    lat_us.sort_by(f64::total_cmp);
+    Ok(lat_us)
 }
 
 fn first_number(s: &str) -> Option<f64> {
