@@ -91,11 +91,7 @@ pub fn code(err: &sqlx::Error) -> Option<String> {
 }
 
 /// Polls `check` every few milliseconds until it returns `true`, at most `limit`.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check().await {
         assert!(
