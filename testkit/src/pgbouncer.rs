@@ -574,8 +574,21 @@ fn password_of(url: &str) -> Option<String> {
 
 /// Finds the pgbouncer binary: `$PGBOUNCER_BIN`, then the usual directories and `$PATH`.
 fn find_pgbouncer() -> Result<PathBuf, ServerError> {
-    if let Some(path) = std::env::var_os("PGBOUNCER_BIN").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
+    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .map(PathBuf::from)
+        .to_vec();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    let chosen = std::env::var_os("PGBOUNCER_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    locate_pgbouncer(chosen, &dirs)
+}
+
+/// `chosen` if given (it must exist), else the first `pgbouncer` in `dirs`.
+fn locate_pgbouncer(chosen: Option<PathBuf>, dirs: &[PathBuf]) -> Result<PathBuf, ServerError> {
+    if let Some(path) = chosen {
         return if path.is_file() {
             Ok(path)
         } else {
@@ -585,13 +598,7 @@ fn find_pgbouncer() -> Result<PathBuf, ServerError> {
             )))
         };
     }
-    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .map(PathBuf::from)
-        .to_vec();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    dirs.into_iter()
+    dirs.iter()
         .map(|dir| dir.join("pgbouncer"))
         .find(|p| p.is_file())
         .ok_or_else(|| {
@@ -627,4 +634,35 @@ cleanup
         pid = std::process::id(),
     );
     process::spawn_detached_shell(script)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_pgbouncer_is_an_error_that_says_how_to_install_it() {
+        let empty = std::env::temp_dir().join(format!("no-pgbouncer-{:x}", random_u64()));
+        fs::create_dir(&empty).unwrap();
+        let missing = locate_pgbouncer(None, std::slice::from_ref(&empty)).unwrap_err();
+        let wrong = locate_pgbouncer(Some(empty.join("pgbouncer")), &[]).unwrap_err();
+        fs::remove_dir(&empty).unwrap();
+        for err in [missing, wrong] {
+            assert!(
+                err.message().contains("apt-get install -y pgbouncer"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_password_is_read_from_the_url() {
+        assert_eq!(
+            password_of("postgres://u:secret@h:5432/db").as_deref(),
+            Some("secret")
+        );
+        assert_eq!(password_of("postgres://u@h/db"), None);
+        assert_eq!(password_of("postgres://u:@h/db"), None);
+        assert_eq!(password_of("postgres://h/db"), None);
+    }
 }

@@ -12,11 +12,15 @@ use tokio::sync::Notify;
 
 use crate::{code, wait_until, with_retry_log};
 
+/// Held by every test of this file: one of them stops the shared standby.
+static PAIR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A schema on the shared pair with a table `t` of three rows, replayed on the standby.
 async fn setup() -> (ReplicaSchema<'static>, PgPool, PgPool) {
     let pair = tokio::task::spawn_blocking(PgReplicaPair::global)
         .await
         .expect("start the pair");
+    assert!(pair.standby_is_up(), "another test left the standby down");
     let schema = pair.isolated_schema().await;
     let primary = schema.primary_pool(2).await;
     sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3)")
@@ -69,6 +73,7 @@ async fn count_slowly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_cancelled_by_a_recovery_conflict_is_retried_and_succeeds() {
+    let _pair = PAIR.lock().await;
     let (schema, primary, standby) = setup().await;
     let mut admin = standby_admin(&schema).await;
     let (runs, first_error) = (AtomicU32::new(0), Mutex::new(None));
@@ -143,6 +148,7 @@ async fn count_twice(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ended_by_a_recovery_conflict_is_retried_on_a_fresh_pooled_connection() {
+    let _pair = PAIR.lock().await;
     let (schema, primary, standby) = setup().await;
     let mut admin = standby_admin(&schema).await;
     let (parked, go, backend) = (Notify::new(), Notify::new(), AtomicI32::new(0));
@@ -215,6 +221,7 @@ async fn count_serializable(tx: &mut PgConnection, runs: &AtomicU32) -> Result<i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_on_a_standby_fails_with_0a000_and_is_not_retried() {
+    let _pair = PAIR.lock().await;
     let (_schema, primary, standby) = setup().await;
     let runs = AtomicU32::new(0);
     let (result, retries) = with_retry_log(count_serializable(&standby, &runs)).await;
@@ -255,6 +262,7 @@ async fn insert_read_write(tx: &mut PgConnection, runs: &AtomicU32) -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_a_standby_fails_with_25006_and_is_not_retried() {
+    let _pair = PAIR.lock().await;
     let (_schema, _primary, standby) = setup().await;
     for read_only in [true, false] {
         let runs = AtomicU32::new(0);
@@ -280,4 +288,48 @@ async fn a_write_on_a_standby_fails_with_25006_and_is_not_retried() {
         .await
         .unwrap();
     assert_eq!(rows, 3);
+}
+
+/// Counts the rows.
+#[serializable_retry(read_only, isolation = "repeatable_read")]
+async fn count(tx: &mut PgConnection, runs: &AtomicU32) -> Result<i64, sqlx::Error> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut *tx)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_pool_whose_standby_is_down_times_out_acquiring_and_is_not_retried() {
+    let _pair = PAIR.lock().await;
+    let (schema, _primary, _standby) = setup().await;
+    let pair = PgReplicaPair::global();
+    let acquire_timeout = Duration::from_millis(300);
+    let standby = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(schema.standby_options())
+        .await
+        .expect("standby pool");
+    let runs = AtomicU32::new(0);
+    assert_eq!(count(&standby, &runs).await.unwrap(), 3);
+
+    tokio::task::block_in_place(|| pair.stop_standby()).expect("stop the standby");
+    let started = std::time::Instant::now();
+    let (result, retries) = with_retry_log(count(&standby, &runs)).await;
+    let waited = started.elapsed();
+    let restarted = tokio::task::block_in_place(|| pair.start_standby());
+    // Today: the pool's idle connection fails its ping, new ones are refused, and sqlx's pool
+    // retries connecting until its acquire timeout; PoolTimedOut is not a lost connection to the
+    // retry loop, so the call returns it after one attempt whose body never ran.
+    let err = result.expect_err("the standby is down");
+    assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err:?}");
+    assert!(retries.is_empty(), "{retries:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(waited >= acquire_timeout, "{waited:?}");
+    restarted.expect("start the standby");
+
+    // The same pool works again once the standby is back.
+    assert_eq!(count(&standby, &runs).await.unwrap(), 3);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
