@@ -333,3 +333,92 @@ async fn a_call_on_a_pool_whose_standby_is_down_times_out_acquiring_and_is_not_r
     assert_eq!(count(&standby, &runs).await.unwrap(), 3);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// Reads the backend's pid; on its first run parks idle in the transaction, then reads again.
+#[serializable_retry(read_only, isolation = "repeatable_read", max = 4)]
+async fn read_parked(
+    tx: &mut PgConnection,
+    parked: &Notify,
+    go: &Notify,
+    backend: &AtomicI32,
+    runs: &AtomicU32,
+) -> Result<i32, sqlx::Error> {
+    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await?;
+    if run == 1 {
+        backend.store(pid, Ordering::SeqCst);
+        parked.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), go.notified())
+            .await
+            .expect("the test lets the first run go on");
+    }
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_because_its_database_was_dropped_57p04_is_not_retried() {
+    let _pair = PAIR.lock().await;
+    let pair = tokio::task::spawn_blocking(PgReplicaPair::global)
+        .await
+        .expect("start the pair");
+    let name = format!("d_{}", std::process::id());
+    let mut primary = PgConnection::connect_with(&pair.primary_options())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut primary)
+        .await
+        .expect("CREATE DATABASE on the primary");
+    pair.wait_for_replay().await.expect("replayed");
+    let standby = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(pair.standby_options().database(&name))
+        .await
+        .expect("standby pool on the new database");
+    let mut admin = PgConnection::connect_with(&pair.standby_options())
+        .await
+        .unwrap();
+
+    let (parked, go, backend, runs) = (
+        Notify::new(),
+        Notify::new(),
+        AtomicI32::new(0),
+        AtomicU32::new(0),
+    );
+    let call = with_retry_log(read_parked(&standby, &parked, &go, &backend, &runs));
+    let drop_database = async {
+        tokio::time::timeout(Duration::from_secs(5), parked.notified())
+            .await
+            .expect("the first run parks");
+        let pid = backend.load(Ordering::SeqCst);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+            .execute(&mut primary)
+            .await
+            .expect("DROP DATABASE on the primary");
+        wait_until(
+            "the standby to end the session on the dropped database",
+            Duration::from_secs(5),
+            async || {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                )
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .expect("pg_stat_activity on the standby")
+            },
+        )
+        .await;
+        go.notify_one();
+    };
+    let ((result, retries), ()) = tokio::join!(call, drop_database);
+    let err = result.expect_err("the database is gone");
+    assert_eq!(code(&err).as_deref(), Some("57P04"), "{err}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(retries.is_empty(), "{retries:?}");
+}
