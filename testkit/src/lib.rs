@@ -12,6 +12,10 @@
 //! * [`mysql_url`] / [`MariaDbServer`]: `$MYSQL_DATABASE_URL`, or a throwaway MariaDB
 //!   started from the local binaries, one per process, removed when the process exits;
 //!   [`isolated_mysql_database`] / [`isolated_mysql_pool`]: a fresh database per test.
+//! * [`PgReplicaPair`]: a throwaway primary + hot standby joined by streaming replication,
+//!   one per process, with replay pause/resume/wait and a standby that can be stopped.
+//! * [`PgBouncer`]: a real pgbouncer (transaction pooling by default) in front of the test
+//!   server, with its admin console and a way to kill its server connections.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sqlx::Error> {
@@ -32,8 +36,10 @@
 //! ```
 
 mod mariadb;
+mod pgbouncer;
 mod process;
 mod proxy;
+mod replica;
 mod schema;
 mod server;
 
@@ -41,10 +47,12 @@ pub use mariadb::{
     IsolatedMySql, MariaDbServer, isolated_mysql_database, isolated_mysql_pool,
     mysql_connect_options, mysql_url, quote_mysql_ident,
 };
+pub use pgbouncer::{BouncedDatabase, PgBouncer, PoolMode, ServerConnection};
 pub use proxy::{
     CUT_AFTER_GRACE, Fault, FaultHandle, FrontendMessage, IntoUpstream, Matcher, PgProxy,
     ProxyStats, Upstream,
 };
+pub use replica::{PgReplicaPair, ReplicaSchema, STANDBY_MAX_DELAY};
 pub use schema::{
     Isolated, connect_options, drop_schema, isolated_pool, isolated_pool_via, isolated_schema,
     quote_ident, schema_options, with_search_path,

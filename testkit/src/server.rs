@@ -484,7 +484,7 @@ fn database_url_from_env() -> Option<String> {
 }
 
 /// Finds the directory with `initdb`, `pg_ctl` and `postgres`.
-fn find_pg_bin() -> Result<PathBuf, ServerError> {
+pub(crate) fn find_pg_bin() -> Result<PathBuf, ServerError> {
     let usable = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()
@@ -532,7 +532,7 @@ fn find_pg_bin() -> Result<PathBuf, ServerError> {
     )))
 }
 
-fn make_temp_root(chown_to_postgres: bool) -> Result<PathBuf, ServerError> {
+pub(crate) fn make_temp_root(chown_to_postgres: bool) -> Result<PathBuf, ServerError> {
     process::make_temp_root("sqlx-retry-testkit", chown_to_postgres.then_some("postgres")).map_err(
         |e| {
             ServerError::new(format!(
@@ -542,7 +542,7 @@ fn make_temp_root(chown_to_postgres: bool) -> Result<PathBuf, ServerError> {
     )
 }
 
-fn free_port() -> Result<u16, ServerError> {
+pub(crate) fn free_port() -> Result<u16, ServerError> {
     process::free_port()
         .map_err(|e| ServerError::new(format!("could not find a free TCP port: {e}")))
 }
