@@ -529,7 +529,7 @@ async fn time_budget_is_exact_with_a_fixed_backoff() {
     // 0ms: attempt 1; 20ms: attempt 2; 40ms: attempt 3; a third sleep would end at 60ms > 50ms.
     let policy = Policy::builder()
         .max_attempts(100)
-        .timeout(ms(50))
+        .budget(ms(50))
         .backoff(Backoff::fixed(ms(20)))
         .build()
         .unwrap();
@@ -556,7 +556,7 @@ async fn time_budget_counts_the_timer_rounding_sleeps_up() {
     // really end at 10 ms; so the call gives up at 8 ms instead.
     let policy = Policy::builder()
         .max_attempts(100)
-        .timeout(Duration::from_micros(9_500))
+        .budget(Duration::from_micros(9_500))
         .backoff(Backoff::fixed(Duration::from_micros(1_300)))
         .build()
         .unwrap();

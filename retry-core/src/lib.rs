@@ -21,7 +21,7 @@ mod source;
 mod sqlstate;
 
 pub use backends::UnsupportedTxOption;
-pub use backoff::{Backoff, DelaysFactory};
+pub use backoff::Backoff;
 pub use classify::{
     Class, CommitUnknown, ConflictKind, SimulatedDbError, classify, classify_sqlx, conflict_kind,
     find_commit_unknown, find_sqlx_error, is_commit_unknown, sqlstate,

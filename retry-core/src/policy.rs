@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sqlstate::InvalidSqlState;
 use crate::{Backoff, ConflictKind, SqlState};
 
 /// The isolation level a transaction starts with.
@@ -94,7 +95,7 @@ pub struct Policy {
     pub(crate) max_attempts: u32,
     pub(crate) options: TxOptions,
     pub(crate) backoff: Backoff,
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) budget: Option<Duration>,
     pub(crate) retry_on: Cow<'static, [SqlState]>,
     pub(crate) idempotent: bool,
     pub(crate) on_retry: Option<RetryHook>,
@@ -128,9 +129,9 @@ impl Policy {
         &self.backoff
     }
 
-    /// The total time budget, if any.
-    pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
+    /// The total time budget, if any (see [`PolicyBuilder::budget`]).
+    pub fn budget(&self) -> Option<Duration> {
+        self.budget
     }
 
     /// SQLSTATEs retried in addition to `40001` and `40P01`.
@@ -153,7 +154,7 @@ impl Policy {
         read_only: bool,
         deferrable: bool,
         backoff: Backoff,
-        timeout: Option<Duration>,
+        budget: Option<Duration>,
         retry_on: &'static [SqlState],
         idempotent: bool,
     ) -> Policy {
@@ -165,7 +166,7 @@ impl Policy {
                 deferrable,
             },
             backoff,
-            timeout,
+            budget,
             retry_on: Cow::Borrowed(retry_on),
             idempotent,
             on_retry: None,
@@ -179,7 +180,7 @@ impl Default for Policy {
             max_attempts: Policy::DEFAULT_MAX_ATTEMPTS,
             options: TxOptions::default(),
             backoff: Backoff::default(),
-            timeout: None,
+            budget: None,
             retry_on: Cow::Borrowed(&[]),
             idempotent: false,
             on_retry: None,
@@ -193,7 +194,7 @@ impl fmt::Debug for Policy {
             .field("max_attempts", &self.max_attempts)
             .field("options", &self.options)
             .field("backoff", &self.backoff)
-            .field("timeout", &self.timeout)
+            .field("budget", &self.budget)
             .field("retry_on", &self.retry_on)
             .field("idempotent", &self.idempotent)
             .field("on_retry", &self.on_retry.as_ref().map(|_| ".."))
@@ -212,7 +213,7 @@ impl fmt::Debug for Policy {
 ///     .max_attempts(8)
 ///     .isolation(IsolationLevel::RepeatableRead)
 ///     .backoff(Backoff::exponential(Duration::from_millis(2), Duration::from_millis(200)))
-///     .timeout(Duration::from_secs(2))
+///     .budget(Duration::from_secs(2))
 ///     .retry_on(["55P03"])
 ///     .build()?;
 /// assert_eq!(policy.max_attempts(), 8);
@@ -265,8 +266,8 @@ impl PolicyBuilder {
     /// up to 1 ms by which tokio's millisecond timer can lengthen a sleep. A running attempt is
     /// not interrupted (use `statement_timeout` for that), so a call ends at the latest one
     /// attempt's duration after the budget.
-    pub fn timeout(mut self, budget: Duration) -> Self {
-        self.policy.timeout = Some(budget);
+    pub fn budget(mut self, budget: Duration) -> Self {
+        self.policy.budget = Some(budget);
         self
     }
 
@@ -282,7 +283,9 @@ impl PolicyBuilder {
                 Some(code) => self.retry_on.push(code),
                 None => {
                     self.error
-                        .get_or_insert(PolicyError::InvalidSqlState(code.as_ref().to_owned()));
+                        .get_or_insert(PolicyError::InvalidSqlState(InvalidSqlState::new(
+                            code.as_ref(),
+                        )));
                 }
             }
         }
@@ -315,8 +318,8 @@ impl PolicyBuilder {
         if o.deferrable && !(o.read_only && o.isolation == IsolationLevel::Serializable) {
             return Err(PolicyError::Deferrable);
         }
-        if policy.timeout == Some(Duration::ZERO) {
-            return Err(PolicyError::ZeroTimeout);
+        if policy.budget == Some(Duration::ZERO) {
+            return Err(PolicyError::ZeroBudget);
         }
         policy.backoff.validate()?;
         if !self.retry_on.is_empty() {
@@ -333,7 +336,7 @@ pub enum PolicyError {
     /// `max_attempts` was 0; at least one attempt is needed.
     ZeroAttempts,
     /// A `retry_on` code is not a SQLSTATE.
-    InvalidSqlState(String),
+    InvalidSqlState(InvalidSqlState),
     /// `deferrable` without `read_only` at `Serializable`.
     Deferrable,
     /// A backoff base or cap of zero.
@@ -346,17 +349,14 @@ pub enum PolicyError {
         cap: Duration,
     },
     /// A time budget of zero would allow no attempt.
-    ZeroTimeout,
+    ZeroBudget,
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PolicyError::ZeroAttempts => f.write_str("max_attempts must be at least 1"),
-            PolicyError::InvalidSqlState(code) => write!(
-                f,
-                "`{code}` is not a SQLSTATE: expected five characters from 0-9 and A-Z, such as `40001`"
-            ),
+            PolicyError::InvalidSqlState(err) => err.fmt(f),
             PolicyError::Deferrable => {
                 f.write_str("deferrable needs read_only and the serializable isolation level")
             }
@@ -366,12 +366,19 @@ impl fmt::Display for PolicyError {
             PolicyError::InvertedBackoff { base, cap } => {
                 write!(f, "backoff base {base:?} is larger than its cap {cap:?}")
             }
-            PolicyError::ZeroTimeout => f.write_str("timeout must be greater than zero"),
+            PolicyError::ZeroBudget => f.write_str("the time budget must be greater than zero"),
         }
     }
 }
 
-impl std::error::Error for PolicyError {}
+impl std::error::Error for PolicyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PolicyError::InvalidSqlState(err) => Some(err),
+            _ => None,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -410,7 +417,7 @@ mod tests {
             (Policy::builder().max_attempts(0), PolicyError::ZeroAttempts),
             (
                 Policy::builder().retry_on(["40001", "4000X1"]),
-                PolicyError::InvalidSqlState("4000X1".into()),
+                PolicyError::InvalidSqlState(InvalidSqlState::new("4000X1")),
             ),
             (Policy::builder().deferrable(true), PolicyError::Deferrable),
             (
@@ -432,8 +439,8 @@ mod tests {
                 },
             ),
             (
-                Policy::builder().timeout(Duration::ZERO),
-                PolicyError::ZeroTimeout,
+                Policy::builder().budget(Duration::ZERO),
+                PolicyError::ZeroBudget,
             ),
         ];
         for (builder, want) in cases {

@@ -191,31 +191,31 @@ impl<'p> Attempts<'p> {
     /// - A joined attempt returns `Some(out)` as is: no classification, no retry.
     ///
     /// The future is boxed for the same reason as [`begin`](Self::begin)'s.
-    pub fn finish<'a, X, T, E, C>(
+    pub fn finish<'a, X, T, E, Chain>(
         &'a mut self,
         tx: X,
         out: Result<T, E>,
-        chain: C,
+        chain: Chain,
     ) -> BoxFuture<'a, Option<Result<T, E>>>
     where
         X: OpenTransaction + 'a,
         T: Send + 'a,
         E: From<sqlx::Error> + Send + 'a,
-        C: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
     {
         Box::pin(self.finish_inner(tx, out, chain))
     }
 
-    async fn finish_inner<X, T, E, C>(
+    async fn finish_inner<X, T, E, Chain>(
         &mut self,
         tx: X,
         out: Result<T, E>,
-        chain: C,
+        chain: Chain,
     ) -> Option<Result<T, E>>
     where
         X: OpenTransaction,
         E: From<sqlx::Error>,
-        C: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
     {
         let effects = self.effects.take();
         if self.joined {
@@ -367,7 +367,7 @@ impl<'p> Attempts<'p> {
         let delays = self
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
-        let Some(delay) = delays.next_delay() else {
+        let Some(delay) = delays.next() else {
             tracing::warn!(
                 attempts = self.attempt,
                 sqlstate = code,
@@ -375,7 +375,7 @@ impl<'p> Attempts<'p> {
             );
             return self.give_up();
         };
-        if let Some(budget) = policy.timeout
+        if let Some(budget) = policy.budget
             && self
                 .started
                 .elapsed()
@@ -449,13 +449,13 @@ impl<'p> Attempts<'p> {
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn transaction<S, C, T, E, F>(source: S, policy: &Policy, body: F) -> Result<T, E>
+pub async fn transaction<S, Conn, T, E, F>(source: S, policy: &Policy, body: F) -> Result<T, E>
 where
-    S: TransactionSource<C>,
-    C: ?Sized,
+    S: TransactionSource<Conn>,
+    Conn: ?Sized,
     T: Send,
     E: StdError + From<sqlx::Error> + Send + 'static,
-    F: for<'c> FnMut(&'c mut C) -> BoxFuture<'c, Result<T, E>>,
+    F: for<'c> FnMut(&'c mut Conn) -> BoxFuture<'c, Result<T, E>>,
 {
     transaction_with(
         source,
@@ -482,10 +482,10 @@ where
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn transaction_with<S, Conn, T, E, F, C>(
+pub async fn transaction_with<S, Conn, T, E, F, Chain>(
     mut source: S,
     policy: &Policy,
-    chain: C,
+    chain: Chain,
     mut body: F,
 ) -> Result<T, E>
 where
@@ -494,7 +494,7 @@ where
     T: Send,
     E: From<sqlx::Error> + Send,
     F: for<'c> FnMut(&'c mut Conn) -> BoxFuture<'c, Result<T, E>>,
-    C: Fn(&E) -> Option<&(dyn StdError + 'static)> + Sync,
+    Chain: Fn(&E) -> Option<&(dyn StdError + 'static)> + Sync,
 {
     let span = tracing::info_span!("transaction");
     async move {
