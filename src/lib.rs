@@ -4,8 +4,8 @@
 /// Runs an async function's body in a transaction and retries the **whole body** when the
 /// database aborts it because of a conflict.
 ///
-/// The first parameter, `tx: &mut C`, is the transaction the body runs in. In the generated
-/// function it is replaced by `impl` [`TransactionSource<C>`]: callers pass `&PgPool`,
+/// The first parameter, `tx: &mut Conn`, is the transaction the body runs in. In the generated
+/// function it is replaced by `impl` [`TransactionSource<Conn>`]: callers pass `&PgPool`,
 /// `&mut PgConnection` or the mock source in its place. Name, visibility, other parameters,
 /// generics, where-clause and return type are kept.
 ///
@@ -65,7 +65,7 @@
 /// - Called with a transaction that is already open (the outer function's `tx`, or a
 ///   `&mut sqlx::Transaction`), the function **joins** it: the body runs once, with no BEGIN,
 ///   COMMIT, ROLLBACK or retry, and its error is returned as is for the outer loop to handle
-///   (see [`Joined`]).
+///   (see [`Joined`](source::Joined)).
 /// - Side effects registered with [`after_commit`] run once, after the COMMIT that succeeded.
 ///
 /// # Arguments are given to every attempt
@@ -85,7 +85,7 @@
 /// |---|---|---|
 /// | BEGIN | `SET TRANSACTION ISOLATION LEVEL …; START TRANSACTION [READ ONLY]`, one round trip | `BEGIN IMMEDIATE`; `BEGIN DEFERRED` for `read_only` (not enforced by SQLite) |
 /// | retried | deadlock `1213` (`40001`), lock wait timeout `1205` and MariaDB's `1020` (reported as `HY000`) | every `SQLITE_BUSY`/`SQLITE_LOCKED` code (5, 6, 261, 262, 517, 773, …), reported as `40001` |
-/// | rejected with [`UnsupportedTxOption`] | `deferrable` | `deferrable`, any `isolation` but `"serializable"` |
+/// | rejected with [`UnsupportedTxOption`](error::UnsupportedTxOption) | `deferrable` | `deferrable`, any `isolation` but `"serializable"` |
 ///
 /// A MySQL lock wait timeout rolls back only the failed statement; the loop's ROLLBACK before
 /// the retry discards the rest of the attempt.
@@ -99,30 +99,14 @@
 pub use sqlx_retry_macros::serializable_retry;
 
 pub use sqlx_retry_core::{
-    Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, ConflictKind,
-    InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder, PolicyError,
-    RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
-    UnsupportedTxOption, classify, classify_sqlx, conflict_kind, find_commit_unknown,
-    find_sqlx_error, is_commit_unknown, sqlstate, timer_sleep, transaction, transaction_with,
+    Backoff, ConflictKind, IsolationLevel, Policy, PolicyBuilder, PolicyError, RetryInfo, SqlState,
+    TransactionSource, after_commit, is_commit_unknown, transaction, transaction_with,
 };
 
-pub use sqlx_retry_core::{Joined, MaybeJoined, NoTransaction, Scoped, after_commit};
+pub use sqlx_retry_core::{error, metrics, source};
 
-/// Metric names and [`describe`](metrics::describe) (feature `metrics`): see the README's
-/// "Observability".
-pub mod metrics {
-    pub use sqlx_retry_core::metrics::*;
-}
-
-/// The mock transaction source: unit-test annotated functions without a database.
 #[cfg(feature = "mock")]
-pub mod mock {
-    pub use sqlx_retry_core::mock::*;
-}
+pub use sqlx_retry_core::mock;
 
 #[doc(hidden)]
-/// Not public API; used by macro-generated code.
-pub mod __private {
-    pub use sqlx_retry_core::__private::*;
-    pub use sqlx_retry_core::{Attempts, OpenTransaction};
-}
+pub use sqlx_retry_core::__private;

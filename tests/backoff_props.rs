@@ -96,7 +96,7 @@ proptest! {
             (result, started.elapsed())
         });
         let err = result.unwrap_err();
-        prop_assert_eq!(sqlx_retry::sqlstate(&err).map(|c| c.as_str().to_owned()), Some("40001".to_owned()));
+        prop_assert_eq!(sqlx_retry::error::sqlstate(&err).map(|c| c.as_str().to_owned()), Some("40001".to_owned()));
         let slept: Duration = db
             .events()
             .iter()

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection, PgPool};
-use sqlx_retry::{Class, SqlState, serializable_retry};
+use sqlx_retry::error::Class;
+use sqlx_retry::{SqlState, serializable_retry};
 use sqlx_retry_testkit::{Fault, Matcher, PgProxy, isolated_pool};
 use tokio::sync::Barrier;
 
@@ -26,7 +27,7 @@ fn get(attempts: &AtomicU32) -> u32 {
 
 /// The SQLSTATE found in `err`'s source chain, or `""`.
 fn code(err: &(dyn std::error::Error + 'static)) -> String {
-    sqlx_retry::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
+    sqlx_retry::error::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
 }
 
 /// Fails the test instead of hanging when an interleaving does not go as planned.
@@ -488,7 +489,7 @@ async fn exhaustion_returns_the_last_40001() {
     .await;
     let err = result.unwrap_err();
     assert_eq!(
-        sqlx_retry::sqlstate(&err),
+        sqlx_retry::error::sqlstate(&err),
         Some(SqlState::SERIALIZATION_FAILURE),
         "{err}"
     );
@@ -649,7 +650,7 @@ async fn connection_lost_is_returned_for_a_single_connection() {
     let err = result.unwrap_err();
     // 57P01 (the server's goodbye) or an I/O error, depending on what the client read first.
     assert_eq!(
-        sqlx_retry::classify(&err, &[]),
+        sqlx_retry::error::classify(&err, &[]),
         Class::ConnectionLost,
         "{err}"
     );
@@ -704,7 +705,7 @@ async fn proxied_items() -> (PgPool, PgPool, PgProxy) {
 fn assert_commit_unknown(err: &sqlx::Error) {
     assert!(sqlx_retry::is_commit_unknown(err), "{err}");
     assert_eq!(
-        sqlx_retry::sqlstate(err),
+        sqlx_retry::error::sqlstate(err),
         Some(SqlState::STATEMENT_COMPLETION_UNKNOWN)
     );
     assert_eq!(code(err), "40003");

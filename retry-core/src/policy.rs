@@ -34,7 +34,9 @@ impl IsolationLevel {
     }
 }
 
-/// How each attempt's transaction starts: isolation level and access mode.
+/// How each attempt's transaction starts: isolation level and access mode, from the
+/// [`Policy`]. A source of your own receives it in
+/// [`BeginTransaction::begin`](crate::source::BeginTransaction::begin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TxOptions {
     /// The isolation level.
@@ -44,23 +46,6 @@ pub struct TxOptions {
     /// `DEFERRABLE` (PostgreSQL): only with `read_only` at `Serializable`; the transaction waits
     /// for a safe snapshot and then can never fail with a serialization error.
     pub deferrable: bool,
-}
-
-impl TxOptions {
-    /// The single PostgreSQL statement that starts such a transaction, e.g.
-    /// `BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE`.
-    pub const fn postgres_begin(&self) -> &'static str {
-        use IsolationLevel::*;
-        match (self.isolation, self.read_only, self.deferrable) {
-            (Serializable, true, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
-            (Serializable, true, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-            (Serializable, false, _) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-            (RepeatableRead, true, _) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            (RepeatableRead, false, _) => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-            (ReadCommitted, true, _) => "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY",
-            (ReadCommitted, false, _) => "BEGIN ISOLATION LEVEL READ COMMITTED",
-        }
-    }
 }
 
 /// What the `on_retry` hook is told before each retry.
@@ -79,8 +64,8 @@ pub struct RetryInfo {
     pub delay: Duration,
 }
 
-/// A callback run before each retry.
-pub type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
+/// A callback run before each retry: what [`PolicyBuilder::on_retry`] stores.
+pub(crate) type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 
 /// How a transaction is retried. Built with [`Policy::builder`]; the attribute builds one from
 /// its arguments at compile time.
@@ -144,11 +129,10 @@ impl Policy {
         self.idempotent
     }
 
-    #[doc(hidden)]
+    /// The policy of an annotated function: what
+    /// [`__private::attribute_policy`](crate::__private::attribute_policy) builds.
     #[allow(clippy::too_many_arguments)]
-    /// Not public API: the attribute validates its arguments at compile time and builds the
-    /// policy with this.
-    pub const fn __from_attribute(
+    pub(crate) const fn from_attribute(
         max_attempts: u32,
         isolation: IsolationLevel,
         read_only: bool,
@@ -171,6 +155,32 @@ impl Policy {
             idempotent,
             on_retry: None,
         }
+    }
+
+    // Kept only until the attribute calls `__private::attribute_policy`, as the macro-core
+    // contract says; remove it then.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn __from_attribute(
+        max_attempts: u32,
+        isolation: IsolationLevel,
+        read_only: bool,
+        deferrable: bool,
+        backoff: Backoff,
+        budget: Option<Duration>,
+        retry_on: &'static [SqlState],
+        idempotent: bool,
+    ) -> Policy {
+        Policy::from_attribute(
+            max_attempts,
+            isolation,
+            read_only,
+            deferrable,
+            backoff,
+            budget,
+            retry_on,
+            idempotent,
+        )
     }
 }
 
@@ -383,32 +393,6 @@ impl std::error::Error for PolicyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn begin_statements_are_single_statements() {
-        let o = |isolation, read_only, deferrable| TxOptions {
-            isolation,
-            read_only,
-            deferrable,
-        };
-        use IsolationLevel::*;
-        assert_eq!(
-            o(Serializable, false, false).postgres_begin(),
-            "BEGIN ISOLATION LEVEL SERIALIZABLE"
-        );
-        assert_eq!(
-            o(Serializable, true, true).postgres_begin(),
-            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE"
-        );
-        assert_eq!(
-            o(RepeatableRead, true, false).postgres_begin(),
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-        );
-        assert_eq!(
-            o(ReadCommitted, false, false).postgres_begin(),
-            "BEGIN ISOLATION LEVEL READ COMMITTED"
-        );
-    }
 
     #[test]
     fn builder_rejects_bad_input_without_panicking() {

@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Delays;
-use crate::classify::{Class, CommitUnknown, ConflictKind, classify_conflict};
 use crate::effects::{self, Registry, Scoped};
+use crate::error::{Class, CommitUnknown, classify_conflict};
 use crate::metrics::{self, Outcome};
-use crate::{BeginTransaction, OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
+use crate::source::{BeginTransaction, OpenTransaction, TransactionSource};
+use crate::{ConflictKind, Policy, RetryInfo, SqlState};
 
 /// A boxed, `Send` future borrowing for `'a`: what a [`transaction`] body returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -30,7 +31,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// }
 /// ```
 ///
-/// When the source's transaction is [joined](crate::Joined) (an annotated function called with
+/// When the source's transaction is [joined](crate::source::Joined) (an annotated function called with
 /// an outer function's `tx`, or with a `&mut sqlx::Transaction`), the loop makes exactly one
 /// attempt: `finish` always returns `Some(out)` unchanged, sends no COMMIT or ROLLBACK and never
 /// sleeps, and the after-commit effects go to the outer attempt.
@@ -94,7 +95,7 @@ impl<'p> Attempts<'p> {
     }
 
     /// Whether the current attempt joined a transaction that was already open (see
-    /// [`Joined`](crate::Joined)).
+    /// [`Joined`](crate::source::Joined)).
     pub fn is_joined(&self) -> bool {
         self.joined
     }
@@ -159,7 +160,7 @@ impl<'p> Attempts<'p> {
     ///
     /// In a joined attempt the registry is handed to the outer attempt on success; when there is
     /// no outer attempt (a `&mut Transaction` source outside any retried body), no registry is
-    /// installed and `after_commit` reports [`NoTransaction`](crate::NoTransaction).
+    /// installed and `after_commit` reports [`NoTransaction`](crate::error::NoTransaction).
     pub fn scope<F: Future>(&mut self, body: F) -> Scoped<F> {
         let registry = if self.joined {
             self.outer_effects = effects::current();
