@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::backoff::Delays;
 use crate::effects::{self, Registry, Scoped};
-use crate::error::{Class, CommitUnknown, classify_conflict};
+use crate::error::{Class, CommitUnknown, classify_conflict, event_message};
 use crate::metrics::{self, Outcome};
 use crate::source::{BeginTransaction, OpenTransaction, TransactionSource};
 use crate::{ConflictKind, Policy, RetryInfo, SqlState};
@@ -139,7 +139,9 @@ impl<'p> Attempts<'p> {
             Err(err) => {
                 metrics::attempt(self.name);
                 let (class, kind) = classify_conflict(&err, &self.policy.retry_on);
-                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), kind, &err) {
+                if self.is_retryable(class)
+                    && self.schedule_retry(class.sqlstate(), kind, &event_message(&err))
+                {
                     Ok(None)
                 } else {
                     self.end(if self.exhausted {
@@ -239,7 +241,7 @@ impl<'p> Attempts<'p> {
                 }
                 Err(err) => match classify_conflict(&err, &self.policy.retry_on) {
                     (Class::Conflict(code), kind) => {
-                        if self.schedule_retry(Some(code), kind, &err) {
+                        if self.schedule_retry(Some(code), kind, &event_message(&err)) {
                             None
                         } else {
                             self.end(Outcome::Exhausted);
@@ -256,7 +258,7 @@ impl<'p> Attempts<'p> {
                         let unknown = CommitUnknown::into_sqlx_error(err);
                         if self.policy.idempotent
                             && self.reconnects
-                            && self.schedule_retry(None, None, &unknown)
+                            && self.schedule_retry(None, None, &event_message(&unknown))
                         {
                             None
                         } else {
@@ -275,10 +277,16 @@ impl<'p> Attempts<'p> {
                 },
             },
             Err(err) => {
-                let (class, kind) = match chain(&err) {
+                let cause = chain(&err);
+                let (class, kind) = match cause {
                     Some(e) => classify_conflict(e, &self.policy.retry_on),
                     None => (Class::Permanent, None),
                 };
+                // The retry event's text is read now: the chain borrows `err` and is not `Send`
+                // across the ROLLBACK. Without a chain the class is `Permanent`.
+                let message = cause
+                    .filter(|_| self.is_retryable(class))
+                    .map(event_message);
                 if let Err(rollback) = tx.rollback().await {
                     tracing::warn!(
                         attempt = self.attempt,
@@ -286,7 +294,9 @@ impl<'p> Attempts<'p> {
                         "ROLLBACK failed; returning or retrying on the error that caused it"
                     );
                 }
-                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), kind, &class) {
+                if let Some(message) = message
+                    && self.schedule_retry(class.sqlstate(), kind, &message)
+                {
                     None
                 } else {
                     self.end(if self.exhausted {
@@ -348,11 +358,15 @@ impl<'p> Attempts<'p> {
 
     /// Decides whether another attempt fits in the policy; if so records the delay to sleep
     /// before it and reports the retry.
+    ///
+    /// The event names the cause by its SQLSTATE, `message` (from [`event_message`], in field
+    /// `error`) and the conflict kind, at every phase alike; never by the error's `Debug`, which
+    /// carries PostgreSQL's DETAIL and with it row data ("Key (email)=(…) already exists").
     fn schedule_retry(
         &mut self,
         sqlstate: Option<SqlState>,
         kind: Option<ConflictKind>,
-        cause: &dyn std::fmt::Debug,
+        message: &str,
     ) -> bool {
         let code = sqlstate.as_ref().map(SqlState::as_str).unwrap_or("");
         if self.attempt >= self.policy.max_attempts {
@@ -397,7 +411,7 @@ impl<'p> Attempts<'p> {
             sqlstate = code,
             conflict = kind.as_ref().map_or("", ConflictKind::as_str),
             delay_ms = delay.as_secs_f64() * 1e3,
-            cause = ?cause,
+            error = message,
             "retrying transaction"
         );
         metrics::retry(self.name, sqlstate.as_ref());
