@@ -13,7 +13,16 @@ use crate::PolicyError;
 /// A factory for per-call delay sequences: what [`Backoff::from_fn`] stores.
 pub(crate) type DelaysFactory = dyn Fn() -> Box<dyn Iterator<Item = Duration> + Send> + Send + Sync;
 
-/// The wait between attempts.
+/// The wait between attempts: set it with
+/// [`PolicyBuilder::backoff`](crate::PolicyBuilder::backoff) (or the attribute's `backoff(…)`).
+///
+/// ```
+/// use std::time::Duration;
+/// use sqlx_retry_core::Backoff;
+///
+/// let backoff = Backoff::exponential(Duration::from_millis(2), Duration::from_millis(100));
+/// assert!(backoff.delays(7).take(10).all(|d| d <= Duration::from_millis(100)));
+/// ```
 ///
 /// # Default
 ///

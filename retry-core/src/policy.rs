@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::sqlstate::InvalidSqlState;
 use crate::{Backoff, ConflictKind, SqlState};
 
-/// The isolation level a transaction starts with.
+/// The isolation level a transaction starts with: set it with
+/// [`PolicyBuilder::isolation`] (or the attribute's `isolation = "…"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum IsolationLevel {
@@ -48,7 +49,21 @@ pub struct TxOptions {
     pub deferrable: bool,
 }
 
-/// What the `on_retry` hook is told before each retry.
+/// What the `on_retry` hook is told before each retry: read it in a hook set with
+/// [`PolicyBuilder::on_retry`].
+///
+/// ```
+/// use sqlx_retry_core::Policy;
+///
+/// let policy = Policy::builder()
+///     .on_retry(|info| {
+///         let code = info.sqlstate.map(|c| c.to_string()).unwrap_or_default();
+///         let (name, attempt, delay) = (info.name, info.attempt, info.delay);
+///         eprintln!("{name}: attempt {attempt} failed ({code}); retrying in {delay:?}");
+///     })
+///     .build()?;
+/// # Ok::<(), sqlx_retry_core::PolicyError>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RetryInfo {
@@ -67,8 +82,9 @@ pub struct RetryInfo {
 /// A callback run before each retry: what [`PolicyBuilder::on_retry`] stores.
 pub(crate) type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 
-/// How a transaction is retried. Built with [`Policy::builder`]; the attribute builds one from
-/// its arguments at compile time.
+/// How a transaction is retried: pass one to [`transaction`](crate::transaction). Built with
+/// [`Policy::builder`] (see [`PolicyBuilder`] for an example); the attribute builds one from its
+/// arguments at compile time.
 ///
 /// # Default
 ///
@@ -339,7 +355,14 @@ impl PolicyBuilder {
     }
 }
 
-/// A [`Policy`] setting that cannot work.
+/// A [`Policy`] setting that cannot work: what [`PolicyBuilder::build`] returns instead of
+/// panicking.
+///
+/// ```
+/// use sqlx_retry_core::{Policy, PolicyError};
+///
+/// assert_eq!(Policy::builder().max_attempts(0).build().unwrap_err(), PolicyError::ZeroAttempts);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PolicyError {

@@ -10,7 +10,7 @@ use super::commit_unknown::CommitUnknown;
 use super::conflict::{ConflictKind, found_conflict_kind};
 use crate::SqlState;
 
-/// What a failed attempt means for the retry loop.
+/// What a failed attempt means for the retry loop: what [`classify`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Class {

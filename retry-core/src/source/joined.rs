@@ -76,7 +76,8 @@ impl<Conn: ?Sized + Send> OpenTransaction for Joined<'_, Conn> {
 }
 
 /// The transaction of a connection source: a transaction this attempt began, or the one that was
-/// already open on the connection (see [`Joined`]).
+/// already open on the connection (see [`Joined`]). You meet it only when driving a
+/// `&mut PgConnection` (or MySQL, SQLite) source by hand.
 pub enum MaybeJoined<'c, DB: Database> {
     /// Started by this attempt; COMMIT and ROLLBACK are sent.
     Began(Transaction<'c, DB>),

@@ -39,7 +39,9 @@ impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
 
 /// An open transaction on a connection taken from a pool, returned to the pool when the attempt
 /// ends: the transaction type of the pool source. You meet it only when driving a
-/// [`BeginTransaction`] source by hand. Dropped while open (the call was cancelled), it queues a ROLLBACK that the pool flushes
+/// [`BeginTransaction`] source by hand.
+///
+/// Dropped while open (the call was cancelled), it queues a ROLLBACK that the pool flushes
 /// before anyone else uses the connection, as sqlx's `Transaction` does.
 pub struct PoolTransaction<DB: Database> {
     conn: PoolConnection<DB>,

@@ -15,6 +15,8 @@ pub(crate) const TIMER_TICK: Duration = Duration::from_millis(1);
 /// the timer for one tick less than `delay`; a delay shorter than a tick becomes one tick's wait
 /// with probability `delay / tick`, and no wait otherwise, which keeps the mean. A zero delay
 /// returns at once.
+///
+/// A source of your own that overrides `sleep` (to record the delays, say) still waits with this.
 pub fn timer_sleep(delay: Duration) -> impl Future<Output = ()> + Send + 'static {
     let asked = timer_request(delay, fastrand::u64(..TICK_NS));
     async move {

@@ -44,9 +44,9 @@ pub trait OpenTransaction: Send {
 ///
 /// Implemented for `&Pool<DB>` (each attempt takes a connection from the pool, so an attempt
 /// whose connection broke is retried on a fresh one), for `&mut PgConnection` (each attempt is a
-/// transaction on that connection; a broken connection ends the call; a connection already inside
-/// a transaction is [joined](super::Joined)), for `&mut Transaction<'_, DB>` (always joined), and for the
-/// mock source (`&MockDb`, and `&mut MockTx` which joins).
+/// transaction on that connection; a broken connection ends the call; a connection already
+/// inside a transaction is [joined](super::Joined)), for `&mut Transaction<'_, DB>` (always
+/// joined), and for the mock source (`&MockDb`, and `&mut MockTx` which joins).
 pub trait BeginTransaction<'s>: Send {
     /// The connection type the body receives as `&mut Self::Conn`.
     type Conn: ?Sized;
