@@ -60,7 +60,8 @@
 /// - A connection lost while COMMIT was in flight returns the error detected by
 ///   [`is_commit_unknown`] (SQLSTATE `40003`), never retried unless `idempotent`.
 /// - A tracing span named after the function wraps the call; each retry emits an event with the
-///   attempt number, SQLSTATE and delay. With the `metrics` feature the call updates the
+///   attempt number, SQLSTATE, the database's message (never its DETAIL, which can quote row
+///   data), the conflict kind and delay. With the `metrics` feature the call updates the
 ///   [`metrics`] counters and histogram, labelled with the function's name.
 /// - Called with a transaction that is already open (the outer function's `tx`, or a
 ///   `&mut sqlx::Transaction`), the function **joins** it: the body runs once, with no BEGIN,
