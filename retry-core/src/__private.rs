@@ -3,32 +3,8 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::time::Duration;
 
 pub use tracing;
-
-pub use crate::effects::Scoped;
-pub use crate::run::Attempts;
-pub use crate::source::OpenTransaction;
-pub use crate::{Backoff, IsolationLevel, Policy, SqlState};
-
-/// The policy of an annotated function, from its arguments as the attribute validated them at
-/// compile time (so nothing here can fail).
-#[allow(clippy::too_many_arguments)]
-pub const fn attribute_policy(
-    max: u32,
-    isolation: IsolationLevel,
-    read_only: bool,
-    deferrable: bool,
-    backoff: Backoff,
-    budget: Option<Duration>,
-    retry_on: &'static [SqlState],
-    idempotent: bool,
-) -> Policy {
-    Policy::from_attribute(
-        max, isolation, read_only, deferrable, backoff, budget, retry_on, idempotent,
-    )
-}
 
 /// Fixes the output type of an attempt's `async` block so that `?` inside it knows which error
 /// type to convert into.
@@ -109,3 +85,26 @@ impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
     note = "the error type must implement `std::error::Error` (with `#[from] sqlx::Error` or a `#[source]` chain leading to it) or `AsRef<dyn std::error::Error>` like `anyhow::Error`"
 )]
 pub trait Classifiable {}
+
+pub use crate::effects::Scoped;
+pub use crate::run::Attempts;
+pub use crate::source::OpenTransaction;
+pub use crate::{Backoff, IsolationLevel, Policy, SqlState};
+
+/// The policy of an annotated function, from its arguments as the attribute validated them at
+/// compile time (so nothing here can fail).
+#[allow(clippy::too_many_arguments)]
+pub const fn attribute_policy(
+    max: u32,
+    isolation: IsolationLevel,
+    read_only: bool,
+    deferrable: bool,
+    backoff: Backoff,
+    budget: Option<std::time::Duration>,
+    retry_on: &'static [SqlState],
+    idempotent: bool,
+) -> Policy {
+    Policy::from_attribute(
+        max, isolation, read_only, deferrable, backoff, budget, retry_on, idempotent,
+    )
+}
