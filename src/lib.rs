@@ -37,7 +37,7 @@
 /// | `read_only` | start the transaction `READ ONLY` | read-write |
 /// | `deferrable` | `DEFERRABLE`; only with `read_only` at `"serializable"` | off |
 /// | `backoff(base = "5ms", cap = "500ms")` | the wait between attempts; optionally led by a strategy: `adaptive`, `exponential`, `decorrelated` or `none` (see [`Backoff`]) | adaptive, 5 ms, 500 ms |
-/// | `timeout = "2s"` | total time budget: no retry starts whose backoff would end past it | none |
+/// | `budget = "2s"` | total time budget: no retry starts whose backoff would end past it | none |
 /// | `retry_on = ["23505", …]` | extra SQLSTATEs to retry | none |
 /// | `idempotent` | also retry when the COMMIT's outcome is unknown | off |
 /// | `crate = "…"` | path to this crate if renamed | `::sqlx_retry` |
