@@ -126,7 +126,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     Ok(false) => declined += 1,
                     // Every attempt conflicted: the last 40001 comes back as is.
                     Err(err)
-                        if sqlx_retry::sqlstate(&err) == Some(SqlState::SERIALIZATION_FAILURE) =>
+                        if sqlx_retry::error::sqlstate(&err)
+                            == Some(SqlState::SERIALIZATION_FAILURE) =>
                     {
                         exhausted += 1
                     }

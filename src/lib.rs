@@ -4,8 +4,8 @@
 /// Runs an async function's body in a transaction and retries the **whole body** when the
 /// database aborts it because of a conflict.
 ///
-/// The first parameter, `tx: &mut C`, is the transaction the body runs in. In the generated
-/// function it is replaced by `impl` [`TransactionSource<C>`]: callers pass `&PgPool`,
+/// The first parameter, `tx: &mut Conn`, is the transaction the body runs in. In the generated
+/// function it is replaced by `impl` [`TransactionSource<Conn>`]: callers pass `&PgPool`,
 /// `&mut PgConnection` or the mock source in its place. Name, visibility, other parameters,
 /// generics, where-clause and return type are kept.
 ///
@@ -37,7 +37,7 @@
 /// | `read_only` | start the transaction `READ ONLY` | read-write |
 /// | `deferrable` | `DEFERRABLE`; only with `read_only` at `"serializable"` | off |
 /// | `backoff(base = "5ms", cap = "500ms")` | the wait between attempts; optionally led by a strategy: `adaptive`, `exponential`, `decorrelated` or `none` (see [`Backoff`]) | adaptive, 5 ms, 500 ms |
-/// | `timeout = "2s"` | total time budget: no retry starts whose backoff would end past it | none |
+/// | `budget = "2s"` | total time budget: no retry starts whose backoff would end past it | none |
 /// | `retry_on = ["23505", …]` | extra SQLSTATEs to retry | none |
 /// | `idempotent` | also retry when the COMMIT's outcome is unknown | off |
 /// | `crate = "…"` | path to this crate if renamed | `::sqlx_retry` |
@@ -60,12 +60,13 @@
 /// - A connection lost while COMMIT was in flight returns the error detected by
 ///   [`is_commit_unknown`] (SQLSTATE `40003`), never retried unless `idempotent`.
 /// - A tracing span named after the function wraps the call; each retry emits an event with the
-///   attempt number, SQLSTATE and delay. With the `metrics` feature the call updates the
+///   attempt number, SQLSTATE, the database's message (never its DETAIL, which can quote row
+///   data), the conflict kind and delay. With the `metrics` feature the call updates the
 ///   [`metrics`] counters and histogram, labelled with the function's name.
 /// - Called with a transaction that is already open (the outer function's `tx`, or a
 ///   `&mut sqlx::Transaction`), the function **joins** it: the body runs once, with no BEGIN,
 ///   COMMIT, ROLLBACK or retry, and its error is returned as is for the outer loop to handle
-///   (see [`Joined`]).
+///   (see [`Joined`](source::Joined)).
 /// - Side effects registered with [`after_commit`] run once, after the COMMIT that succeeded.
 ///
 /// # Arguments are given to every attempt
@@ -85,7 +86,7 @@
 /// |---|---|---|
 /// | BEGIN | `SET TRANSACTION ISOLATION LEVEL …; START TRANSACTION [READ ONLY]`, one round trip | `BEGIN IMMEDIATE`; `BEGIN DEFERRED` for `read_only` (not enforced by SQLite) |
 /// | retried | deadlock `1213` (`40001`), lock wait timeout `1205` and MariaDB's `1020` (reported as `HY000`) | every `SQLITE_BUSY`/`SQLITE_LOCKED` code (5, 6, 261, 262, 517, 773, …), reported as `40001` |
-/// | rejected with [`UnsupportedTxOption`] | `deferrable` | `deferrable`, any `isolation` but `"serializable"` |
+/// | rejected with [`UnsupportedTxOption`](error::UnsupportedTxOption) | `deferrable` | `deferrable`, any `isolation` but `"serializable"` |
 ///
 /// A MySQL lock wait timeout rolls back only the failed statement; the loop's ROLLBACK before
 /// the retry discards the rest of the attempt.
@@ -99,30 +100,14 @@
 pub use sqlx_retry_macros::serializable_retry;
 
 pub use sqlx_retry_core::{
-    Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, ConflictKind,
-    DelaysFactory, InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder,
-    PolicyError, RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
-    UnsupportedTxOption, classify, classify_sqlx, conflict_kind, find_commit_unknown,
-    find_sqlx_error, is_commit_unknown, sqlstate, timer_sleep, transaction, transaction_with,
+    Backoff, ConflictKind, IsolationLevel, Policy, PolicyBuilder, PolicyError, RetryInfo, SqlState,
+    TransactionSource, after_commit, is_commit_unknown, transaction, transaction_with,
 };
 
-pub use sqlx_retry_core::{Joined, MaybeJoined, NoTransaction, Scoped, after_commit};
+pub use sqlx_retry_core::{error, metrics, source};
 
-/// Metric names and [`describe`](metrics::describe) (feature `metrics`): see the README's
-/// "Observability".
-pub mod metrics {
-    pub use sqlx_retry_core::metrics::*;
-}
-
-/// The mock transaction source: unit-test annotated functions without a database.
 #[cfg(feature = "mock")]
-pub mod mock {
-    pub use sqlx_retry_core::mock::*;
-}
+pub use sqlx_retry_core::mock;
 
 #[doc(hidden)]
-/// Not public API; used by macro-generated code.
-pub mod __private {
-    pub use sqlx_retry_core::__private::*;
-    pub use sqlx_retry_core::{Attempts, OpenTransaction};
-}
+pub use sqlx_retry_core::__private;

@@ -47,7 +47,7 @@ async fn backon_max_times_ends_retrying() {
     let db = conflicting(10);
     let started = tokio::time::Instant::now();
     let err = run(&db, &policy).await.unwrap_err();
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "40001");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "40001");
     assert_eq!(sleeps(&db), ["sleep 7ms", "sleep 7ms"]);
     assert_eq!(db.attempts(), 3, "first attempt plus max_times retries");
     assert_eq!(started.elapsed(), 14 * MS);

@@ -28,7 +28,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let backoff = Backoff::exponential(base, cap);
-        prop_assert!(backoff.validate().is_ok());
+        prop_assert!(Policy::builder().backoff(backoff.clone()).build().is_ok());
         let delays: Vec<Duration> = backoff.delays(seed).take(64).collect();
         prop_assert_eq!(delays.len(), 64);
         for (i, d) in delays.iter().enumerate() {
@@ -46,7 +46,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let backoff = Backoff::decorrelated(base, cap);
-        prop_assert!(backoff.validate().is_ok());
+        prop_assert!(Policy::builder().backoff(backoff.clone()).build().is_ok());
         for (i, d) in backoff.delays(seed).take(64).enumerate() {
             prop_assert!(
                 base <= d && d <= cap,
@@ -72,7 +72,7 @@ proptest! {
         let policy = Policy::builder()
             .max_attempts(max)
             .backoff(backoff)
-            .timeout(budget)
+            .budget(budget)
             .build()
             .unwrap();
         let mut db = MockDb::new(0_i64);
@@ -96,7 +96,7 @@ proptest! {
             (result, started.elapsed())
         });
         let err = result.unwrap_err();
-        prop_assert_eq!(sqlx_retry::sqlstate(&err).map(|c| c.as_str().to_owned()), Some("40001".to_owned()));
+        prop_assert_eq!(sqlx_retry::error::sqlstate(&err).map(|c| c.as_str().to_owned()), Some("40001".to_owned()));
         let slept: Duration = db
             .events()
             .iter()
@@ -140,5 +140,5 @@ proptest! {
 fn builder_rejects_zero_attempts_without_panicking() {
     assert!(Policy::builder().max_attempts(0).build().is_err());
     assert!(Policy::builder().max_attempts(1).build().is_ok());
-    assert!(Policy::builder().timeout(Duration::ZERO).build().is_err());
+    assert!(Policy::builder().budget(Duration::ZERO).build().is_err());
 }

@@ -5,8 +5,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use sqlx_retry::error::NoTransaction;
 use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
-use sqlx_retry::{NoTransaction, Policy, after_commit, serializable_retry, transaction};
+use sqlx_retry::{Policy, after_commit, serializable_retry, transaction};
 
 /// What the effects did, in order: `"<label> after attempt <n>"`.
 type Log = Arc<Mutex<Vec<String>>>;
@@ -76,7 +77,7 @@ async fn non_retryable_error_never_runs_the_effect() {
     let log = log();
     let db = MockDb::new(0_i64).fail(1, Phase::Commit, Fault::sqlstate("23503"));
     let err = place_order(&db, &db, &log).await.unwrap_err();
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "23503");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "23503");
     assert_eq!(db.attempts(), 1);
     assert!(entries(&log).is_empty());
 

@@ -35,8 +35,9 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use sqlx::PgConnection;
+use sqlx_retry::error::sqlstate;
 use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
-use sqlx_retry::{SqlState, serializable_retry, sqlstate};
+use sqlx_retry::{SqlState, serializable_retry};
 
 // -------------------------------------------------------------------------------------------------
 // Step 1: the repository trait.

@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sqlx_retry::error::{CommitUnknown, sqlstate};
 use sqlx_retry::mock::{Fault, MockDb, MockEvent, MockTx, Phase};
 use sqlx_retry::{
-    Backoff, CommitUnknown, ConflictKind, IsolationLevel, Policy, RetryInfo, SqlState,
-    is_commit_unknown, serializable_retry, sqlstate,
+    Backoff, ConflictKind, IsolationLevel, Policy, RetryInfo, SqlState, is_commit_unknown,
+    serializable_retry,
 };
 use tokio::time::Instant;
 
@@ -529,7 +530,7 @@ async fn time_budget_is_exact_with_a_fixed_backoff() {
     // 0ms: attempt 1; 20ms: attempt 2; 40ms: attempt 3; a third sleep would end at 60ms > 50ms.
     let policy = Policy::builder()
         .max_attempts(100)
-        .timeout(ms(50))
+        .budget(ms(50))
         .backoff(Backoff::fixed(ms(20)))
         .build()
         .unwrap();
@@ -556,7 +557,7 @@ async fn time_budget_counts_the_timer_rounding_sleeps_up() {
     // really end at 10 ms; so the call gives up at 8 ms instead.
     let policy = Policy::builder()
         .max_attempts(100)
-        .timeout(Duration::from_micros(9_500))
+        .budget(Duration::from_micros(9_500))
         .backoff(Backoff::fixed(Duration::from_micros(1_300)))
         .build()
         .unwrap();
@@ -667,7 +668,7 @@ async fn commit_unknown_cause_is_the_io_error() {
     let db = MockDb::new(0_i64).fail(1, Phase::Commit, Fault::ConnectionLost);
     let err = bump(&db, 1).await.unwrap_err();
     assert!(is_commit_unknown(&err));
-    let cause = sqlx_retry::find_commit_unknown(&err).map(|c| c.cause());
+    let cause = sqlx_retry::error::find_commit_unknown(&err).map(|c| c.cause());
     match cause {
         Some(sqlx::Error::Io(io)) => assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset),
         other => panic!("expected the I/O error as the cause, got {other:?}"),

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{Connection as _, Executor as _, MySqlConnection, MySqlPool};
-use sqlx_retry::{Class, SqlState, UnsupportedTxOption, classify, serializable_retry};
+use sqlx_retry::error::{Class, UnsupportedTxOption, classify};
+use sqlx_retry::{SqlState, serializable_retry};
 use sqlx_retry_testkit::{IsolatedMySql, isolated_mysql_database};
 use tokio::sync::Barrier;
 

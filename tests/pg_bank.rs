@@ -83,7 +83,8 @@ async fn bank_invariants_hold_under_concurrent_transfers() {
                     Ok(false) => tally.declined += 1,
                     // Every attempt conflicted: the last 40001 comes back as is.
                     Err(err)
-                        if sqlx_retry::sqlstate(&err) == Some(SqlState::SERIALIZATION_FAILURE) =>
+                        if sqlx_retry::error::sqlstate(&err)
+                            == Some(SqlState::SERIALIZATION_FAILURE) =>
                     {
                         tally.exhausted += 1
                     }

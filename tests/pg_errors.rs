@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection, PgPool};
-use sqlx_retry::{Class, SqlState, serializable_retry};
+use sqlx_retry::error::Class;
+use sqlx_retry::{SqlState, serializable_retry};
 use sqlx_retry_testkit::{Fault, Matcher, PgProxy, isolated_pool};
 use tokio::sync::Barrier;
 
@@ -26,7 +27,7 @@ fn get(attempts: &AtomicU32) -> u32 {
 
 /// The SQLSTATE found in `err`'s source chain, or `""`.
 fn code(err: &(dyn std::error::Error + 'static)) -> String {
-    sqlx_retry::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
+    sqlx_retry::error::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
 }
 
 /// Fails the test instead of hanging when an interleaving does not go as planned.
@@ -488,7 +489,7 @@ async fn exhaustion_returns_the_last_40001() {
     .await;
     let err = result.unwrap_err();
     assert_eq!(
-        sqlx_retry::sqlstate(&err),
+        sqlx_retry::error::sqlstate(&err),
         Some(SqlState::SERIALIZATION_FAILURE),
         "{err}"
     );
@@ -649,7 +650,7 @@ async fn connection_lost_is_returned_for_a_single_connection() {
     let err = result.unwrap_err();
     // 57P01 (the server's goodbye) or an I/O error, depending on what the client read first.
     assert_eq!(
-        sqlx_retry::classify(&err, &[]),
+        sqlx_retry::error::classify(&err, &[]),
         Class::ConnectionLost,
         "{err}"
     );
@@ -704,7 +705,7 @@ async fn proxied_items() -> (PgPool, PgPool, PgProxy) {
 fn assert_commit_unknown(err: &sqlx::Error) {
     assert!(sqlx_retry::is_commit_unknown(err), "{err}");
     assert_eq!(
-        sqlx_retry::sqlstate(err),
+        sqlx_retry::error::sqlstate(err),
         Some(SqlState::STATEMENT_COMPLETION_UNKNOWN)
     );
     assert_eq!(code(err), "40003");
@@ -828,4 +829,100 @@ async fn method_with_self_is_retried() {
     assert_eq!(result.unwrap(), 105);
     assert_eq!(get(&service.attempts), 2);
     assert_eq!(counter(&pool).await, 105);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry events carry no row data
+// ---------------------------------------------------------------------------------------------
+
+/// The fields of every "retrying transaction" event on this thread, as ` name=value` text.
+#[derive(Clone, Default)]
+struct RetryEvents(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RetryEvents {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 += &format!(" {}={value:?}", field.name());
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        if text.0.contains("retrying transaction") {
+            self.0.lock().unwrap().push(text.0);
+        }
+    }
+}
+
+#[serializable_retry(retry_on = ["23505"], max = 2, backoff(none))]
+async fn register(
+    tx: &mut PgConnection,
+    insert: &'static str,
+    email: &str,
+    bodies_ok: &AtomicU32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(insert).bind(email).execute(&mut *tx).await?;
+    bodies_ok.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// A unique violation's DETAIL quotes the row ("Key (email)=(…) already exists"). Retried through
+/// `retry_on`, in the body (an immediate constraint) and at COMMIT (a deferred one), the retry
+/// event names the SQLSTATE and the server's message, never the DETAIL.
+#[tokio::test]
+async fn retry_events_carry_no_detail() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let (pool, _schema) = isolated_pool(2).await;
+    sqlx::raw_sql(
+        "CREATE TABLE users_now (email text UNIQUE);
+         CREATE TABLE users_later (email text UNIQUE DEFERRABLE INITIALLY DEFERRED);
+         INSERT INTO users_now VALUES ('taken@example.com');
+         INSERT INTO users_later VALUES ('taken@example.com');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // (table, bodies that return Ok: none when the INSERT fails, both attempts when COMMIT does)
+    for (table, insert, want_bodies_ok) in [
+        ("users_now", "INSERT INTO users_now (email) VALUES ($1)", 0),
+        (
+            "users_later",
+            "INSERT INTO users_later (email) VALUES ($1)",
+            2,
+        ),
+    ] {
+        let events = RetryEvents::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        let bodies_ok = AtomicU32::new(0);
+        let err = register(&pool, insert, "taken@example.com", &bodies_ok)
+            .await
+            .unwrap_err();
+        assert_eq!(get(&bodies_ok), want_bodies_ok, "{table}");
+        // The error itself keeps the DETAIL, so the event below could have carried it.
+        let pg = err
+            .as_database_error()
+            .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+            .unwrap_or_else(|| panic!("{table}: not a PostgreSQL error: {err:?}"));
+        assert_eq!(pg.code(), "23505", "{table}");
+        let detail = pg.detail().unwrap_or_else(|| panic!("{table}: no DETAIL"));
+        assert!(detail.contains("taken@example.com"), "{table}: {detail}");
+
+        let events = events.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{table}: {events:?}");
+        let event = &events[0];
+        assert!(event.contains(r#"sqlstate="23505""#), "{table}: {event}");
+        assert!(
+            event.contains(&format!(" error={:?}", pg.message())),
+            "{table}: {event}"
+        );
+        assert!(!event.contains("taken@example.com"), "{table}: {event}");
+        assert!(!event.contains(detail), "{table}: {event}");
+    }
 }

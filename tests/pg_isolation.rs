@@ -28,8 +28,8 @@ fn get(attempts: &AtomicU32) -> u32 {
 /// The SQLSTATE found in `err`'s source chain and the kind of conflict it reports, e.g.
 /// `"40001 RowWrite"`.
 fn code(err: &(dyn std::error::Error + 'static)) -> String {
-    let code = sqlx_retry::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned());
-    match sqlx_retry::conflict_kind(err) {
+    let code = sqlx_retry::error::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned());
+    match sqlx_retry::error::conflict_kind(err) {
         Some(kind) => format!("{code} {kind:?}"),
         None => code,
     }

@@ -84,7 +84,7 @@ async fn within<T>(fut: impl Future<Output = T>) -> T {
 
 /// The SQLSTATE found in `err`'s source chain, or `""`.
 fn code(err: &(dyn std::error::Error + 'static)) -> String {
-    sqlx_retry::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
+    sqlx_retry::error::sqlstate(err).map_or_else(String::new, |s| s.as_str().to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use reliability::{code_of, retries, stress_secs};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
-use sqlx_retry::{Backoff, Class, Policy, is_commit_unknown, serializable_retry, transaction};
+use sqlx_retry::error::Class;
+use sqlx_retry::{Backoff, Policy, is_commit_unknown, serializable_retry, transaction};
 use sqlx_retry_testkit::{Fault, Isolated, Matcher, PgProxy, PgServer, isolated_schema};
 use tokio::sync::{Notify, mpsc};
 
@@ -366,7 +367,9 @@ async fn server_restart_mid_stress_pool_recovers_and_invariants_hold() {
                     }
                     Err(e) if is_commit_unknown(&e) => k.commit_unknown += 1,
                     Err(e) if code_of(&e).as_deref() == Some("40001") => k.exhausted_40001 += 1,
-                    Err(e) if sqlx_retry::classify_sqlx(&e, &[]) == Class::ConnectionLost => {
+                    Err(e)
+                        if sqlx_retry::error::classify_sqlx(&e, &[]) == Class::ConnectionLost =>
+                    {
                         k.connection += 1
                     }
                     Err(e) => k.other.push(format!("{e:?}")),

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection, SqlitePool};
-use sqlx_retry::{UnsupportedTxOption, serializable_retry};
+use sqlx_retry::error::UnsupportedTxOption;
+use sqlx_retry::serializable_retry;
 use tokio::sync::Barrier;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};

@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use sqlx_retry::mock::{MockDb, MockTx};
-use sqlx_retry::{
-    Backoff, BeginTransaction, OpenTransaction, Policy, TxOptions, serializable_retry,
-};
+use sqlx_retry::source::{BeginTransaction, OpenTransaction, TxOptions};
+use sqlx_retry::{Backoff, Policy, serializable_retry};
 use sqlx_retry_testkit::{PgProxy, isolated_schema};
 
 use workloads::{Conns, Imp, PgBench, RunResult, Workload};

@@ -85,3 +85,26 @@ impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
     note = "the error type must implement `std::error::Error` (with `#[from] sqlx::Error` or a `#[source]` chain leading to it) or `AsRef<dyn std::error::Error>` like `anyhow::Error`"
 )]
 pub trait Classifiable {}
+
+pub use crate::effects::Scoped;
+pub use crate::run::Attempts;
+pub use crate::source::OpenTransaction;
+pub use crate::{Backoff, IsolationLevel, Policy, SqlState};
+
+/// The policy of an annotated function, from its arguments as the attribute validated them at
+/// compile time (so nothing here can fail).
+#[allow(clippy::too_many_arguments)]
+pub const fn attribute_policy(
+    max: u32,
+    isolation: IsolationLevel,
+    read_only: bool,
+    deferrable: bool,
+    backoff: Backoff,
+    budget: Option<std::time::Duration>,
+    retry_on: &'static [SqlState],
+    idempotent: bool,
+) -> Policy {
+    Policy::from_attribute(
+        max, isolation, read_only, deferrable, backoff, budget, retry_on, idempotent,
+    )
+}

@@ -10,10 +10,19 @@ use std::time::Duration;
 
 use crate::PolicyError;
 
-/// A factory for per-call delay sequences, for plugging in other backoff crates.
-pub type DelaysFactory = dyn Fn() -> Box<dyn Iterator<Item = Duration> + Send> + Send + Sync;
+/// A factory for per-call delay sequences: what [`Backoff::from_fn`] stores.
+pub(crate) type DelaysFactory = dyn Fn() -> Box<dyn Iterator<Item = Duration> + Send> + Send + Sync;
 
-/// The wait between attempts.
+/// The wait between attempts: set it with
+/// [`PolicyBuilder::backoff`](crate::PolicyBuilder::backoff) (or the attribute's `backoff(…)`).
+///
+/// ```
+/// use std::time::Duration;
+/// use sqlx_retry_core::Backoff;
+///
+/// let backoff = Backoff::exponential(Duration::from_millis(2), Duration::from_millis(100));
+/// assert!(backoff.delays(7).take(10).all(|d| d <= Duration::from_millis(100)));
+/// ```
 ///
 /// # Default
 ///
@@ -169,7 +178,7 @@ impl Backoff {
     }
 
     /// Checks the parameters; [`PolicyBuilder::build`](crate::PolicyBuilder::build) calls this.
-    pub fn validate(&self) -> Result<(), PolicyError> {
+    pub(crate) fn validate(&self) -> Result<(), PolicyError> {
         let (base, cap) = match &self.kind {
             Kind::Exponential { base, cap } | Kind::Decorrelated { base, cap } => (*base, *cap),
             Kind::Adaptive(state) => (state.base, state.cap),
@@ -198,8 +207,7 @@ impl Backoff {
     /// The delays this policy would produce for one call, seeded for reproducibility. Useful for
     /// checking a policy; the retry loop seeds from the thread's generator.
     pub fn delays(&self, seed: u64) -> impl Iterator<Item = Duration> + Send + use<> {
-        let mut state = Delays::new(self.clone(), fastrand::Rng::with_seed(seed));
-        std::iter::from_fn(move || state.next_delay())
+        Delays::new(self.clone(), fastrand::Rng::with_seed(seed))
     }
 }
 
@@ -229,7 +237,9 @@ impl fmt::Debug for Backoff {
     }
 }
 
-/// The per-call state of a [`Backoff`]: which retry comes next and the previous delay.
+/// The delays of one call of the retry loop, one per retry: the per-call state of a [`Backoff`]
+/// (which retry comes next, the previous delay). It ends when a custom sequence ends; the
+/// built-in strategies never end.
 pub(crate) struct Delays {
     backoff: Backoff,
     rng: fastrand::Rng,
@@ -254,9 +264,13 @@ impl Delays {
             handed_out: None,
         }
     }
+}
+
+impl Iterator for Delays {
+    type Item = Duration;
 
     /// The delay before the next retry, or `None` when a custom sequence has run out.
-    pub(crate) fn next_delay(&mut self) -> Option<Duration> {
+    fn next(&mut self) -> Option<Duration> {
         self.retry = self.retry.saturating_add(1);
         let delay = match &self.backoff.kind {
             Kind::None => Duration::ZERO,

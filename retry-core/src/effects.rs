@@ -99,7 +99,7 @@ pub(crate) fn current() -> Option<Arc<Registry>> {
 /// # Nested calls
 ///
 /// In a call that joined an outer transaction (see
-/// [`OpenTransaction::is_joined`](crate::OpenTransaction::is_joined)) the effects go to the
+/// [`OpenTransaction::is_joined`](crate::source::OpenTransaction::is_joined)) the effects go to the
 /// **outer** attempt and run after its COMMIT. If the joined call returns `Err`, the effects it
 /// registered are dropped.
 ///
@@ -157,7 +157,7 @@ impl From<NoTransaction> for sqlx::Error {
 
 pin_project_lite::pin_project! {
     /// An attempt's body with the attempt's after-commit registry installed while it is polled:
-    /// what [`Attempts::scope`](crate::Attempts::scope) returns.
+    /// what `Attempts::scope` returns.
     #[must_use = "futures do nothing unless polled"]
     pub struct Scoped<F> {
         registry: Option<Arc<Registry>>,

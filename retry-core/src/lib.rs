@@ -2,40 +2,34 @@
 //! backoff policies, the retry loop and the mock transaction source.
 //!
 //! Depend on `sqlx-retry` instead; it re-exports everything here next to the
-//! `#[serializable_retry]` attribute.
+//! `#[serializable_retry]` attribute, with the same paths: the items everyone needs at the root,
+//! the rest in [`error`], [`source`], `mock` (feature `mock`) and [`metrics`].
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[cfg(any(feature = "backon", feature = "backoff"))]
 mod adapters;
 mod backends;
 mod backoff;
-mod classify;
 mod effects;
+pub mod error;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
 mod policy;
-mod pool;
 mod run;
-mod source;
+#[cfg(any(test, feature = "mock"))]
+mod simulated;
+pub mod source;
 mod sqlstate;
 
-pub use backends::UnsupportedTxOption;
-pub use backoff::{Backoff, DelaysFactory};
-pub use classify::{
-    Class, CommitUnknown, ConflictKind, SimulatedDbError, classify, classify_sqlx, conflict_kind,
-    find_commit_unknown, find_sqlx_error, is_commit_unknown, sqlstate,
-};
-pub use effects::{NoTransaction, Scoped, after_commit};
-pub use policy::{
-    IsolationLevel, Policy, PolicyBuilder, PolicyError, RetryHook, RetryInfo, TxOptions,
-};
-pub use pool::PoolTransaction;
-pub use run::{Attempts, BoxFuture, transaction, transaction_with};
-pub use source::{
-    Backend, BeginTransaction, Joined, MaybeJoined, OpenTransaction, TransactionSource, timer_sleep,
-};
-pub use sqlstate::{InvalidSqlState, SqlState};
+pub use backoff::Backoff;
+pub use effects::after_commit;
+pub use error::conflict::ConflictKind;
+pub use error::is_commit_unknown;
+pub use policy::{IsolationLevel, Policy, PolicyBuilder, PolicyError, RetryInfo};
+pub use run::{transaction, transaction_with};
+pub use source::TransactionSource;
+pub use sqlstate::SqlState;
 
 #[doc(hidden)]
 pub mod __private;

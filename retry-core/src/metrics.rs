@@ -1,8 +1,8 @@
 //! Counters and histograms through the [`metrics`](https://docs.rs/metrics) facade (feature
 //! `metrics`). Without the feature nothing is recorded; the names below are always available.
 //!
-//! Every metric carries the label `fn`: the name given to [`Attempts::new`](crate::Attempts::new)
-//! (the annotated function's name, or `"transaction"` for the closure API).
+//! Every metric carries the label `fn`: the annotated function's name, or `"transaction"` for
+//! the closure API.
 //!
 //! | metric | kind | extra labels | counts |
 //! |---|---|---|---|

@@ -49,7 +49,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::{BeginTransaction, OpenTransaction, SimulatedDbError, SqlState, TxOptions};
+use crate::SqlState;
+use crate::source::{BeginTransaction, Joined, OpenTransaction, TxOptions};
+
+pub use crate::simulated::SimulatedDbError;
 
 /// When a scripted [`Fault`] strikes within an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,7 +441,7 @@ impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &MockDb<S> {
         &'s mut self,
         options: TxOptions,
     ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
-        let statement = options.postgres_begin();
+        let statement = crate::backends::postgres::begin_statement(&options);
         let result = {
             let mut db = lock(&self.inner);
             db.attempt += 1;
@@ -482,5 +485,24 @@ impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &MockDb<S> {
 
     fn reconnects(&self) -> bool {
         lock(&self.inner).reconnects
+    }
+}
+
+/// The mock's transaction as the source (an annotated function called with the outer mock
+/// function's `tx`): the call joins it, like a `&mut PgConnection` inside a transaction.
+impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &mut MockTx<S> {
+    type Conn = MockTx<S>;
+    type Tx = Joined<'s, MockTx<S>>;
+
+    fn begin(
+        &'s mut self,
+        _options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
+        let conn: &'s mut MockTx<S> = self;
+        std::future::ready(Ok(Joined::new(conn)))
+    }
+
+    fn reconnects(&self) -> bool {
+        false
     }
 }

@@ -5,9 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sqlstate::InvalidSqlState;
 use crate::{Backoff, ConflictKind, SqlState};
 
-/// The isolation level a transaction starts with.
+/// The isolation level a transaction starts with: set it with
+/// [`PolicyBuilder::isolation`] (or the attribute's `isolation = "…"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum IsolationLevel {
@@ -33,7 +35,9 @@ impl IsolationLevel {
     }
 }
 
-/// How each attempt's transaction starts: isolation level and access mode.
+/// How each attempt's transaction starts: isolation level and access mode, from the
+/// [`Policy`]. A source of your own receives it in
+/// [`BeginTransaction::begin`](crate::source::BeginTransaction::begin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TxOptions {
     /// The isolation level.
@@ -45,24 +49,21 @@ pub struct TxOptions {
     pub deferrable: bool,
 }
 
-impl TxOptions {
-    /// The single PostgreSQL statement that starts such a transaction, e.g.
-    /// `BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE`.
-    pub const fn postgres_begin(&self) -> &'static str {
-        use IsolationLevel::*;
-        match (self.isolation, self.read_only, self.deferrable) {
-            (Serializable, true, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
-            (Serializable, true, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-            (Serializable, false, _) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-            (RepeatableRead, true, _) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            (RepeatableRead, false, _) => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-            (ReadCommitted, true, _) => "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY",
-            (ReadCommitted, false, _) => "BEGIN ISOLATION LEVEL READ COMMITTED",
-        }
-    }
-}
-
-/// What the `on_retry` hook is told before each retry.
+/// What the `on_retry` hook is told before each retry: read it in a hook set with
+/// [`PolicyBuilder::on_retry`].
+///
+/// ```
+/// use sqlx_retry_core::Policy;
+///
+/// let policy = Policy::builder()
+///     .on_retry(|info| {
+///         let code = info.sqlstate.map(|c| c.to_string()).unwrap_or_default();
+///         let (name, attempt, delay) = (info.name, info.attempt, info.delay);
+///         eprintln!("{name}: attempt {attempt} failed ({code}); retrying in {delay:?}");
+///     })
+///     .build()?;
+/// # Ok::<(), sqlx_retry_core::PolicyError>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RetryInfo {
@@ -78,11 +79,12 @@ pub struct RetryInfo {
     pub delay: Duration,
 }
 
-/// A callback run before each retry.
-pub type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
+/// A callback run before each retry: what [`PolicyBuilder::on_retry`] stores.
+pub(crate) type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 
-/// How a transaction is retried. Built with [`Policy::builder`]; the attribute builds one from
-/// its arguments at compile time.
+/// How a transaction is retried: pass one to [`transaction`](crate::transaction). Built with
+/// [`Policy::builder`] (see [`PolicyBuilder`] for an example); the attribute builds one from its
+/// arguments at compile time.
 ///
 /// # Default
 ///
@@ -94,7 +96,7 @@ pub struct Policy {
     pub(crate) max_attempts: u32,
     pub(crate) options: TxOptions,
     pub(crate) backoff: Backoff,
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) budget: Option<Duration>,
     pub(crate) retry_on: Cow<'static, [SqlState]>,
     pub(crate) idempotent: bool,
     pub(crate) on_retry: Option<RetryHook>,
@@ -128,9 +130,9 @@ impl Policy {
         &self.backoff
     }
 
-    /// The total time budget, if any.
-    pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
+    /// The total time budget, if any (see [`PolicyBuilder::budget`]).
+    pub fn budget(&self) -> Option<Duration> {
+        self.budget
     }
 
     /// SQLSTATEs retried in addition to `40001` and `40P01`.
@@ -143,17 +145,16 @@ impl Policy {
         self.idempotent
     }
 
-    #[doc(hidden)]
+    /// The policy of an annotated function: what
+    /// [`__private::attribute_policy`](crate::__private::attribute_policy) builds.
     #[allow(clippy::too_many_arguments)]
-    /// Not public API: the attribute validates its arguments at compile time and builds the
-    /// policy with this.
-    pub const fn __from_attribute(
+    pub(crate) const fn from_attribute(
         max_attempts: u32,
         isolation: IsolationLevel,
         read_only: bool,
         deferrable: bool,
         backoff: Backoff,
-        timeout: Option<Duration>,
+        budget: Option<Duration>,
         retry_on: &'static [SqlState],
         idempotent: bool,
     ) -> Policy {
@@ -165,11 +166,37 @@ impl Policy {
                 deferrable,
             },
             backoff,
-            timeout,
+            budget,
             retry_on: Cow::Borrowed(retry_on),
             idempotent,
             on_retry: None,
         }
+    }
+
+    // Kept only until the attribute calls `__private::attribute_policy`, as the macro-core
+    // contract says; remove it then.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn __from_attribute(
+        max_attempts: u32,
+        isolation: IsolationLevel,
+        read_only: bool,
+        deferrable: bool,
+        backoff: Backoff,
+        budget: Option<Duration>,
+        retry_on: &'static [SqlState],
+        idempotent: bool,
+    ) -> Policy {
+        Policy::from_attribute(
+            max_attempts,
+            isolation,
+            read_only,
+            deferrable,
+            backoff,
+            budget,
+            retry_on,
+            idempotent,
+        )
     }
 }
 
@@ -179,7 +206,7 @@ impl Default for Policy {
             max_attempts: Policy::DEFAULT_MAX_ATTEMPTS,
             options: TxOptions::default(),
             backoff: Backoff::default(),
-            timeout: None,
+            budget: None,
             retry_on: Cow::Borrowed(&[]),
             idempotent: false,
             on_retry: None,
@@ -193,7 +220,7 @@ impl fmt::Debug for Policy {
             .field("max_attempts", &self.max_attempts)
             .field("options", &self.options)
             .field("backoff", &self.backoff)
-            .field("timeout", &self.timeout)
+            .field("budget", &self.budget)
             .field("retry_on", &self.retry_on)
             .field("idempotent", &self.idempotent)
             .field("on_retry", &self.on_retry.as_ref().map(|_| ".."))
@@ -212,7 +239,7 @@ impl fmt::Debug for Policy {
 ///     .max_attempts(8)
 ///     .isolation(IsolationLevel::RepeatableRead)
 ///     .backoff(Backoff::exponential(Duration::from_millis(2), Duration::from_millis(200)))
-///     .timeout(Duration::from_secs(2))
+///     .budget(Duration::from_secs(2))
 ///     .retry_on(["55P03"])
 ///     .build()?;
 /// assert_eq!(policy.max_attempts(), 8);
@@ -265,8 +292,8 @@ impl PolicyBuilder {
     /// up to 1 ms by which tokio's millisecond timer can lengthen a sleep. A running attempt is
     /// not interrupted (use `statement_timeout` for that), so a call ends at the latest one
     /// attempt's duration after the budget.
-    pub fn timeout(mut self, budget: Duration) -> Self {
-        self.policy.timeout = Some(budget);
+    pub fn budget(mut self, budget: Duration) -> Self {
+        self.policy.budget = Some(budget);
         self
     }
 
@@ -282,7 +309,9 @@ impl PolicyBuilder {
                 Some(code) => self.retry_on.push(code),
                 None => {
                     self.error
-                        .get_or_insert(PolicyError::InvalidSqlState(code.as_ref().to_owned()));
+                        .get_or_insert(PolicyError::InvalidSqlState(InvalidSqlState::new(
+                            code.as_ref(),
+                        )));
                 }
             }
         }
@@ -315,8 +344,8 @@ impl PolicyBuilder {
         if o.deferrable && !(o.read_only && o.isolation == IsolationLevel::Serializable) {
             return Err(PolicyError::Deferrable);
         }
-        if policy.timeout == Some(Duration::ZERO) {
-            return Err(PolicyError::ZeroTimeout);
+        if policy.budget == Some(Duration::ZERO) {
+            return Err(PolicyError::ZeroBudget);
         }
         policy.backoff.validate()?;
         if !self.retry_on.is_empty() {
@@ -326,14 +355,21 @@ impl PolicyBuilder {
     }
 }
 
-/// A [`Policy`] setting that cannot work.
+/// A [`Policy`] setting that cannot work: what [`PolicyBuilder::build`] returns instead of
+/// panicking.
+///
+/// ```
+/// use sqlx_retry_core::{Policy, PolicyError};
+///
+/// assert_eq!(Policy::builder().max_attempts(0).build().unwrap_err(), PolicyError::ZeroAttempts);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PolicyError {
     /// `max_attempts` was 0; at least one attempt is needed.
     ZeroAttempts,
     /// A `retry_on` code is not a SQLSTATE.
-    InvalidSqlState(String),
+    InvalidSqlState(InvalidSqlState),
     /// `deferrable` without `read_only` at `Serializable`.
     Deferrable,
     /// A backoff base or cap of zero.
@@ -346,17 +382,14 @@ pub enum PolicyError {
         cap: Duration,
     },
     /// A time budget of zero would allow no attempt.
-    ZeroTimeout,
+    ZeroBudget,
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PolicyError::ZeroAttempts => f.write_str("max_attempts must be at least 1"),
-            PolicyError::InvalidSqlState(code) => write!(
-                f,
-                "`{code}` is not a SQLSTATE: expected five characters from 0-9 and A-Z, such as `40001`"
-            ),
+            PolicyError::InvalidSqlState(err) => err.fmt(f),
             PolicyError::Deferrable => {
                 f.write_str("deferrable needs read_only and the serializable isolation level")
             }
@@ -366,42 +399,23 @@ impl fmt::Display for PolicyError {
             PolicyError::InvertedBackoff { base, cap } => {
                 write!(f, "backoff base {base:?} is larger than its cap {cap:?}")
             }
-            PolicyError::ZeroTimeout => f.write_str("timeout must be greater than zero"),
+            PolicyError::ZeroBudget => f.write_str("the time budget must be greater than zero"),
         }
     }
 }
 
-impl std::error::Error for PolicyError {}
+impl std::error::Error for PolicyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PolicyError::InvalidSqlState(err) => Some(err),
+            _ => None,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn begin_statements_are_single_statements() {
-        let o = |isolation, read_only, deferrable| TxOptions {
-            isolation,
-            read_only,
-            deferrable,
-        };
-        use IsolationLevel::*;
-        assert_eq!(
-            o(Serializable, false, false).postgres_begin(),
-            "BEGIN ISOLATION LEVEL SERIALIZABLE"
-        );
-        assert_eq!(
-            o(Serializable, true, true).postgres_begin(),
-            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE"
-        );
-        assert_eq!(
-            o(RepeatableRead, true, false).postgres_begin(),
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-        );
-        assert_eq!(
-            o(ReadCommitted, false, false).postgres_begin(),
-            "BEGIN ISOLATION LEVEL READ COMMITTED"
-        );
-    }
 
     #[test]
     fn builder_rejects_bad_input_without_panicking() {
@@ -410,7 +424,7 @@ mod tests {
             (Policy::builder().max_attempts(0), PolicyError::ZeroAttempts),
             (
                 Policy::builder().retry_on(["40001", "4000X1"]),
-                PolicyError::InvalidSqlState("4000X1".into()),
+                PolicyError::InvalidSqlState(InvalidSqlState::new("4000X1")),
             ),
             (Policy::builder().deferrable(true), PolicyError::Deferrable),
             (
@@ -432,8 +446,8 @@ mod tests {
                 },
             ),
             (
-                Policy::builder().timeout(Duration::ZERO),
-                PolicyError::ZeroTimeout,
+                Policy::builder().budget(Duration::ZERO),
+                PolicyError::ZeroBudget,
             ),
         ];
         for (builder, want) in cases {

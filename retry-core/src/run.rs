@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backoff::Delays;
-use crate::classify::{Class, CommitUnknown, ConflictKind, classify_conflict};
 use crate::effects::{self, Registry, Scoped};
+use crate::error::{Class, CommitUnknown, classify_conflict, event_message};
 use crate::metrics::{self, Outcome};
-use crate::{BeginTransaction, OpenTransaction, Policy, RetryInfo, SqlState, TransactionSource};
+use crate::source::{BeginTransaction, OpenTransaction, TransactionSource};
+use crate::{ConflictKind, Policy, RetryInfo, SqlState};
 
 /// A boxed, `Send` future borrowing for `'a`: what a [`transaction`] body returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -30,7 +31,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// }
 /// ```
 ///
-/// When the source's transaction is [joined](crate::Joined) (an annotated function called with
+/// When the source's transaction is [joined](crate::source::Joined) (an annotated function called with
 /// an outer function's `tx`, or with a `&mut sqlx::Transaction`), the loop makes exactly one
 /// attempt: `finish` always returns `Some(out)` unchanged, sends no COMMIT or ROLLBACK and never
 /// sleeps, and the after-commit effects go to the outer attempt.
@@ -94,7 +95,7 @@ impl<'p> Attempts<'p> {
     }
 
     /// Whether the current attempt joined a transaction that was already open (see
-    /// [`Joined`](crate::Joined)).
+    /// [`Joined`](crate::source::Joined)).
     pub fn is_joined(&self) -> bool {
         self.joined
     }
@@ -138,7 +139,9 @@ impl<'p> Attempts<'p> {
             Err(err) => {
                 metrics::attempt(self.name);
                 let (class, kind) = classify_conflict(&err, &self.policy.retry_on);
-                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), kind, &err) {
+                if self.is_retryable(class)
+                    && self.schedule_retry(class.sqlstate(), kind, &event_message(&err))
+                {
                     Ok(None)
                 } else {
                     self.end(if self.exhausted {
@@ -159,7 +162,7 @@ impl<'p> Attempts<'p> {
     ///
     /// In a joined attempt the registry is handed to the outer attempt on success; when there is
     /// no outer attempt (a `&mut Transaction` source outside any retried body), no registry is
-    /// installed and `after_commit` reports [`NoTransaction`](crate::NoTransaction).
+    /// installed and `after_commit` reports [`NoTransaction`](crate::error::NoTransaction).
     pub fn scope<F: Future>(&mut self, body: F) -> Scoped<F> {
         let registry = if self.joined {
             self.outer_effects = effects::current();
@@ -191,31 +194,31 @@ impl<'p> Attempts<'p> {
     /// - A joined attempt returns `Some(out)` as is: no classification, no retry.
     ///
     /// The future is boxed for the same reason as [`begin`](Self::begin)'s.
-    pub fn finish<'a, X, T, E, C>(
+    pub fn finish<'a, X, T, E, Chain>(
         &'a mut self,
         tx: X,
         out: Result<T, E>,
-        chain: C,
+        chain: Chain,
     ) -> BoxFuture<'a, Option<Result<T, E>>>
     where
         X: OpenTransaction + 'a,
         T: Send + 'a,
         E: From<sqlx::Error> + Send + 'a,
-        C: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
     {
         Box::pin(self.finish_inner(tx, out, chain))
     }
 
-    async fn finish_inner<X, T, E, C>(
+    async fn finish_inner<X, T, E, Chain>(
         &mut self,
         tx: X,
         out: Result<T, E>,
-        chain: C,
+        chain: Chain,
     ) -> Option<Result<T, E>>
     where
         X: OpenTransaction,
         E: From<sqlx::Error>,
-        C: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
     {
         let effects = self.effects.take();
         if self.joined {
@@ -238,7 +241,7 @@ impl<'p> Attempts<'p> {
                 }
                 Err(err) => match classify_conflict(&err, &self.policy.retry_on) {
                     (Class::Conflict(code), kind) => {
-                        if self.schedule_retry(Some(code), kind, &err) {
+                        if self.schedule_retry(Some(code), kind, &event_message(&err)) {
                             None
                         } else {
                             self.end(Outcome::Exhausted);
@@ -255,7 +258,7 @@ impl<'p> Attempts<'p> {
                         let unknown = CommitUnknown::into_sqlx_error(err);
                         if self.policy.idempotent
                             && self.reconnects
-                            && self.schedule_retry(None, None, &unknown)
+                            && self.schedule_retry(None, None, &event_message(&unknown))
                         {
                             None
                         } else {
@@ -274,10 +277,16 @@ impl<'p> Attempts<'p> {
                 },
             },
             Err(err) => {
-                let (class, kind) = match chain(&err) {
+                let cause = chain(&err);
+                let (class, kind) = match cause {
                     Some(e) => classify_conflict(e, &self.policy.retry_on),
                     None => (Class::Permanent, None),
                 };
+                // The retry event's text is read now: the chain borrows `err` and is not `Send`
+                // across the ROLLBACK. Without a chain the class is `Permanent`.
+                let message = cause
+                    .filter(|_| self.is_retryable(class))
+                    .map(event_message);
                 if let Err(rollback) = tx.rollback().await {
                     tracing::warn!(
                         attempt = self.attempt,
@@ -285,7 +294,9 @@ impl<'p> Attempts<'p> {
                         "ROLLBACK failed; returning or retrying on the error that caused it"
                     );
                 }
-                if self.is_retryable(class) && self.schedule_retry(class.sqlstate(), kind, &class) {
+                if let Some(message) = message
+                    && self.schedule_retry(class.sqlstate(), kind, &message)
+                {
                     None
                 } else {
                     self.end(if self.exhausted {
@@ -347,11 +358,15 @@ impl<'p> Attempts<'p> {
 
     /// Decides whether another attempt fits in the policy; if so records the delay to sleep
     /// before it and reports the retry.
+    ///
+    /// The event names the cause by its SQLSTATE, `message` (from [`event_message`], in field
+    /// `error`) and the conflict kind, at every phase alike; never by the error's `Debug`, which
+    /// carries PostgreSQL's DETAIL and with it row data ("Key (email)=(…) already exists").
     fn schedule_retry(
         &mut self,
         sqlstate: Option<SqlState>,
         kind: Option<ConflictKind>,
-        cause: &dyn std::fmt::Debug,
+        message: &str,
     ) -> bool {
         let code = sqlstate.as_ref().map(SqlState::as_str).unwrap_or("");
         if self.attempt >= self.policy.max_attempts {
@@ -367,7 +382,7 @@ impl<'p> Attempts<'p> {
         let delays = self
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
-        let Some(delay) = delays.next_delay() else {
+        let Some(delay) = delays.next() else {
             tracing::warn!(
                 attempts = self.attempt,
                 sqlstate = code,
@@ -375,7 +390,7 @@ impl<'p> Attempts<'p> {
             );
             return self.give_up();
         };
-        if let Some(budget) = policy.timeout
+        if let Some(budget) = policy.budget
             && self
                 .started
                 .elapsed()
@@ -396,7 +411,7 @@ impl<'p> Attempts<'p> {
             sqlstate = code,
             conflict = kind.as_ref().map_or("", ConflictKind::as_str),
             delay_ms = delay.as_secs_f64() * 1e3,
-            cause = ?cause,
+            error = message,
             "retrying transaction"
         );
         metrics::retry(self.name, sqlstate.as_ref());
@@ -449,13 +464,13 @@ impl<'p> Attempts<'p> {
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn transaction<S, C, T, E, F>(source: S, policy: &Policy, body: F) -> Result<T, E>
+pub async fn transaction<S, Conn, T, E, F>(source: S, policy: &Policy, body: F) -> Result<T, E>
 where
-    S: TransactionSource<C>,
-    C: ?Sized,
+    S: TransactionSource<Conn>,
+    Conn: ?Sized,
     T: Send,
     E: StdError + From<sqlx::Error> + Send + 'static,
-    F: for<'c> FnMut(&'c mut C) -> BoxFuture<'c, Result<T, E>>,
+    F: for<'c> FnMut(&'c mut Conn) -> BoxFuture<'c, Result<T, E>>,
 {
     transaction_with(
         source,
@@ -482,10 +497,10 @@ where
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn transaction_with<S, Conn, T, E, F, C>(
+pub async fn transaction_with<S, Conn, T, E, F, Chain>(
     mut source: S,
     policy: &Policy,
-    chain: C,
+    chain: Chain,
     mut body: F,
 ) -> Result<T, E>
 where
@@ -494,7 +509,7 @@ where
     T: Send,
     E: From<sqlx::Error> + Send,
     F: for<'c> FnMut(&'c mut Conn) -> BoxFuture<'c, Result<T, E>>,
-    C: Fn(&E) -> Option<&(dyn StdError + 'static)> + Sync,
+    Chain: Fn(&E) -> Option<&(dyn StdError + 'static)> + Sync,
 {
     let span = tracing::info_span!("transaction");
     async move {

@@ -91,9 +91,27 @@ impl fmt::Debug for SqlState {
     }
 }
 
-/// The error returned when a string is not a valid SQLSTATE.
+/// The error returned when a string is not a valid SQLSTATE: by [`str::parse`] and, for a
+/// `retry_on` code, by [`PolicyBuilder::build`](crate::PolicyBuilder::build).
+///
+/// ```
+/// # use sqlx_retry_core::SqlState;
+/// let err = "4000X1".parse::<SqlState>().unwrap_err();
+/// assert_eq!(err.input(), "4000X1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidSqlState(pub String);
+pub struct InvalidSqlState(String);
+
+impl InvalidSqlState {
+    pub(crate) fn new(input: &str) -> Self {
+        InvalidSqlState(input.to_owned())
+    }
+
+    /// The string that is not a SQLSTATE.
+    pub fn input(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for InvalidSqlState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,7 +129,7 @@ impl FromStr for SqlState {
     type Err = InvalidSqlState;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SqlState::new(s).ok_or_else(|| InvalidSqlState(s.to_owned()))
+        SqlState::new(s).ok_or_else(|| InvalidSqlState::new(s))
     }
 }
 

@@ -150,7 +150,7 @@ impl Tally {
 
 /// The SQLSTATE of an error (through its source chain) as a string.
 pub fn code_of(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    sqlx_retry::sqlstate(err).map(|c| c.as_str().to_owned())
+    sqlx_retry::error::sqlstate(err).map(|c| c.as_str().to_owned())
 }
 
 /// Polls `check` every 20 ms until it returns true or `limit` passes; returns the last result.

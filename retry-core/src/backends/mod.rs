@@ -1,15 +1,65 @@
-//! MySQL/MariaDB and SQLite: how their transactions start, the connection sources, and the
-//! errors that mean "run the transaction again".
+//! The databases: for each, how its transactions start and which of its errors mean "run the
+//! transaction again", one module per database. Shared code dispatches here: the sources ask
+//! [`Backend::begin_statement`], classification asks [`classify`] and [`conflict_kind`].
 //!
-//! PostgreSQL lives in `source.rs`, next to the traits; everything here is behind the `mysql`
-//! and `sqlite` features.
+//! PostgreSQL's module is always compiled (the mock starts its transactions with PostgreSQL's
+//! statements, and its SQLSTATE rules are the rules for any database error another backend does
+//! not claim); its sources need the `postgres` feature. MySQL/MariaDB and SQLite are behind the
+//! `mysql` and `sqlite` features.
 
 use std::fmt;
 
+use sqlx::Database;
+use sqlx::error::DatabaseError;
+
+use crate::error::Class;
+use crate::policy::TxOptions;
+use crate::{ConflictKind, SqlState};
+
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+
+/// A database whose transactions the retry loop knows how to start: `sqlx::Postgres`,
+/// `sqlx::MySql` and `sqlx::Sqlite`, with their features.
+///
+/// Sealed: it is public only because the pool source (`&Pool<DB>`) names it in its bounds, and
+/// it lives in a private module, so it cannot be implemented outside this crate. To start
+/// transactions some other way, implement
+/// [`BeginTransaction`](crate::source::BeginTransaction) for your own source instead.
+pub trait Backend: Database {
+    /// The statement that starts a transaction with `options`, or an error naming the option the
+    /// database does not support.
+    fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error>;
+}
+
+/// The class of a database error: the backend whose error it is decides; PostgreSQL's SQLSTATE
+/// rules decide for everything else that carries a SQLSTATE.
+pub(crate) fn classify(db: &dyn DatabaseError, retry_on: &[SqlState]) -> Class {
+    // Backend-specific rules first: errors whose code alone does not say enough (MySQL's
+    // catch-all `HY000`) or is not a SQLSTATE at all (SQLite's result codes).
+    #[cfg(feature = "mysql")]
+    if let Some(class) = mysql::classify(db) {
+        return class;
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(class) = sqlite::classify(db) {
+        return class;
+    }
+    match db.code().and_then(|c| SqlState::new(&c)) {
+        Some(code) => postgres::classify(code, retry_on),
+        None => Class::Permanent,
+    }
+}
+
+/// The kind of conflict a database error reports; `None` without a SQLSTATE. Only PostgreSQL
+/// tells kinds apart; other databases' conflicts are [`ConflictKind::Other`] or, for `40P01`,
+/// [`ConflictKind::Deadlock`].
+pub(crate) fn conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
+    postgres::conflict_kind(db)
+}
 
 /// A transaction option the database cannot honour, e.g. `deferrable` on MySQL or
 /// `isolation = "read_committed"` on SQLite.
@@ -18,7 +68,7 @@ pub(crate) mod sqlite;
 /// [`sqlx::Error::Configuration`] whose source is this error; the call is not retried.
 ///
 /// ```
-/// # use sqlx_retry_core::UnsupportedTxOption;
+/// # use sqlx_retry_core::error::UnsupportedTxOption;
 /// # fn check(err: &sqlx::Error) -> Option<&UnsupportedTxOption> {
 /// match err {
 ///     sqlx::Error::Configuration(e) => e.downcast_ref::<UnsupportedTxOption>(),

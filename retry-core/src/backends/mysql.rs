@@ -33,8 +33,10 @@ use sqlx::MySql;
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
 
-use super::UnsupportedTxOption;
-use crate::{Backend, Class, IsolationLevel, SqlState, TxOptions};
+use super::{Backend, UnsupportedTxOption};
+use crate::error::Class;
+use crate::policy::TxOptions;
+use crate::{IsolationLevel, SqlState};
 
 /// `ER_CHECKREAD`: "Record has changed since last read in table"; MariaDB raises it at
 /// `REPEATABLE READ` with `innodb_snapshot_isolation=ON` (the default from 11.6.2).
@@ -151,6 +153,6 @@ mod tests {
             err.to_string().contains("DEFERRABLE is PostgreSQL-only"),
             "{err}"
         );
-        assert_eq!(crate::classify_sqlx(&err, &[]), Class::Permanent);
+        assert_eq!(crate::error::classify_sqlx(&err, &[]), Class::Permanent);
     }
 }

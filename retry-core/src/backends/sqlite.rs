@@ -28,8 +28,10 @@ use sqlx::Sqlite;
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::SqliteError;
 
-use super::UnsupportedTxOption;
-use crate::{Backend, Class, IsolationLevel, SqlState, TxOptions};
+use super::{Backend, UnsupportedTxOption};
+use crate::error::Class;
+use crate::policy::TxOptions;
+use crate::{IsolationLevel, SqlState};
 
 /// `SQLITE_BUSY`: another connection holds a conflicting lock.
 const SQLITE_BUSY: i32 = 5;
@@ -125,7 +127,88 @@ mod tests {
             let unsupported = inner.downcast_ref::<UnsupportedTxOption>().unwrap();
             assert_eq!(unsupported.option(), option);
             assert_eq!(unsupported.database(), "SQLite");
-            assert_eq!(crate::classify_sqlx(&err, &[]), Class::Permanent);
+            assert_eq!(crate::error::classify_sqlx(&err, &[]), Class::Permanent);
         }
+    }
+
+    /// Real SQLite errors (their type has no public constructor): every `SQLITE_BUSY` and
+    /// `SQLITE_LOCKED` code is a conflict, everything else permanent.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_result_codes() {
+        use crate::error::{classify, sqlstate};
+        use sqlx::Connection as _;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+
+        let path = std::env::temp_dir().join(format!(
+            "sqlx-retry-classify-{}-{:?}.db",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::ZERO);
+        let result = async {
+            let mut a = sqlx::SqliteConnection::connect_with(&options).await?;
+            let mut b = sqlx::SqliteConnection::connect_with(&options).await?;
+            let run = |sql: &'static str| sqlx::raw_sql(sql);
+            run("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+                .execute(&mut a)
+                .await?;
+            let code = |e: &sqlx::Error| match e {
+                sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                _ => None,
+            };
+            let conflict = Class::Conflict(SqlState::SERIALIZATION_FAILURE);
+
+            // SQLITE_BUSY (5): another connection holds the write lock.
+            run("BEGIN IMMEDIATE").execute(&mut a).await?;
+            let busy = run("BEGIN IMMEDIATE").execute(&mut b).await.unwrap_err();
+            assert_eq!(code(&busy).as_deref(), Some("5"), "{busy}");
+            assert_eq!(classify(&busy, &[]), conflict);
+            assert_eq!(sqlstate(&busy), None);
+            run("COMMIT").execute(&mut a).await?;
+
+            // SQLITE_BUSY_SNAPSHOT (517): a read transaction whose snapshot is stale tries to write.
+            run("BEGIN DEFERRED; SELECT count(*) FROM t")
+                .execute(&mut a)
+                .await?;
+            run("INSERT INTO t VALUES (1)").execute(&mut b).await?;
+            let snapshot = run("INSERT INTO t VALUES (2)")
+                .execute(&mut a)
+                .await
+                .unwrap_err();
+            assert_eq!(code(&snapshot).as_deref(), Some("517"), "{snapshot}");
+            assert_eq!(classify(&snapshot, &[]), conflict);
+            run("ROLLBACK").execute(&mut a).await?;
+
+            // Everything else is permanent: a constraint (1555), a syntax error (1).
+            let dup = run("INSERT INTO t VALUES (1)")
+                .execute(&mut a)
+                .await
+                .unwrap_err();
+            assert_eq!(code(&dup).as_deref(), Some("1555"), "{dup}");
+            assert_eq!(
+                classify(&dup, &[SqlState::UNIQUE_VIOLATION]),
+                Class::Permanent
+            );
+            let syntax = run("SELEC 1").execute(&mut a).await.unwrap_err();
+            assert_eq!(code(&syntax).as_deref(), Some("1"), "{syntax}");
+            assert_eq!(classify(&syntax, &[]), Class::Permanent);
+            a.close().await?;
+            b.close().await
+        }
+        .await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+        result.unwrap();
     }
 }

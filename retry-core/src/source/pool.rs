@@ -1,18 +1,47 @@
-//! The transaction of one attempt on a pooled connection.
+//! The pool source, `&Pool<DB>`: each attempt takes a connection from the pool, so an attempt
+//! whose connection broke is retried on a fresh one.
 //!
 //! sqlx's own `Pool::begin_with` has a cancellation gap: its BEGIN counts as open only once the
 //! server's reply arrived, so a call dropped while BEGIN is in flight returns the connection to
 //! the pool *inside* the new transaction, and whatever runs next on it runs in that leftover
 //! transaction. Here the connection is closed instead when BEGIN does not complete.
 
+use std::future::Future;
+
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool, SqlStr};
 use sqlx_core::transaction::TransactionManager;
 
-use crate::OpenTransaction;
+use super::{BeginTransaction, OpenTransaction};
+use crate::backends::Backend;
+use crate::policy::TxOptions;
+
+impl<'s, 'p, DB: Backend> BeginTransaction<'s> for &'p Pool<DB> {
+    type Conn = DB::Connection;
+    type Tx = PoolTransaction<DB>;
+
+    fn begin(
+        &'s mut self,
+        options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's {
+        let pool: &'p Pool<DB> = self;
+        let statement = DB::begin_statement(&options);
+        async move {
+            let statement = sqlx::SqlSafeStr::into_sql_str(statement?);
+            PoolTransaction::begin(pool, statement).await
+        }
+    }
+
+    fn reconnects(&self) -> bool {
+        true
+    }
+}
 
 /// An open transaction on a connection taken from a pool, returned to the pool when the attempt
-/// ends. Dropped while open (the call was cancelled), it queues a ROLLBACK that the pool flushes
+/// ends: the transaction type of the pool source. You meet it only when driving a
+/// [`BeginTransaction`] source by hand.
+///
+/// Dropped while open (the call was cancelled), it queues a ROLLBACK that the pool flushes
 /// before anyone else uses the connection, as sqlx's `Transaction` does.
 pub struct PoolTransaction<DB: Database> {
     conn: PoolConnection<DB>,

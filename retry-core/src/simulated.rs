@@ -1,0 +1,78 @@
+//! A database error with a chosen SQLSTATE: the errors the mock source reports, and a fixture
+//! for unit tests of classification.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+
+use sqlx::error::{DatabaseError, ErrorKind};
+
+use crate::SqlState;
+
+/// A database error with a given SQLSTATE, for tests and for the mock transaction source.
+///
+/// Use it to test your own error handling (a function that branches on
+/// [`sqlstate`](crate::error::sqlstate), an `on_retry` hook) without a database.
+///
+/// ```
+/// # use sqlx_retry_core::SqlState;
+/// # use sqlx_retry_core::error::{classify, Class};
+/// use sqlx_retry_core::mock::SimulatedDbError;
+/// let err = SimulatedDbError::sqlx(SqlState::SERIALIZATION_FAILURE, "could not serialize access");
+/// assert_eq!(classify(&err, &[]), Class::Conflict(SqlState::SERIALIZATION_FAILURE));
+/// ```
+#[derive(Debug, Clone)]
+pub struct SimulatedDbError {
+    code: SqlState,
+    message: String,
+}
+
+impl SimulatedDbError {
+    /// A [`sqlx::Error::Database`] carrying `code` and `message`.
+    pub fn sqlx(code: SqlState, message: impl Into<String>) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(SimulatedDbError {
+            code,
+            message: message.into(),
+        }))
+    }
+}
+
+impl fmt::Display for SimulatedDbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)
+    }
+}
+
+impl StdError for SimulatedDbError {}
+
+impl DatabaseError for SimulatedDbError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self.code.as_str()))
+    }
+
+    fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self.code.as_str() {
+            "23505" => ErrorKind::UniqueViolation,
+            "23503" => ErrorKind::ForeignKeyViolation,
+            "23502" => ErrorKind::NotNullViolation,
+            "23514" => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}

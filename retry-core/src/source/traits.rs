@@ -1,0 +1,103 @@
+//! The traits a transaction source implements, and the one callers of annotated functions see.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{Database, Transaction};
+
+use super::timer_sleep;
+use crate::policy::TxOptions;
+
+/// One attempt's open transaction.
+///
+/// Dropping it without calling [`commit`](Self::commit) or [`rollback`](Self::rollback) must roll
+/// the transaction back (sqlx's [`Transaction`] queues a ROLLBACK on drop), so a cancelled call
+/// never leaves a session idle in transaction.
+pub trait OpenTransaction: Send {
+    /// What the body works on: `PgConnection` for PostgreSQL sources.
+    type Conn: ?Sized;
+
+    /// The connection the body runs its statements on.
+    fn conn(&mut self) -> &mut Self::Conn;
+
+    /// Sends COMMIT.
+    fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Sends ROLLBACK.
+    fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Whether this "transaction" is a transaction that was already open when the call started
+    /// (see [`Joined`](super::Joined)). The retry loop then runs the body exactly once, sends no COMMIT or
+    /// ROLLBACK of its own (both are no-ops here) and returns the body's result as is, every
+    /// error included, so that the loop that owns the outer transaction decides about retrying.
+    /// The default is `false`.
+    fn is_joined(&self) -> bool {
+        false
+    }
+}
+
+/// Something the retry loop can start transactions on, for a borrow of lifetime `'s`: implement
+/// this for a new kind of source.
+///
+/// The lifetime is a parameter of the trait (as in sqlx's `Acquire<'c>`) rather than of an
+/// associated type so that futures holding a transaction stay provably `Send` when spawned.
+///
+/// Implemented for `&Pool<DB>` (each attempt takes a connection from the pool, so an attempt
+/// whose connection broke is retried on a fresh one), for `&mut PgConnection` (each attempt is a
+/// transaction on that connection; a broken connection ends the call; a connection already
+/// inside a transaction is [joined](super::Joined)), for `&mut Transaction<'_, DB>` (always
+/// joined), and for the mock source (`&MockDb`, and `&mut MockTx` which joins).
+pub trait BeginTransaction<'s>: Send {
+    /// The connection type the body receives as `&mut Self::Conn`.
+    type Conn: ?Sized;
+
+    /// An open transaction borrowed from this source for `'s`.
+    type Tx: OpenTransaction<Conn = Self::Conn> + 's;
+
+    /// Starts a transaction with `options` (one statement on PostgreSQL).
+    fn begin(
+        &'s mut self,
+        options: TxOptions,
+    ) -> impl Future<Output = Result<Self::Tx, sqlx::Error>> + Send + 's;
+
+    /// Waits between attempts. The default waits on tokio's timer, with its millisecond of lag
+    /// taken off (see [`timer_sleep`]). On tokio's paused clock it spends no real time, and the
+    /// clock moves on a tick less than `delay`; the mock source's sleep is exact.
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
+        timer_sleep(delay)
+    }
+
+    /// Whether a later attempt gets a fresh connection after this one's broke. A pool does; a
+    /// single connection does not, so a lost connection is final for it.
+    fn reconnects(&self) -> bool;
+}
+
+/// What callers pass in place of an annotated function's transaction parameter: a source of
+/// transactions whose connection type is `Conn`.
+///
+/// `#[serializable_retry]` turns `tx: &mut PgConnection` into `tx: impl TransactionSource<PgConnection>`,
+/// which `&PgPool`, `&mut PgConnection` and (for a function generic over its connection) the mock
+/// source satisfy. Implemented for every [`BeginTransaction`] source; implement that trait, not
+/// this one.
+pub trait TransactionSource<Conn: ?Sized>: for<'s> BeginTransaction<'s, Conn = Conn> {}
+
+impl<S, Conn: ?Sized> TransactionSource<Conn> for S where
+    S: for<'s> BeginTransaction<'s, Conn = Conn>
+{
+}
+
+impl<DB: Database> OpenTransaction for Transaction<'_, DB> {
+    type Conn = DB::Connection;
+
+    fn conn(&mut self) -> &mut DB::Connection {
+        self
+    }
+
+    fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        Transaction::commit(self)
+    }
+
+    fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        Transaction::rollback(self)
+    }
+}
