@@ -120,6 +120,10 @@ pub mod mock {
     pub use sqlx_retry_core::mock::*;
 }
 
+/// A scripted in-process PostgreSQL server: unit-test unchanged `&mut PgConnection` code.
+#[cfg(feature = "mock-server")]
+pub use sqlx_retry_core::mock_server;
+
 #[doc(hidden)]
 /// Not public API; used by macro-generated code.
 pub mod __private {

@@ -14,6 +14,8 @@ mod effects;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
+#[cfg(feature = "mock-server")]
+pub mod mock_server;
 mod policy;
 mod pool;
 mod run;
