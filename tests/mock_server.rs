@@ -107,3 +107,574 @@ async fn transfer_commits_on_attempt_2_after_a_40001_at_commit() {
     );
     server.expectations_were_met().unwrap();
 }
+
+// -------------------------------------------------------------------------------------------------
+// Every retry path of the attribute.
+// -------------------------------------------------------------------------------------------------
+
+/// A 40001 at a statement: the attempt is rolled back and the whole body runs again.
+#[tokio::test(start_paused = true)]
+async fn a_40001_at_a_statement_reruns_the_whole_body() {
+    let server = start().await;
+    server.expect(
+        Expectation::new(READ)
+            .with_args((1_i64,))
+            .returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
+    );
+    server.expect(Expectation::new(DEBIT).with_args((30_i64, 1_i64)));
+    expect_transfer(&server, 100);
+    server.fail(1, Phase::Statement(2), Fault::sqlstate("40001"));
+
+    assert!(transfer(&server.pool(), 1, 2, 30).await.unwrap());
+
+    let script = server.script();
+    assert_eq!(
+        script,
+        lines(&[
+            &attempt_lines(1)[..2],
+            &[s(&format!("#1 {DEBIT} [30, 1] -> 40001")), s("#1 ROLLBACK")],
+            &attempt_lines(1),
+            &[s("#1 COMMIT")],
+        ])
+    );
+    server.expectations_were_met().unwrap();
+}
+
+/// Deadlocks are retried too, at a statement and at COMMIT.
+#[tokio::test(start_paused = true)]
+async fn a_40p01_at_a_statement_or_at_commit_is_retried() {
+    for phase in [Phase::Statement(3), Phase::Commit] {
+        let server = start().await;
+        for _ in 0..2 {
+            expect_transfer(&server, 100);
+        }
+        server.fail(1, phase, Fault::sqlstate("40P01"));
+
+        assert!(transfer(&server.pool(), 1, 2, 30).await.unwrap());
+
+        assert_eq!(server.attempts(), 2, "{phase:?}");
+        let failed: Vec<_> = server
+            .events()
+            .into_iter()
+            .filter(|e| e.outcome != Outcome::Ok && e.outcome != Outcome::NoTransaction)
+            .map(|e| (e.attempt, e.outcome))
+            .collect();
+        assert_eq!(failed, [(Some(1), Outcome::Error("40P01".into()))], "{phase:?}");
+        assert!(server.script().last().unwrap().ends_with("COMMIT"));
+        server.expectations_were_met().unwrap();
+    }
+}
+
+/// The error the caller sees carries the fields the server sent: classification tells a row
+/// write conflict (a statement) from a dependency cycle (`predicate.c`, at COMMIT).
+#[tokio::test(start_paused = true)]
+async fn exhausted_attempts_return_the_last_40001_with_its_fields() {
+    #[serializable_retry(max = 3)]
+    async fn read(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
+            .bind(1_i64)
+            .fetch_one(&mut *tx)
+            .await
+    }
+
+    let server = start().await;
+    server.stub(
+        Expectation::new(READ)
+            .returns(Rows::new([("balance", PgType::Int8)]).row((5_i64,)))
+            .times(3),
+    );
+    for attempt in 1..=3 {
+        server.fail(attempt, Phase::Commit, Fault::sqlstate("40001"));
+    }
+
+    let err = read(&server.pool()).await.unwrap_err();
+
+    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "40001");
+    assert_eq!(
+        sqlx_retry::conflict_kind(&err),
+        Some(ConflictKind::Dependency)
+    );
+    let db = err.as_database_error().unwrap();
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().unwrap();
+    assert_eq!(pg.file(), Some("predicate.c"));
+    assert!(pg.detail().unwrap().starts_with("Reason code:"));
+    assert_eq!(server.attempts(), 3);
+    let commits = server
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Commit)
+        .count();
+    assert_eq!(commits, 3);
+    server.expectations_were_met().unwrap();
+}
+
+/// A 40001 scripted with `fail_with` and any fields: here a row write conflict at COMMIT.
+#[tokio::test(start_paused = true)]
+async fn a_40001_at_a_statement_reads_as_a_row_write_conflict() {
+    let server = start().await;
+    server.expect(
+        Expectation::new(READ)
+            .with_args((1_i64,))
+            .fails(PgError::row_write_conflict().table("accounts")),
+    );
+    let mut conn = PgConnection::connect_with(&server.connect_options())
+        .await
+        .unwrap();
+
+    let err = sqlx::query_scalar::<_, i64>(READ)
+        .bind(1_i64)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_err();
+
+    assert_eq!(sqlx_retry::conflict_kind(&err), Some(ConflictKind::RowWrite));
+    let db = err.as_database_error().unwrap();
+    assert_eq!(db.table(), Some("accounts"));
+    server.expectations_were_met().unwrap();
+}
+
+/// A non-retryable error is returned after one attempt, which is rolled back.
+#[tokio::test(start_paused = true)]
+async fn a_non_retryable_error_is_returned_after_one_attempt() {
+    let server = start().await;
+    server
+        .expect(
+            Expectation::new(READ)
+                .returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
+        )
+        .expect(Expectation::new(DEBIT).fails(
+            PgError::new("23514")
+                .message("new row for relation \"accounts\" violates check constraint \"accounts_balance_check\"")
+                .constraint("accounts_balance_check"),
+        ));
+
+    let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
+
+    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "23514");
+    assert_eq!(
+        err.as_database_error().unwrap().constraint(),
+        Some("accounts_balance_check")
+    );
+    assert_eq!(
+        server.script(),
+        [
+            s("#1 BEGIN ISOLATION LEVEL SERIALIZABLE"),
+            format!("#1 {READ} [1]"),
+            format!("#1 {DEBIT} [30, 1] -> 23514"),
+            s("#1 ROLLBACK"),
+        ]
+    );
+    server.expectations_were_met().unwrap();
+}
+
+/// A connection lost before COMMIT was sent: the transaction did not commit, so the pool's next
+/// connection runs the whole body again.
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_before_commit_is_retried_on_a_new_connection() {
+    let server = start().await;
+    server.expect(
+        Expectation::new(READ)
+            .with_args((1_i64,))
+            .returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
+    );
+    server.expect(Expectation::new(DEBIT).with_args((30_i64, 1_i64)));
+    expect_transfer(&server, 100);
+    server.fail(1, Phase::Statement(2), Fault::ConnectionLost);
+
+    assert!(transfer(&server.pool(), 1, 2, 30).await.unwrap());
+
+    assert_eq!(
+        server.script(),
+        lines(&[
+            &attempt_lines(1)[..2],
+            &[s(&format!("#1 {DEBIT} [30, 1] -> connection lost"))],
+            &attempt_lines(2),
+            &[s("#2 COMMIT")],
+        ])
+    );
+    assert_eq!(server.connections(), 2);
+    server.expectations_were_met().unwrap();
+}
+
+/// A connection lost while COMMIT was in flight: the outcome is unknown, so the call returns
+/// the commit-unknown error and does not retry, whether or not the server had committed.
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_during_commit_is_commit_unknown_and_not_retried() {
+    for (fault, outcome) in [
+        (Fault::ConnectionLost, Outcome::ConnectionLost),
+        (Fault::CommitReplyLost, Outcome::CommitReplyLost),
+    ] {
+        let server = start().await;
+        expect_transfer(&server, 100);
+        server.fail(1, Phase::Commit, fault.clone());
+
+        let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
+
+        assert!(sqlx_retry::is_commit_unknown(&err), "{fault:?}: {err}");
+        assert_eq!(server.attempts(), 1, "{fault:?}");
+        let last = server.events().pop().unwrap();
+        assert_eq!((last.kind, last.outcome), (EventKind::Commit, outcome));
+        server.expectations_were_met().unwrap();
+    }
+}
+
+/// `idempotent` retries a COMMIT whose outcome is unknown.
+#[tokio::test(start_paused = true)]
+async fn an_idempotent_function_retries_a_commit_whose_reply_was_lost() {
+    #[serializable_retry(idempotent)]
+    async fn touch(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sessions SET seen = now() WHERE id = $1")
+            .bind(9_i64)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    let server = start().await;
+    server.stub(Expectation::new("UPDATE sessions SET seen = now() WHERE id = $1").affects(1));
+    server.fail(1, Phase::Commit, Fault::CommitReplyLost);
+
+    touch(&server.pool()).await.unwrap();
+
+    assert_eq!(
+        server.script(),
+        [
+            "#1 BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "#1 UPDATE sessions SET seen = now() WHERE id = $1 [9]",
+            "#1 COMMIT -> committed, reply lost",
+            "#2 BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "#2 UPDATE sessions SET seen = now() WHERE id = $1 [9]",
+            "#2 COMMIT",
+        ]
+    );
+    server.expectations_were_met().unwrap();
+}
+
+/// A failed BEGIN on a broken connection is retried; a BEGIN refused with an error is not.
+#[tokio::test(start_paused = true)]
+async fn begin_faults() {
+    let server = start().await;
+    expect_transfer(&server, 100);
+    server.fail(1, Phase::Begin, Fault::ConnectionLost);
+    assert!(transfer(&server.pool(), 1, 2, 30).await.unwrap());
+    assert_eq!(
+        server.script()[..2],
+        [
+            "#1 BEGIN ISOLATION LEVEL SERIALIZABLE -> connection lost",
+            "#2 BEGIN ISOLATION LEVEL SERIALIZABLE",
+        ]
+    );
+    server.expectations_were_met().unwrap();
+
+    let server = start().await;
+    server.fail(1, Phase::Begin, Fault::sqlstate("53300"));
+    let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
+    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "53300");
+    assert_eq!(
+        server.script(),
+        ["#1 BEGIN ISOLATION LEVEL SERIALIZABLE -> 53300"]
+    );
+}
+
+/// Effects registered with `after_commit` run once, after the COMMIT that succeeded, however
+/// many attempts it took.
+#[tokio::test(start_paused = true)]
+async fn after_commit_effects_run_once() {
+    #[serializable_retry]
+    async fn place_order(
+        tx: &mut PgConnection,
+        customer: i64,
+        sent: Arc<AtomicU32>,
+    ) -> Result<i64, sqlx::Error> {
+        let order: i64 =
+            sqlx::query_scalar("INSERT INTO orders (customer) VALUES ($1) RETURNING id")
+                .bind(customer)
+                .fetch_one(&mut *tx)
+                .await?;
+        after_commit(async move {
+            sent.fetch_add(1, Ordering::SeqCst);
+        })?;
+        Ok(order)
+    }
+
+    let server = start().await;
+    for id in [41_i64, 42, 43] {
+        server.expect(
+            Expectation::new("INSERT INTO orders (customer) VALUES ($1) RETURNING id")
+                .with_args((7_i64,))
+                .returns(Rows::new([("id", PgType::Int8)]).row((id,))),
+        );
+    }
+    server
+        .fail(1, Phase::Commit, Fault::sqlstate("40001"))
+        .fail(2, Phase::Statement(1), Fault::sqlstate("40P01"));
+    let sent = Arc::new(AtomicU32::new(0));
+
+    let order = place_order(&server.pool(), 7, Arc::clone(&sent))
+        .await
+        .unwrap();
+
+    assert_eq!(order, 43);
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(server.attempts(), 3);
+    server.expectations_were_met().unwrap();
+}
+
+// -------------------------------------------------------------------------------------------------
+// The recorded script and the expectations.
+// -------------------------------------------------------------------------------------------------
+
+/// BEGIN is recorded with its isolation level and access mode.
+#[tokio::test(start_paused = true)]
+async fn begin_is_recorded_with_isolation_and_access_mode() {
+    #[serializable_retry(read_only, deferrable)]
+    async fn report(tx: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT name FROM reports LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await
+    }
+
+    let server = start().await;
+    server.expect(
+        Expectation::new("SELECT name FROM reports LIMIT 1")
+            .returns(Rows::new([("name", PgType::Text)]).row((None::<String>,))),
+    );
+
+    assert_eq!(report(&server.pool()).await.unwrap(), None);
+
+    let begin = server.events().remove(0);
+    assert_eq!(begin.conn, 1);
+    assert_eq!(begin.attempt, Some(1));
+    assert_eq!(
+        begin.kind,
+        EventKind::Begin {
+            sql: "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE".into(),
+            isolation: Some(IsolationLevel::Serializable),
+            read_only: true,
+            deferrable: true,
+        }
+    );
+}
+
+/// A statement nobody expected, or with other parameters, is answered with an error and
+/// reported; so is an expectation that never arrived.
+#[tokio::test(start_paused = true)]
+async fn unexpected_statements_and_unmet_expectations_are_reported() {
+    let server = start().await;
+    server
+        .expect(
+            Expectation::new(READ)
+                .with_args((2_i64,))
+                .returns(Rows::new([("balance", PgType::Int8)]).row((1_i64,))),
+        )
+        .expect(Expectation::new("DELETE FROM accounts"));
+
+    let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
+
+    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "XX000");
+    assert!(err.to_string().contains("unexpected statement"), "{err}");
+    assert_eq!(server.attempts(), 1, "not retried");
+    let unmet = server.expectations_were_met().unwrap_err();
+    assert_eq!(unmet.problems().len(), 3, "{unmet}");
+    assert!(unmet.problems()[0].contains(&format!("{READ} [1]")), "{unmet}");
+    assert!(unmet.problems()[1].contains("[2]"), "{unmet}");
+    assert!(unmet.problems()[2].contains("DELETE FROM accounts"), "{unmet}");
+
+    // A fault that never struck is a script error too.
+    let server = start().await;
+    server.fail(2, Phase::Commit, Fault::sqlstate("40001"));
+    let unmet = server.expectations_were_met().unwrap_err();
+    assert!(unmet.problems()[0].contains("never struck"), "{unmet}");
+}
+
+/// Statements may be matched by pattern, and stubs answer any number of times.
+#[tokio::test(start_paused = true)]
+async fn patterns_and_stubs() {
+    let server = start().await;
+    server
+        .stub(
+            Expectation::matching(r"^SELECT balance FROM accounts")
+                .unwrap()
+                .returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
+        )
+        .stub(Expectation::matching("^UPDATE accounts").unwrap().affects(1));
+    server.fail(1, Phase::Commit, Fault::sqlstate("40001"));
+
+    assert!(transfer(&server.pool(), 1, 2, 30).await.unwrap());
+    assert_eq!(server.attempts(), 2);
+    server.expectations_were_met().unwrap();
+
+    assert!(Expectation::matching("(").is_err());
+}
+
+/// A transaction aborted by an error answers `25P02` until it ends, and its COMMIT rolls back,
+/// as PostgreSQL does: a body that swallows an error does not commit its writes.
+#[tokio::test(start_paused = true)]
+async fn an_aborted_transaction_rejects_statements_and_its_commit_rolls_back() {
+    #[serializable_retry]
+    async fn swallow(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let _ignored = sqlx::query("INSERT INTO audit (msg) VALUES ($1)")
+            .bind("first")
+            .execute(&mut *tx)
+            .await;
+        let second = sqlx::query("INSERT INTO audit (msg) VALUES ($1)")
+            .bind("second")
+            .execute(&mut *tx)
+            .await;
+        assert_eq!(sqlx_retry::sqlstate(&second.unwrap_err()).unwrap().as_str(), "25P02");
+        Ok(())
+    }
+
+    let server = start().await;
+    server.expect(
+        Expectation::new("INSERT INTO audit (msg) VALUES ($1)")
+            .fails(PgError::new("23505")),
+    );
+
+    swallow(&server.pool()).await.unwrap();
+
+    assert_eq!(
+        server.script(),
+        [
+            "#1 BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "#1 INSERT INTO audit (msg) VALUES ($1) ['first'] -> 23505",
+            "#1 INSERT INTO audit (msg) VALUES ($1) ['second'] -> 25P02",
+            "#1 COMMIT -> ROLLBACK (transaction was aborted)",
+        ]
+    );
+    server.expectations_were_met().unwrap();
+}
+
+// -------------------------------------------------------------------------------------------------
+// Types: what sqlx decodes from the scripted rows, and what it sends as parameters.
+// -------------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn common_types_decode_as_sqlx_expects() {
+    let server = start().await;
+    let sql = "SELECT * FROM everything WHERE id = $1 AND name = $2 AND ok = $3";
+    let rows = Rows::new([
+        ("i8", PgType::Int8),
+        ("i4", PgType::Int4),
+        ("i2", PgType::Int2),
+        ("t", PgType::Text),
+        ("v", PgType::Varchar),
+        ("b", PgType::Bool),
+        ("n", PgType::Int8),
+        ("f", PgType::Float8),
+        ("bytes", PgType::Bytea),
+    ]);
+    server.stub(
+        Expectation::new(sql)
+            .with_args((1_i64, "ada", true))
+            .returns(
+                rows.row(vec![
+                    Value::Int8(-9_000_000_000),
+                    Value::Int4(7),
+                    Value::Int2(-3),
+                    Value::Text("héllo".into()),
+                    Value::Text("v".into()),
+                    Value::Bool(true),
+                    Value::Null,
+                    Value::Float8(2.5),
+                    Value::Bytea(vec![0, 255]),
+                ]),
+            ),
+    );
+    let pool = server.pool();
+
+    let row = sqlx::query(sql)
+        .bind(1_i64)
+        .bind("ada")
+        .bind(true)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(row.get::<i64, _>("i8"), -9_000_000_000);
+    assert_eq!(row.get::<i32, _>("i4"), 7);
+    assert_eq!(row.get::<i16, _>("i2"), -3);
+    assert_eq!(row.get::<String, _>("t"), "héllo");
+    assert_eq!(row.get::<String, _>("v"), "v");
+    assert!(row.get::<bool, _>("b"));
+    assert_eq!(row.get::<Option<i64>, _>("n"), None);
+    assert_eq!(row.get::<f64, _>("f"), 2.5);
+    assert_eq!(row.get::<Vec<u8>, _>("bytes"), [0, 255]);
+
+    // sqlx's type check applies: an int8 column does not decode into i32, NULL not into i64.
+    let err = row.try_get::<i32, _>("i8").unwrap_err();
+    assert!(matches!(err, sqlx::Error::ColumnDecode { .. }), "{err}");
+    assert!(row.try_get::<i64, _>("n").is_err());
+
+    // The other types are described with their names and OIDs.
+    let sql = "SELECT * FROM other_types";
+    server.stub(
+        Expectation::new(sql).returns(
+            Rows::new([
+                ("n", PgType::Numeric),
+                ("u", PgType::Uuid),
+                ("ts", PgType::Timestamptz),
+                ("j", PgType::Jsonb),
+                ("d", PgType::Date),
+            ])
+            .row(vec![
+                Value::Numeric("12345.678".into()),
+                Value::Uuid(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+                Value::Timestamptz(0),
+                Value::Jsonb(r#"{"a":1}"#.into()),
+                Value::Date(0),
+            ]),
+        ),
+    );
+    let row = sqlx::query(sql).fetch_one(&pool).await.unwrap();
+    use sqlx::{TypeInfo, ValueRef};
+    let names: Vec<String> = (0..5)
+        .map(|i| row.try_get_raw(i).unwrap().type_info().name().to_owned())
+        .collect();
+    assert_eq!(names, ["NUMERIC", "UUID", "TIMESTAMPTZ", "JSONB", "DATE"]);
+    server.expectations_were_met().unwrap();
+}
+
+/// A scripted row that does not fit its columns is an error for the client and a reported
+/// script problem, never a panic.
+#[tokio::test(start_paused = true)]
+async fn rows_that_do_not_fit_their_columns_are_script_errors() {
+    let server = start().await;
+    server.expect(
+        Expectation::new("SELECT 1")
+            .returns(Rows::new([("n", PgType::Int4)]).row(("not a number",))),
+    );
+
+    let err = sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&server.pool())
+        .await
+        .unwrap_err();
+
+    assert!(err.to_string().contains("column n"), "{err}");
+    assert!(server.expectations_were_met().is_err());
+}
+
+/// Statements without parameters sent through the simple protocol get text rows.
+#[tokio::test(start_paused = true)]
+async fn the_simple_protocol_works_too() {
+    let server = start().await;
+    server.expect(
+        Expectation::new("SELECT id, name FROM users").returns(
+            Rows::new([("id", PgType::Int8), ("name", PgType::Text)])
+                .row((1_i64, "ada"))
+                .row((2_i64, None::<&str>)),
+        ),
+    );
+    let mut conn = PgConnection::connect(&server.url()).await.unwrap();
+
+    let rows = sqlx::raw_sql("SELECT id, name FROM users")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<i64, _>(0), 1);
+    assert_eq!(rows[0].get::<String, _>(1), "ada");
+    assert_eq!(rows[1].get::<Option<String>, _>(1), None);
+    server.expectations_were_met().unwrap();
+}
