@@ -678,3 +678,77 @@ async fn the_simple_protocol_works_too() {
     assert_eq!(rows[1].get::<Option<String>, _>(1), None);
     server.expectations_were_met().unwrap();
 }
+
+/// The scripted server's encodings are PostgreSQL's: the same values, read through sqlx from a
+/// real PostgreSQL and from the scripted server, arrive as the same bytes, in the binary format
+/// (prepared statements) and in the text format (simple protocol).
+#[tokio::test]
+async fn encodings_match_a_real_postgresql_byte_for_byte() {
+    let cases: Vec<(&str, PgType, Value)> = vec![
+        ("9000000000::int8", PgType::Int8, Value::Int8(9_000_000_000)),
+        ("-7::int4", PgType::Int4, Value::Int4(-7)),
+        ("3::int2", PgType::Int2, Value::Int2(3)),
+        ("true", PgType::Bool, Value::Bool(true)),
+        ("'héllo'::text", PgType::Text, Value::Text("héllo".into())),
+        ("'v'::varchar", PgType::Varchar, Value::Text("v".into())),
+        ("NULL::int8", PgType::Int8, Value::Null),
+        ("2.5::float8", PgType::Float8, Value::Float8(2.5)),
+        ("'\\x00ff'::bytea", PgType::Bytea, Value::Bytea(vec![0, 255])),
+        ("12345.678::numeric", PgType::Numeric, Value::Numeric("12345.678".into())),
+        ("-0.00012::numeric", PgType::Numeric, Value::Numeric("-0.00012".into())),
+        ("100000::numeric", PgType::Numeric, Value::Numeric("100000".into())),
+        ("0::numeric", PgType::Numeric, Value::Numeric("0".into())),
+        (
+            "'01234567-89ab-cdef-0123-456789abcdef'::uuid",
+            PgType::Uuid,
+            Value::Uuid(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        ),
+        (
+            "'2023-11-14 22:13:20.123+00'::timestamptz",
+            PgType::Timestamptz,
+            Value::Timestamptz(1_700_000_000_123_000),
+        ),
+        (
+            "'1969-12-31 23:59:59'::timestamp",
+            PgType::Timestamp,
+            Value::Timestamp(-1_000_000),
+        ),
+        ("'2024-01-01'::date", PgType::Date, Value::Date(19_723)),
+        (r#"'{"a": [1, null]}'::jsonb"#, PgType::Jsonb, Value::Jsonb(r#"{"a": [1, null]}"#.into())),
+        (r#"'{"a":1}'::json"#, PgType::Json, Value::Json(r#"{"a":1}"#.into())),
+    ];
+    let (real, _schema) = sqlx_retry_testkit::isolated_pool(1).await;
+    let server = start().await;
+    let mock = server.pool();
+
+    for (expr, ty, value) in cases {
+        let sql = format!("SELECT {expr} AS v");
+        server.stub(Expectation::new(&sql).returns(Rows::new([("v", ty)]).row(vec![value])));
+        let raw = |row: &sqlx::postgres::PgRow| -> (String, Option<Vec<u8>>) {
+            use sqlx::{TypeInfo, ValueRef};
+            let v = row.try_get_raw(0).unwrap();
+            let name = v.type_info().name().to_owned();
+            let bytes = (!v.is_null()).then(|| v.as_bytes().unwrap().to_vec());
+            (name, bytes)
+        };
+        let binary_real = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&real)
+            .await
+            .unwrap();
+        let binary_mock = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&mock)
+            .await
+            .unwrap();
+        assert_eq!(raw(&binary_mock), raw(&binary_real), "binary: {expr}");
+        let text_real = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&real)
+            .await
+            .unwrap();
+        let text_mock = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&mock)
+            .await
+            .unwrap();
+        assert_eq!(raw(&text_mock), raw(&text_real), "text: {expr}");
+    }
+    server.expectations_were_met().unwrap();
+}
