@@ -123,13 +123,19 @@ impl MockServer {
         let accept = tokio::spawn(conn::accept(listener, Arc::clone(&shared)));
         lock(&shared.tasks).push(accept.abort_handle());
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_lazy_with(connect_options(addr));
         Ok(MockServer { shared, addr, pool })
     }
 
-    /// A pool of connections to this server (up to 4), created lazily: connections open when
-    /// first used. Clones share the pool.
+    /// A pool of at most **one** connection to this server, opened when first used; clones
+    /// share it.
+    ///
+    /// One connection makes the recorded script deterministic: sqlx returns a connection to its
+    /// pool in a background task, so with more connections the next attempt may or may not
+    /// find the previous one back in time, and would run on a new connection at random. A
+    /// lost connection is replaced by the next one (`#2`, …). For code that needs several
+    /// connections at once, build a pool from [`connect_options`](Self::connect_options).
     pub fn pool(&self) -> PgPool {
         self.pool.clone()
     }
