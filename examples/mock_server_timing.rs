@@ -59,7 +59,11 @@ mod timing {
 
     trait Accounts {
         fn balance(&mut self, id: i64) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
-        fn add(&mut self, id: i64, delta: i64) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+        fn add(
+            &mut self,
+            id: i64,
+            delta: i64,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     }
 
     impl Accounts for MockTx<[i64; 2]> {
@@ -115,14 +119,18 @@ mod timing {
                             .returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
                     )
                     .expect(
-                        Expectation::new("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
-                            .with_args((30_i64, 1_i64))
-                            .affects(1),
+                        Expectation::new(
+                            "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+                        )
+                        .with_args((30_i64, 1_i64))
+                        .affects(1),
                     )
                     .expect(
-                        Expectation::new("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-                            .with_args((30_i64, 2_i64))
-                            .affects(1),
+                        Expectation::new(
+                            "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                        )
+                        .with_args((30_i64, 2_i64))
+                        .affects(1),
                     );
             }
             server.fail(1, Phase::Commit, Fault::sqlstate("40001"));

@@ -58,8 +58,16 @@ fn expect_transfer(server: &MockServer, balance: i64) {
                 .with_args((1_i64,))
                 .returns(Rows::new([("balance", PgType::Int8)]).row((balance,))),
         )
-        .expect(Expectation::new(DEBIT).with_args((30_i64, 1_i64)).affects(1))
-        .expect(Expectation::new(CREDIT).with_args((30_i64, 2_i64)).affects(1));
+        .expect(
+            Expectation::new(DEBIT)
+                .with_args((30_i64, 1_i64))
+                .affects(1),
+        )
+        .expect(
+            Expectation::new(CREDIT)
+                .with_args((30_i64, 2_i64))
+                .affects(1),
+        );
 }
 
 /// The script lines of one full attempt on connection `c`, before its COMMIT.
@@ -159,7 +167,11 @@ async fn a_40p01_at_a_statement_or_at_commit_is_retried() {
             .filter(|e| e.outcome != Outcome::Ok && e.outcome != Outcome::NoTransaction)
             .map(|e| (e.attempt, e.outcome))
             .collect();
-        assert_eq!(failed, [(Some(1), Outcome::Error("40P01".into()))], "{phase:?}");
+        assert_eq!(
+            failed,
+            [(Some(1), Outcome::Error("40P01".into()))],
+            "{phase:?}"
+        );
         assert!(server.script().last().unwrap().ends_with("COMMIT"));
         server.expectations_were_met().unwrap();
     }
@@ -195,7 +207,9 @@ async fn exhausted_attempts_return_the_last_40001_with_its_fields() {
         Some(ConflictKind::Dependency)
     );
     let db = err.as_database_error().unwrap();
-    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().unwrap();
+    let pg = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .unwrap();
     assert_eq!(pg.file(), Some("predicate.c"));
     assert!(pg.detail().unwrap().starts_with("Reason code:"));
     assert_eq!(server.attempts(), 3);
@@ -227,7 +241,10 @@ async fn a_40001_at_a_statement_reads_as_a_row_write_conflict() {
         .await
         .unwrap_err();
 
-    assert_eq!(sqlx_retry::conflict_kind(&err), Some(ConflictKind::RowWrite));
+    assert_eq!(
+        sqlx_retry::conflict_kind(&err),
+        Some(ConflictKind::RowWrite)
+    );
     let db = err.as_database_error().unwrap();
     assert_eq!(db.table(), Some("accounts"));
     server.expectations_were_met().unwrap();
@@ -476,9 +493,15 @@ async fn unexpected_statements_and_unmet_expectations_are_reported() {
     assert_eq!(server.attempts(), 1, "not retried");
     let unmet = server.expectations_were_met().unwrap_err();
     assert_eq!(unmet.problems().len(), 3, "{unmet}");
-    assert!(unmet.problems()[0].contains(&format!("{READ} [1]")), "{unmet}");
+    assert!(
+        unmet.problems()[0].contains(&format!("{READ} [1]")),
+        "{unmet}"
+    );
     assert!(unmet.problems()[1].contains("[2]"), "{unmet}");
-    assert!(unmet.problems()[2].contains("DELETE FROM accounts"), "{unmet}");
+    assert!(
+        unmet.problems()[2].contains("DELETE FROM accounts"),
+        "{unmet}"
+    );
 
     // A fault that never struck is a script error too.
     let server = start().await;
@@ -497,7 +520,11 @@ async fn patterns_and_stubs() {
                 .unwrap()
                 .returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
         )
-        .stub(Expectation::matching("^UPDATE accounts").unwrap().affects(1));
+        .stub(
+            Expectation::matching("^UPDATE accounts")
+                .unwrap()
+                .affects(1),
+        );
     server.fail(1, Phase::Commit, Fault::sqlstate("40001"));
 
     assert!(transfer(&server.pool(), 1, 2, 30).await.unwrap());
@@ -521,14 +548,16 @@ async fn an_aborted_transaction_rejects_statements_and_its_commit_rolls_back() {
             .bind("second")
             .execute(&mut *tx)
             .await;
-        assert_eq!(sqlx_retry::sqlstate(&second.unwrap_err()).unwrap().as_str(), "25P02");
+        assert_eq!(
+            sqlx_retry::sqlstate(&second.unwrap_err()).unwrap().as_str(),
+            "25P02"
+        );
         Ok(())
     }
 
     let server = start().await;
     server.expect(
-        Expectation::new("INSERT INTO audit (msg) VALUES ($1)")
-            .fails(PgError::new("23505")),
+        Expectation::new("INSERT INTO audit (msg) VALUES ($1)").fails(PgError::new("23505")),
     );
 
     swallow(&server.pool()).await.unwrap();
@@ -567,19 +596,17 @@ async fn common_types_decode_as_sqlx_expects() {
     server.stub(
         Expectation::new(sql)
             .with_args((1_i64, "ada", true))
-            .returns(
-                rows.row(vec![
-                    Value::Int8(-9_000_000_000),
-                    Value::Int4(7),
-                    Value::Int2(-3),
-                    Value::Text("héllo".into()),
-                    Value::Text("v".into()),
-                    Value::Bool(true),
-                    Value::Null,
-                    Value::Float8(2.5),
-                    Value::Bytea(vec![0, 255]),
-                ]),
-            ),
+            .returns(rows.row(vec![
+                Value::Int8(-9_000_000_000),
+                Value::Int4(7),
+                Value::Int2(-3),
+                Value::Text("héllo".into()),
+                Value::Text("v".into()),
+                Value::Bool(true),
+                Value::Null,
+                Value::Float8(2.5),
+                Value::Bytea(vec![0, 255]),
+            ])),
     );
     let pool = server.pool();
 
@@ -693,10 +720,26 @@ async fn encodings_match_a_real_postgresql_byte_for_byte() {
         ("'v'::varchar", PgType::Varchar, Value::Text("v".into())),
         ("NULL::int8", PgType::Int8, Value::Null),
         ("2.5::float8", PgType::Float8, Value::Float8(2.5)),
-        ("'\\x00ff'::bytea", PgType::Bytea, Value::Bytea(vec![0, 255])),
-        ("12345.678::numeric", PgType::Numeric, Value::Numeric("12345.678".into())),
-        ("-0.00012::numeric", PgType::Numeric, Value::Numeric("-0.00012".into())),
-        ("100000::numeric", PgType::Numeric, Value::Numeric("100000".into())),
+        (
+            "'\\x00ff'::bytea",
+            PgType::Bytea,
+            Value::Bytea(vec![0, 255]),
+        ),
+        (
+            "12345.678::numeric",
+            PgType::Numeric,
+            Value::Numeric("12345.678".into()),
+        ),
+        (
+            "-0.00012::numeric",
+            PgType::Numeric,
+            Value::Numeric("-0.00012".into()),
+        ),
+        (
+            "100000::numeric",
+            PgType::Numeric,
+            Value::Numeric("100000".into()),
+        ),
         ("0::numeric", PgType::Numeric, Value::Numeric("0".into())),
         (
             "'01234567-89ab-cdef-0123-456789abcdef'::uuid",
@@ -714,8 +757,16 @@ async fn encodings_match_a_real_postgresql_byte_for_byte() {
             Value::Timestamp(-1_000_000),
         ),
         ("'2024-01-01'::date", PgType::Date, Value::Date(19_723)),
-        (r#"'{"a": [1, null]}'::jsonb"#, PgType::Jsonb, Value::Jsonb(r#"{"a": [1, null]}"#.into())),
-        (r#"'{"a":1}'::json"#, PgType::Json, Value::Json(r#"{"a":1}"#.into())),
+        (
+            r#"'{"a": [1, null]}'::jsonb"#,
+            PgType::Jsonb,
+            Value::Jsonb(r#"{"a": [1, null]}"#.into()),
+        ),
+        (
+            r#"'{"a":1}'::json"#,
+            PgType::Json,
+            Value::Json(r#"{"a":1}"#.into()),
+        ),
     ];
     let (real, _schema) = sqlx_retry_testkit::isolated_pool(1).await;
     let server = start().await;

@@ -225,7 +225,11 @@ impl MockServer {
     /// `#1 BEGIN ISOLATION LEVEL SERIALIZABLE`, `#1 SELECT … WHERE id = $1 [7]`,
     /// `#1 COMMIT -> 40001`, … where `#1` is the connection that sent it.
     pub fn script(&self) -> Vec<String> {
-        self.state().events.iter().map(ToString::to_string).collect()
+        self.state()
+            .events
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// How many transactions were started (BEGINs received, failed ones included).
@@ -544,21 +548,34 @@ impl PgError {
     /// by `XX000`.
     pub fn new(code: &str) -> PgError {
         let valid = code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric());
-        let code = if valid { code.to_ascii_uppercase() } else { "XX000".into() };
+        let code = if valid {
+            code.to_ascii_uppercase()
+        } else {
+            "XX000".into()
+        };
         let (message, file) = match code.as_str() {
             "40001" => (
                 "could not serialize access due to concurrent update",
                 Some("nodeModifyTable.c"),
             ),
             "40P01" => ("deadlock detected", Some("deadlock.c")),
-            "23505" => ("duplicate key value violates unique constraint", Some("nbtinsert.c")),
-            "23503" => ("insert or update on table violates foreign key constraint", Some("ri_triggers.c")),
+            "23505" => (
+                "duplicate key value violates unique constraint",
+                Some("nbtinsert.c"),
+            ),
+            "23503" => (
+                "insert or update on table violates foreign key constraint",
+                Some("ri_triggers.c"),
+            ),
             "23514" => ("new row violates check constraint", Some("execMain.c")),
             "25P02" => (
                 "current transaction is aborted, commands ignored until end of transaction block",
                 Some("postgres.c"),
             ),
-            "57014" => ("canceling statement due to statement timeout", Some("postgres.c")),
+            "57014" => (
+                "canceling statement due to statement timeout",
+                Some("postgres.c"),
+            ),
             "55P03" => ("could not obtain lock on row", Some("heapam.c")),
             _ => ("mock server error", None),
         };

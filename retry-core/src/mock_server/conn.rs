@@ -14,8 +14,8 @@ use pgwire::messages::extendedquery::{
     Bind, BindComplete, CloseComplete, Describe, Execute, Parse, ParseComplete,
 };
 use pgwire::messages::response::{
-    CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery,
-    SslResponse, TransactionStatus,
+    CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery, SslResponse,
+    TransactionStatus,
 };
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
 use pgwire::messages::{
@@ -450,9 +450,10 @@ impl Conn {
                         Outcome::Error("25P02".into())
                     }
                     Tx::Idle => {
-                        self.error(&PgError::new("25P01").message(format!(
-                            "{tag} can only be used in transaction blocks"
-                        )));
+                        self.error(
+                            &PgError::new("25P01")
+                                .message(format!("{tag} can only be used in transaction blocks")),
+                        );
                         Outcome::Error("25P01".into())
                     }
                     Tx::Failed { attempt } => {
@@ -547,7 +548,11 @@ impl Conn {
         match fault {
             Some(ServerFault::Error(e)) => {
                 // A COMMIT that fails ends the transaction: PostgreSQL rolled it back.
-                self.record(Some(attempt), EventKind::Commit, Outcome::Error(e.code().into()));
+                self.record(
+                    Some(attempt),
+                    EventKind::Commit,
+                    Outcome::Error(e.code().into()),
+                );
                 self.send(ErrorResponse::new(e.wire_fields()));
                 self.skip_to_sync = true;
                 Next::Continue
@@ -582,7 +587,11 @@ impl Conn {
         self.tx = Tx::Idle;
         match fault {
             Some(ServerFault::Error(e)) => {
-                self.record(Some(attempt), EventKind::Rollback, Outcome::Error(e.code().into()));
+                self.record(
+                    Some(attempt),
+                    EventKind::Rollback,
+                    Outcome::Error(e.code().into()),
+                );
                 self.send(ErrorResponse::new(e.wire_fields()));
                 self.skip_to_sync = true;
                 Next::Continue
@@ -747,15 +756,7 @@ fn row_description(columns: &[Column], binary: Option<&[bool]>) -> RowDescriptio
                     Some([one]) => i16::from(*one),
                     Some(all) => i16::from(all.get(i).copied().unwrap_or(false)),
                 };
-                FieldDescription::new(
-                    c.name.clone(),
-                    0,
-                    0,
-                    c.ty.oid(),
-                    c.ty.size(),
-                    -1,
-                    format,
-                )
+                FieldDescription::new(c.name.clone(), 0, 0, c.ty.oid(), c.ty.size(), -1, format)
             })
             .collect(),
     )
@@ -792,7 +793,9 @@ fn command_tag(sql: &str, n: u64) -> String {
     let verb = first_word(sql);
     match verb.as_str() {
         "INSERT" => format!("INSERT 0 {n}"),
-        "UPDATE" | "DELETE" | "MERGE" | "SELECT" | "MOVE" | "FETCH" | "COPY" => format!("{verb} {n}"),
+        "UPDATE" | "DELETE" | "MERGE" | "SELECT" | "MOVE" | "FETCH" | "COPY" => {
+            format!("{verb} {n}")
+        }
         "WITH" | "VALUES" | "TABLE" => format!("SELECT {n}"),
         _ => verb,
     }
@@ -913,7 +916,10 @@ mod tests {
     fn command_tags_follow_the_verb() {
         assert_eq!(command_tag("INSERT INTO t VALUES (1)", 1), "INSERT 0 1");
         assert_eq!(command_tag("  update t set a = 1", 3), "UPDATE 3");
-        assert_eq!(command_tag("WITH x AS (SELECT 1) SELECT * FROM x", 1), "SELECT 1");
+        assert_eq!(
+            command_tag("WITH x AS (SELECT 1) SELECT * FROM x", 1),
+            "SELECT 1"
+        );
     }
 
     #[test]

@@ -399,13 +399,15 @@ fn decode_binary(ty: PgType, b: &[u8]) -> Option<Value> {
         PgType::Text | PgType::Varchar => Value::Text(String::from_utf8(b.to_vec()).ok()?),
         PgType::Bytea => Value::Bytea(b.to_vec()),
         PgType::Uuid => Value::Uuid(u128::from_be_bytes(b.try_into().ok()?)),
-        PgType::Timestamptz => Value::Timestamptz(
-            i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?,
-        ),
+        PgType::Timestamptz => {
+            Value::Timestamptz(i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?)
+        }
         PgType::Timestamp => {
             Value::Timestamp(i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?)
         }
-        PgType::Date => Value::Date(i32::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_DAYS)?),
+        PgType::Date => {
+            Value::Date(i32::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_DAYS)?)
+        }
         PgType::Json => Value::Json(String::from_utf8(b.to_vec()).ok()?),
         PgType::Jsonb => match b.split_first()? {
             (1, rest) => Value::Jsonb(String::from_utf8(rest.to_vec()).ok()?),
@@ -423,7 +425,9 @@ fn numeric_binary(text: &str) -> Option<Vec<u8>> {
     };
     let (int_part, frac_part) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(int_part) || !all_digits(frac_part) || (int_part.is_empty() && frac_part.is_empty())
+    if !all_digits(int_part)
+        || !all_digits(frac_part)
+        || (int_part.is_empty() && frac_part.is_empty())
     {
         return None;
     }
@@ -456,7 +460,11 @@ fn numeric_binary(text: &str) -> Option<Vec<u8>> {
     if digits.is_empty() {
         weight = 0;
     }
-    let sign: u16 = if negative && !digits.is_empty() { 0x4000 } else { 0 };
+    let sign: u16 = if negative && !digits.is_empty() {
+        0x4000
+    } else {
+        0
+    };
     let mut out = Vec::with_capacity(8 + 2 * digits.len());
     out.extend_from_slice(&i16::try_from(digits.len()).ok()?.to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());
@@ -477,7 +485,9 @@ fn numeric_from_binary(b: &[u8]) -> Option<String> {
     if sign == 0xC000 {
         return Some("NaN".into());
     }
-    let digits: Vec<i16> = (0..ndigits).map(|i| word(8 + 2 * i)).collect::<Option<_>>()?;
+    let digits: Vec<i16> = (0..ndigits)
+        .map(|i| word(8 + 2 * i))
+        .collect::<Option<_>>()?;
     // digits[i] is worth 10000^(weight - i).
     let mut int_part = String::new();
     for e in (0..=weight.max(-1)).rev() {
@@ -505,7 +515,11 @@ fn numeric_from_binary(b: &[u8]) -> Option<String> {
         e -= 1;
     }
     frac.truncate(dscale);
-    let mut s = if sign == 0x4000 { "-".to_owned() } else { String::new() };
+    let mut s = if sign == 0x4000 {
+        "-".to_owned()
+    } else {
+        String::new()
+    };
     s.push_str(&int_part);
     if dscale > 0 {
         s.push('.');
@@ -680,8 +694,14 @@ mod tests {
             (Value::Int4(7), PgType::Int4),
             (Value::Bool(true), PgType::Bool),
             (Value::Text("a b".into()), PgType::Text),
-            (Value::Uuid(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef), PgType::Uuid),
-            (Value::Timestamptz(1_700_000_000_000_000), PgType::Timestamptz),
+            (
+                Value::Uuid(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+                PgType::Uuid,
+            ),
+            (
+                Value::Timestamptz(1_700_000_000_000_000),
+                PgType::Timestamptz,
+            ),
             (Value::Jsonb("{\"a\":1}".into()), PgType::Jsonb),
             (Value::Numeric("3.14".into()), PgType::Numeric),
         ] {
