@@ -803,3 +803,73 @@ async fn encodings_match_a_real_postgresql_byte_for_byte() {
     }
     server.expectations_were_met().unwrap();
 }
+
+// -------------------------------------------------------------------------------------------------
+// `query!` / `query_as!`: checked at compile time against a real PostgreSQL (or the `.sqlx`
+// cache it produced), run against the scripted server. The statements need no table, so the
+// macros also compile online against any PostgreSQL in `DATABASE_URL`.
+// -------------------------------------------------------------------------------------------------
+
+/// What `query_as!` fills.
+#[derive(Debug, PartialEq)]
+struct Account {
+    id: i64,
+    owner: String,
+    closed: Option<bool>,
+}
+
+#[serializable_retry]
+async fn open_account(tx: &mut PgConnection, id: i64, owner: &str) -> Result<Account, sqlx::Error> {
+    let next = sqlx::query!(r#"SELECT $1::int8 + 1 AS "next!""#, id)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query_as!(
+        Account,
+        r#"SELECT $1::int8 AS "id!", $2::text AS "owner!", NULL::bool AS closed"#,
+        next.next,
+        owner
+    )
+    .fetch_one(&mut *tx)
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn query_macros_run_against_the_scripted_server() {
+    let server = start().await;
+    for _attempt in 1..=2 {
+        server
+            .expect(
+                Expectation::new(r#"SELECT $1::int8 + 1 AS "next!""#)
+                    .with_args((41_i64,))
+                    .returns(Rows::new([("next!", PgType::Int8)]).row((42_i64,))),
+            )
+            .expect(
+                Expectation::new(
+                    r#"SELECT $1::int8 AS "id!", $2::text AS "owner!", NULL::bool AS closed"#,
+                )
+                .with_args((42_i64, "ada"))
+                .returns(
+                    Rows::new([
+                        ("id!", PgType::Int8),
+                        ("owner!", PgType::Text),
+                        ("closed", PgType::Bool),
+                    ])
+                    .row((42_i64, "ada", None::<bool>)),
+                ),
+            );
+    }
+    server.fail(1, Phase::Commit, Fault::sqlstate("40001"));
+
+    let account = open_account(&server.pool(), 41, "ada").await.unwrap();
+
+    assert_eq!(
+        account,
+        Account {
+            id: 42,
+            owner: "ada".into(),
+            closed: None
+        }
+    );
+    assert_eq!(server.attempts(), 2);
+    server.expectations_were_met().unwrap();
+}
