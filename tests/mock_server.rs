@@ -767,6 +767,28 @@ async fn encodings_match_a_real_postgresql_byte_for_byte() {
             PgType::Json,
             Value::Json(r#"{"a":1}"#.into()),
         ),
+        (
+            "ARRAY[1, NULL, 3]::int8[]",
+            PgType::Int8Array,
+            Value::Array(vec![Value::Int8(1), Value::Null, Value::Int8(3)]),
+        ),
+        ("'{}'::int4[]", PgType::Int4Array, Value::Array(vec![])),
+        (
+            r#"ARRAY['a', 'b c', 'q"\', '', 'NULL']::text[]"#,
+            PgType::TextArray,
+            Value::Array(vec![
+                Value::Text("a".into()),
+                Value::Text("b c".into()),
+                Value::Text("q\"\\".into()),
+                Value::Text("".into()),
+                Value::Text("NULL".into()),
+            ]),
+        ),
+        (
+            "ARRAY[true, false]",
+            PgType::BoolArray,
+            Value::Array(vec![Value::Bool(true), Value::Bool(false)]),
+        ),
     ];
     let (real, _schema) = sqlx_retry_testkit::isolated_pool(1).await;
     let server = start().await;
@@ -871,5 +893,35 @@ async fn query_macros_run_against_the_scripted_server() {
         }
     );
     assert_eq!(server.attempts(), 2);
+    server.expectations_were_met().unwrap();
+}
+
+/// Array parameters (`= ANY($1)`) are decoded and checked; array columns decode into `Vec`s.
+#[tokio::test(start_paused = true)]
+async fn arrays_as_parameters_and_columns() {
+    let server = start().await;
+    let sql = "SELECT id, tags FROM items WHERE id = ANY($1)";
+    server.expect(
+        Expectation::new(sql)
+            .with_args((Value::Array(vec![Value::Int8(1), Value::Int8(2)]),))
+            .returns(
+                Rows::new([("id", PgType::Int8), ("tags", PgType::TextArray)]).row((
+                    1_i64,
+                    Value::Array(vec![Value::Text("x".into()), Value::Null]),
+                )),
+            ),
+    );
+
+    let row = sqlx::query(sql)
+        .bind(vec![1_i64, 2])
+        .fetch_one(&server.pool())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        row.get::<Vec<Option<String>>, _>("tags"),
+        [Some("x".into()), None]
+    );
+    assert_eq!(server.script(), [format!("#1 {sql} [[1, 2]]")]);
     server.expectations_were_met().unwrap();
 }

@@ -97,6 +97,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use tokio::task::AbortHandle;
 
+use value::ValueList;
 pub use value::{IntoValues, PgType, Value};
 
 use crate::IsolationLevel;
@@ -796,21 +797,6 @@ impl fmt::Display for Event {
             Outcome::RolledBack => f.write_str(" -> ROLLBACK (transaction was aborted)"),
             Outcome::Unexpected => f.write_str(" -> unexpected"),
         }
-    }
-}
-
-struct ValueList<'a>(&'a [Value]);
-
-impl fmt::Display for ValueList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[")?;
-        for (i, v) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{v}")?;
-        }
-        f.write_str("]")
     }
 }
 

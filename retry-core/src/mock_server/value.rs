@@ -40,6 +40,18 @@ pub enum PgType {
     Json,
     /// `jsonb`: `serde_json::Value`, `sqlx::types::Json<T>`.
     Jsonb,
+    /// `bool[]`: `Vec<bool>`.
+    BoolArray,
+    /// `int4[]`: `Vec<i32>`.
+    Int4Array,
+    /// `int8[]`: `Vec<i64>`.
+    Int8Array,
+    /// `float8[]`: `Vec<f64>`.
+    Float8Array,
+    /// `text[]`: `Vec<String>`.
+    TextArray,
+    /// `uuid[]`: `Vec<uuid::Uuid>`.
+    UuidArray,
 }
 
 impl PgType {
@@ -62,6 +74,12 @@ impl PgType {
             PgType::Date => 1082,
             PgType::Json => 114,
             PgType::Jsonb => 3802,
+            PgType::BoolArray => 1000,
+            PgType::Int4Array => 1007,
+            PgType::Int8Array => 1016,
+            PgType::Float8Array => 1022,
+            PgType::TextArray => 1009,
+            PgType::UuidArray => 2951,
         }
     }
 
@@ -89,7 +107,26 @@ impl PgType {
             PgType::Date => "date",
             PgType::Json => "json",
             PgType::Jsonb => "jsonb",
+            PgType::BoolArray => "bool[]",
+            PgType::Int4Array => "int4[]",
+            PgType::Int8Array => "int8[]",
+            PgType::Float8Array => "float8[]",
+            PgType::TextArray => "text[]",
+            PgType::UuidArray => "uuid[]",
         }
+    }
+
+    /// The element type of an array type.
+    pub const fn element(self) -> Option<PgType> {
+        Some(match self {
+            PgType::BoolArray => PgType::Bool,
+            PgType::Int4Array => PgType::Int4,
+            PgType::Int8Array => PgType::Int8,
+            PgType::Float8Array => PgType::Float8,
+            PgType::TextArray => PgType::Text,
+            PgType::UuidArray => PgType::Uuid,
+            _ => return None,
+        })
     }
 
     /// `pg_type.typlen`: the size of a fixed-size type, -1 for variable-size ones.
@@ -105,7 +142,7 @@ impl PgType {
     }
 }
 
-const ALL: [PgType; 16] = [
+const ALL: [PgType; 22] = [
     PgType::Bool,
     PgType::Int2,
     PgType::Int4,
@@ -122,6 +159,12 @@ const ALL: [PgType; 16] = [
     PgType::Date,
     PgType::Json,
     PgType::Jsonb,
+    PgType::BoolArray,
+    PgType::Int4Array,
+    PgType::Int8Array,
+    PgType::Float8Array,
+    PgType::TextArray,
+    PgType::UuidArray,
 ];
 
 impl fmt::Display for PgType {
@@ -169,6 +212,8 @@ pub enum Value {
     Json(String),
     /// `jsonb`, as its text.
     Jsonb(String),
+    /// A one-dimensional array (`int8[]`, `text[]`, …) of these elements.
+    Array(Vec<Value>),
     /// A parameter of a type the server does not decode: its OID and its bytes as sent.
     Other {
         /// The parameter's type OID.
@@ -197,6 +242,9 @@ impl Value {
         }
         match (self, got) {
             (Value::Numeric(a), Value::Numeric(b)) => normalize_decimal(a) == normalize_decimal(b),
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.matches(b))
+            }
             _ => self == got,
         }
     }
@@ -261,6 +309,7 @@ impl fmt::Display for Value {
             Value::Timestamptz(v) => write!(f, "'{}+00'", timestamp_text(*v)),
             Value::Timestamp(v) => write!(f, "'{}'", timestamp_text(*v)),
             Value::Date(v) => write!(f, "'{}'", date_text(*v)),
+            Value::Array(items) => write!(f, "{}", ValueList(items)),
             Value::Other { oid, bytes } => write!(f, "<oid {oid}: {}>", hex(bytes)),
         }
     }
@@ -359,6 +408,31 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const PG_EPOCH_DAYS: i32 = 10_957;
 
 fn encode_binary(value: &Value, ty: PgType) -> Option<Vec<u8>> {
+    if let Some(element) = ty.element() {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        let has_null = items.iter().any(|v| matches!(v, Value::Null));
+        let mut out = Vec::new();
+        out.extend_from_slice(&i32::from(!items.is_empty()).to_be_bytes());
+        out.extend_from_slice(&i32::from(has_null).to_be_bytes());
+        out.extend_from_slice(&element.oid().to_be_bytes());
+        if !items.is_empty() {
+            out.extend_from_slice(&i32::try_from(items.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(&1_i32.to_be_bytes());
+        }
+        for item in items {
+            match item {
+                Value::Null => out.extend_from_slice(&(-1_i32).to_be_bytes()),
+                item => {
+                    let bytes = encode_binary(item, element)?;
+                    out.extend_from_slice(&i32::try_from(bytes.len()).ok()?.to_be_bytes());
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        return Some(out);
+    }
     let int = value.as_int();
     Some(match (ty, value) {
         (PgType::Bool, Value::Bool(b)) => vec![u8::from(*b)],
@@ -388,6 +462,9 @@ fn encode_binary(value: &Value, ty: PgType) -> Option<Vec<u8>> {
 }
 
 fn decode_binary(ty: PgType, b: &[u8]) -> Option<Value> {
+    if let Some(element) = ty.element() {
+        return decode_binary_array(element, b);
+    }
     Some(match ty {
         PgType::Bool => Value::Bool(*b.first()? != 0),
         PgType::Int2 => Value::Int2(i16::from_be_bytes(b.try_into().ok()?)),
@@ -413,7 +490,49 @@ fn decode_binary(ty: PgType, b: &[u8]) -> Option<Value> {
             (1, rest) => Value::Jsonb(String::from_utf8(rest.to_vec()).ok()?),
             _ => return None,
         },
+        _ => return None,
     })
+}
+
+/// A one-dimensional array in binary form: dimensions, null flag, element OID, then per
+/// dimension its length and lower bound, then the elements, each length-prefixed.
+fn decode_binary_array(element: PgType, b: &[u8]) -> Option<Value> {
+    let mut r = Reader(b);
+    let ndim = r.int()?;
+    let _has_null = r.int()?;
+    let _element_oid = r.int()?;
+    let len = match ndim {
+        0 => 0,
+        1 => {
+            let len = usize::try_from(r.int()?).ok()?;
+            let _lower_bound = r.int()?;
+            len
+        }
+        _ => return None,
+    };
+    let mut items = Vec::with_capacity(len.min(1024));
+    for _ in 0..len {
+        match usize::try_from(r.int()?) {
+            Err(_) => items.push(Value::Null),
+            Ok(n) => items.push(decode_binary(element, r.take(n)?)?),
+        }
+    }
+    Some(Value::Array(items))
+}
+
+/// Reads big-endian fields off a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn int(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
 }
 
 /// `numeric`'s binary form: digit count, weight, sign, display scale, then base-10000 digits.
@@ -549,6 +668,19 @@ fn normalize_decimal(s: &str) -> String {
 // ---- text format --------------------------------------------------------------------------------
 
 fn encode_text(value: &Value, ty: PgType) -> Option<String> {
+    if let Some(element) = ty.element() {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        let parts = items
+            .iter()
+            .map(|item| match item {
+                Value::Null => Some("NULL".to_owned()),
+                item => encode_text(item, element).map(|t| array_element_text(&t)),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        return Some(format!("{{{}}}", parts.join(",")));
+    }
     let int = value.as_int();
     Some(match (ty, value) {
         (PgType::Bool, Value::Bool(b)) => if *b { "t" } else { "f" }.into(),
@@ -588,6 +720,44 @@ fn decode_text(ty: PgType, s: &str) -> Option<Value> {
         PgType::Text | PgType::Varchar => Value::Text(s.to_owned()),
         _ => return None,
     })
+}
+
+/// Shared by `Display` for values and for parameter lists.
+pub(crate) struct ValueList<'a>(pub(crate) &'a [Value]);
+
+impl fmt::Display for ValueList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{v}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// An element of an array's text form, quoted when PostgreSQL would quote it.
+fn array_element_text(text: &str) -> String {
+    let plain = !text.is_empty()
+        && !text.eq_ignore_ascii_case("NULL")
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '{' | '}' | ',' | '"' | '\\'));
+    if plain {
+        return text.to_owned();
+    }
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
 
 fn hex(bytes: &[u8]) -> String {
