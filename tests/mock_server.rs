@@ -925,3 +925,44 @@ async fn arrays_as_parameters_and_columns() {
     assert_eq!(server.script(), [format!("#1 {sql} [[1, 2]]")]);
     server.expectations_were_met().unwrap();
 }
+
+/// A ROLLBACK that fails (here: its connection is lost) never hides the error that caused it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_rollback_does_not_hide_the_error() {
+    let server = start().await;
+    server
+        .expect(
+            Expectation::new(READ).returns(Rows::new([("balance", PgType::Int8)]).row((100_i64,))),
+        )
+        .expect(Expectation::new(DEBIT).fails(PgError::new("23514")));
+    server.fail(1, Phase::Rollback, Fault::ConnectionLost);
+
+    let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
+
+    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "23514");
+    assert_eq!(
+        server.script().last().unwrap(),
+        "#1 ROLLBACK -> connection lost"
+    );
+    server.expectations_were_met().unwrap();
+}
+
+/// On a multi-threaded runtime, with the call spawned: the future is `Send` and the server
+/// serves from any worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_call_on_a_multi_threaded_runtime() {
+    let server = start().await;
+    expect_transfer(&server, 100);
+    expect_transfer(&server, 100);
+    server.fail(1, Phase::Statement(3), Fault::sqlstate("40001"));
+    let pool = server.pool();
+
+    let moved = tokio::spawn(async move { transfer(&pool, 1, 2, 30).await })
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(moved);
+    assert_eq!(server.attempts(), 2);
+    server.expectations_were_met().unwrap();
+}

@@ -203,8 +203,11 @@ impl Conn {
                 self.send(CloseComplete::new());
                 Next::Continue
             }
-            _ => {
-                self.error_fields(protocol_error("message not supported by the mock server"));
+            other => {
+                // COPY and the like: answered with an error and reported as unexpected.
+                let message = lock(&self.shared.state)
+                    .script_error(format!("unsupported protocol message: {other:?}"));
+                self.error_fields(protocol_error(&message));
                 Next::Continue
             }
         }
@@ -351,7 +354,9 @@ impl Conn {
             }
         };
         let Some(prepared) = statement.and_then(|s| self.statements.get(&s)) else {
-            self.error_fields(protocol_error("unknown prepared statement or portal"));
+            self.error_fields(protocol_error(
+                "sqlx-retry mock server: unknown prepared statement or portal",
+            ));
             return;
         };
         let param_types = prepared
@@ -375,7 +380,9 @@ impl Conn {
     fn bind(&mut self, bind: Bind) {
         let statement = bind.statement_name.unwrap_or_default();
         let Some(prepared) = self.statements.get(&statement) else {
-            self.error_fields(protocol_error("unknown prepared statement"));
+            self.error_fields(protocol_error(
+                "sqlx-retry mock server: unknown prepared statement",
+            ));
             return;
         };
         let formats = &bind.parameter_format_codes;
@@ -412,11 +419,13 @@ impl Conn {
     fn execute(&mut self, execute: Execute) -> Next {
         let name = execute.name.unwrap_or_default();
         let Some(portal) = self.portals.get(&name) else {
-            self.error_fields(protocol_error("unknown portal"));
+            self.error_fields(protocol_error("sqlx-retry mock server: unknown portal"));
             return Next::Continue;
         };
         let Some(prepared) = self.statements.get(&portal.statement) else {
-            self.error_fields(protocol_error("unknown prepared statement"));
+            self.error_fields(protocol_error(
+                "sqlx-retry mock server: unknown prepared statement",
+            ));
             return Next::Continue;
         };
         let sql = prepared.sql.clone();
@@ -784,7 +793,7 @@ fn protocol_error(message: &str) -> Vec<(u8, String)> {
         (b'S', "ERROR".into()),
         (b'V', "ERROR".into()),
         (b'C', "08P01".into()),
-        (b'M', format!("sqlx-retry mock server: {message}")),
+        (b'M', message.to_owned()),
     ]
 }
 
