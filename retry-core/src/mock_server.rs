@@ -78,6 +78,19 @@
 //!   types sqlx sent and the column types of the expectation, so sqlx's type checks apply to
 //!   the scripted rows exactly as to a real server's.
 //!
+//! # Tokio's paused clock
+//!
+//! The server works under `#[tokio::test(start_paused = true)]`: tokio polls for I/O before it
+//! advances a paused clock, and a loopback write is readable at once, so the conversation never
+//! waits on the clock while backoff sleeps cost no real time.
+//!
+//! # `query!` and `query_as!`
+//!
+//! At run time they are prepared statements like any other and work against the server. At
+//! compile time they still need a real PostgreSQL's description of each statement (online
+//! through `DATABASE_URL`, or the `.sqlx` cache `cargo sqlx prepare` writes): a server that the
+//! test starts cannot answer the compiler.
+//!
 //! # What it cannot check
 //!
 //! A scripted server knows nothing of the SQL's meaning: whether the statement is valid, which
