@@ -160,24 +160,24 @@ pub async fn transfer(
     if balance < order.amount {
         return Err(BankError::InsufficientFunds);
     }
-    sqlx::query!(
-        "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
-        order.amount,
-        order.from
-    )
-    .execute(&mut *tx)
-    .await?;
-    let credited = sqlx::query!(
-        "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
-        order.amount,
-        order.to
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if credited == 0 {
-        // An `Err` rolls the debit back.
-        return Err(BankError::UnknownAccount);
+    // Both rows are updated in id order, so two transfers over the same accounts never wait on
+    // each other's row locks in a cycle: no deadlock (40P01), which PostgreSQL would only detect
+    // after `deadlock_timeout` (1 s by default).
+    let mut changes = [(order.from, -order.amount), (order.to, order.amount)];
+    changes.sort_unstable();
+    for (id, delta) in changes {
+        let updated = sqlx::query!(
+            "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+            delta,
+            id
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            // The credited account does not exist; an `Err` rolls back what was written.
+            return Err(BankError::UnknownAccount);
+        }
     }
     let id = sqlx::query_scalar!(
         "INSERT INTO transfers (idempotency_key, from_account, to_account, amount)
