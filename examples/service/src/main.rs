@@ -2,6 +2,7 @@
 //! `DATABASE_URL`), listening on `SERVICE_ADDR` (default `127.0.0.1:3000`). `RUST_LOG` filters
 //! the logs (default `info`, which shows each retry).
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -13,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
