@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use sqlx_retry::serializable_retry;
 use sqlx_retry_example_service::http::{AppState, router};
 use sqlx_retry_example_service::{MIGRATOR, install_metrics};
-use sqlx_retry_testkit::Isolated;
+use sqlx_retry_testkit::{Fault, Isolated, Matcher, PgProxy};
 use tokio::net::TcpListener;
 
 const CLIENTS: usize = 32;
@@ -24,6 +24,10 @@ const INITIAL: i64 = 1_000;
 /// How long the clients post transfers, and how many each may post at most.
 const LOAD: Duration = Duration::from_secs(3);
 const MAX_REQUESTS_PER_CLIENT: usize = 400;
+
+/// Held by the tests that call `transfer`: the load test compares the process-wide metrics of
+/// `transfer` with the statuses it saw.
+static TRANSFER_METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Serves `app` on a free port of 127.0.0.1 and returns its base URL. The server task ends
 /// with the test's runtime.
@@ -67,6 +71,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_transfers_over_http_conserve_money_and_show_retries_by_sqlstate() {
+    let _metrics = TRANSFER_METRICS.lock().await;
     let (pool, schema) = service_pool("service-http-load", 16).await;
     let base = serve(router(AppState {
         pool: pool.clone(),
@@ -365,4 +370,112 @@ async fn a_client_that_disconnects_mid_transaction_leaves_no_open_transaction_an
     assert_eq!(committed, 0);
     pool.close().await;
     schema.drop_schema().await.unwrap();
+}
+
+/// Sends `request` and returns its status, its `error` code (empty when there is none) and
+/// whether it carried `Retry-After`.
+async fn outcome(request: reqwest::RequestBuilder) -> (u16, String, bool) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let code = body["error"].as_str().unwrap_or("").to_owned();
+    (status, code, retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outcome_has_its_documented_status_and_an_unknown_commit_is_resolved_by_its_key() {
+    let _metrics = TRANSFER_METRICS.lock().await;
+    let schema = sqlx_retry_testkit::isolated_schema().await;
+    let direct = schema.pool(2).await;
+    MIGRATOR.run(&direct).await.unwrap();
+    // The service reaches the database through a proxy that can cut a connection.
+    let proxy = PgProxy::for_test_db().await;
+    let base = serve(router(AppState {
+        pool: schema.pool_via(&proxy, 4).await,
+        metrics: install_metrics(),
+    }))
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let post =
+        |path: &str, body: serde_json::Value| client.post(format!("{base}{path}")).json(&body);
+    let get = |path: &str| client.get(format!("{base}{path}"));
+    let transfer = |key: &str, amount: i64| {
+        post(
+            "/transfers",
+            serde_json::json!({ "from": 1, "to": 2, "amount": amount }),
+        )
+        .header("idempotency-key", key)
+    };
+
+    for _ in 0..2 {
+        let (status, ..) = outcome(post("/accounts", serde_json::json!({ "balance": 100 }))).await;
+        assert_eq!(status, 201);
+    }
+    assert_eq!(
+        outcome(get("/accounts/99")).await,
+        (404, "unknown_account".into(), false)
+    );
+    assert_eq!(
+        outcome(get("/transfers/nothing")).await,
+        (404, "unknown_transfer".into(), false)
+    );
+    let invalid = (422, "invalid_request".into(), false);
+    assert_eq!(outcome(transfer("k", 0)).await, invalid);
+    assert_eq!(
+        outcome(post(
+            "/transfers",
+            serde_json::json!({ "from": 1, "to": 1, "amount": 5 })
+        ))
+        .await,
+        invalid
+    );
+    assert_eq!(
+        outcome(post("/transfers", serde_json::json!({ "from": 1 }))).await,
+        invalid
+    );
+    assert_eq!(
+        outcome(transfer("k", 101)).await,
+        (409, "insufficient_funds".into(), false)
+    );
+
+    // The COMMIT reaches the server and commits, but its answer is lost with the connection.
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryStartsWith(
+        "COMMIT",
+    )));
+    assert_eq!(
+        outcome(transfer("unknown", 30)).await,
+        (500, "outcome_unknown".into(), false)
+    );
+    assert!(cut.fired());
+    // The client resolves it with its key: the transfer is there, and repeating it is harmless.
+    assert_eq!(outcome(get("/transfers/unknown")).await.0, 200);
+    assert_eq!(
+        outcome(transfer("unknown", 30)).await.0,
+        200,
+        "replayed, not applied again"
+    );
+    assert_eq!(balances(&direct).await, [70, 130], "moved once");
+    assert_eq!(
+        outcome(transfer("unknown", 31)).await,
+        (422, "idempotency_key_reused".into(), false)
+    );
+
+    let metrics = outcome_text(get("/metrics")).await;
+    assert!(
+        metric(
+            &metrics,
+            "sqlx_retry_commit_unknown_total",
+            &[r#"fn="transfer""#]
+        ) >= 1.0
+    );
+    direct.close().await;
+    schema.drop_schema().await.unwrap();
+}
+
+async fn outcome_text(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
 }
