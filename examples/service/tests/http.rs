@@ -1,5 +1,6 @@
-//! The service over real HTTP on 127.0.0.1: concurrent clients, and a client that leaves
-//! mid-transaction. The database is the testkit's (`DATABASE_URL`, or a throwaway cluster).
+//! The service over real HTTP on 127.0.0.1: concurrent clients, the status of each outcome, and
+//! a client that leaves mid-transaction. The database is the testkit's (`DATABASE_URL`, or a
+//! throwaway cluster).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
