@@ -1,7 +1,7 @@
 //! How long one unit test of the README's `transfer` takes, three ways, each run as a test
 //! would run it (a fresh tokio runtime per run):
 //!
-//! - **scripted server**: `mock_server::MockServer`, a 40001 at COMMIT of attempt 1, the script
+//! - **scripted server**: `mock::server::MockServer`, a 40001 at COMMIT of attempt 1, the script
 //!   checked, on the paused clock;
 //! - **throwaway PostgreSQL**: a fresh schema, the table and two rows, the transfer, the balances
 //!   checked, the schema dropped (the server itself starts once, timed apart);
@@ -27,7 +27,7 @@ mod timing {
 
     use sqlx::PgConnection;
     use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
-    use sqlx_retry::mock_server::{Expectation, MockServer, PgType, Rows};
+    use sqlx_retry::mock::server::{Expectation, MockServer, PgType, Rows};
     use sqlx_retry::serializable_retry;
 
     #[serializable_retry(max = 5)]

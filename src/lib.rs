@@ -109,9 +109,5 @@ pub use sqlx_retry_core::{error, metrics, source};
 #[cfg(feature = "mock")]
 pub use sqlx_retry_core::mock;
 
-/// A scripted in-process PostgreSQL server: unit-test unchanged `&mut PgConnection` code.
-#[cfg(feature = "mock-server")]
-pub use sqlx_retry_core::mock_server;
-
 #[doc(hidden)]
 pub use sqlx_retry_core::__private;

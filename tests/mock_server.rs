@@ -1,4 +1,4 @@
-//! The scripted PostgreSQL server (`sqlx_retry::mock_server`): unchanged `&mut PgConnection`
+//! The scripted PostgreSQL server (`sqlx_retry::mock::server`): unchanged `&mut PgConnection`
 //! functions, real sqlx calls, every retry path of `#[serializable_retry]`.
 //!
 //! All tests run on tokio's paused clock: the backoff between attempts costs no real time while
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, PgConnection, Row};
 use sqlx_retry::mock::{Fault, Phase};
-use sqlx_retry::mock_server::{
+use sqlx_retry::mock::server::{
     EventKind, Expectation, MockServer, Outcome, PgError, PgType, Rows, Value,
 };
 use sqlx_retry::{ConflictKind, IsolationLevel, after_commit, serializable_retry};
@@ -201,9 +201,9 @@ async fn exhausted_attempts_return_the_last_40001_with_its_fields() {
 
     let err = read(&server.pool()).await.unwrap_err();
 
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "40001");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "40001");
     assert_eq!(
-        sqlx_retry::conflict_kind(&err),
+        sqlx_retry::error::conflict_kind(&err),
         Some(ConflictKind::Dependency)
     );
     let db = err.as_database_error().unwrap();
@@ -242,7 +242,7 @@ async fn a_40001_at_a_statement_reads_as_a_row_write_conflict() {
         .unwrap_err();
 
     assert_eq!(
-        sqlx_retry::conflict_kind(&err),
+        sqlx_retry::error::conflict_kind(&err),
         Some(ConflictKind::RowWrite)
     );
     let db = err.as_database_error().unwrap();
@@ -267,7 +267,7 @@ async fn a_non_retryable_error_is_returned_after_one_attempt() {
 
     let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
 
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "23514");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "23514");
     assert_eq!(
         err.as_database_error().unwrap().constraint(),
         Some("accounts_balance_check")
@@ -386,7 +386,7 @@ async fn begin_faults() {
     let server = start().await;
     server.fail(1, Phase::Begin, Fault::sqlstate("53300"));
     let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "53300");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "53300");
     assert_eq!(
         server.script(),
         ["#1 BEGIN ISOLATION LEVEL SERIALIZABLE -> 53300"]
@@ -488,7 +488,7 @@ async fn unexpected_statements_and_unmet_expectations_are_reported() {
 
     let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
 
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "XX000");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "XX000");
     assert!(err.to_string().contains("unexpected statement"), "{err}");
     assert_eq!(server.attempts(), 1, "not retried");
     let unmet = server.expectations_were_met().unwrap_err();
@@ -549,7 +549,7 @@ async fn an_aborted_transaction_rejects_statements_and_its_commit_rolls_back() {
             .execute(&mut *tx)
             .await;
         assert_eq!(
-            sqlx_retry::sqlstate(&second.unwrap_err()).unwrap().as_str(),
+            sqlx_retry::error::sqlstate(&second.unwrap_err()).unwrap().as_str(),
             "25P02"
         );
         Ok(())
@@ -939,7 +939,7 @@ async fn a_failed_rollback_does_not_hide_the_error() {
 
     let err = transfer(&server.pool(), 1, 2, 30).await.unwrap_err();
 
-    assert_eq!(sqlx_retry::sqlstate(&err).unwrap().as_str(), "23514");
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "23514");
     assert_eq!(
         server.script().last().unwrap(),
         "#1 ROLLBACK -> connection lost"

@@ -15,8 +15,6 @@ pub mod error;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
-#[cfg(feature = "mock-server")]
-pub mod mock_server;
 mod policy;
 mod run;
 #[cfg(any(test, feature = "mock"))]

@@ -54,6 +54,9 @@ use crate::source::{BeginTransaction, Joined, OpenTransaction, TxOptions};
 
 pub use crate::simulated::SimulatedDbError;
 
+#[cfg(feature = "mock-server")]
+pub mod server;
+
 /// When a scripted [`Fault`] strikes within an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -12,7 +12,7 @@
 //! ```
 //! use sqlx::PgConnection;
 //! use sqlx_retry_core::mock::{Fault, Phase};
-//! use sqlx_retry_core::mock_server::{Expectation, MockServer, PgType, Rows};
+//! use sqlx_retry_core::mock::server::{Expectation, MockServer, PgType, Rows};
 //! use sqlx_retry_core::{transaction, Policy};
 //!
 //! // The function under test, as it ships: a plain `&mut PgConnection` and sqlx queries.
@@ -379,7 +379,7 @@ pub(crate) fn normalize_sql(sql: &str) -> String {
 /// One expected statement and its answer.
 ///
 /// ```
-/// use sqlx_retry_core::mock_server::{Expectation, PgError, PgType, Rows};
+/// use sqlx_retry_core::mock::server::{Expectation, PgError, PgType, Rows};
 ///
 /// let read = Expectation::new("SELECT id, name FROM users WHERE id = $1")
 ///     .with_args((7_i64,))
