@@ -101,7 +101,8 @@ pub use sqlx_retry_macros::serializable_retry;
 pub use sqlx_retry_core::{
     Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, ConflictKind,
     DelaysFactory, InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder,
-    PolicyError, RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionSource, TxOptions,
+    PolicyError, RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionAborted,
+    TransactionSource, TxOptions,
     UnsupportedTxOption, classify, classify_sqlx, conflict_kind, find_commit_unknown,
     find_sqlx_error, is_commit_unknown, sqlstate, timer_sleep, transaction, transaction_with,
 };

@@ -7,6 +7,7 @@
 
 #[cfg(any(feature = "backon", feature = "backoff"))]
 mod adapters;
+mod aborted;
 mod backends;
 mod backoff;
 mod classify;
@@ -20,6 +21,7 @@ mod run;
 mod source;
 mod sqlstate;
 
+pub use aborted::TransactionAborted;
 pub use backends::UnsupportedTxOption;
 pub use backoff::{Backoff, DelaysFactory};
 pub use classify::{

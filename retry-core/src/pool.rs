@@ -5,11 +5,13 @@
 //! the pool *inside* the new transaction, and whatever runs next on it runs in that leftover
 //! transaction. Here the connection is closed instead when BEGIN does not complete.
 
+use std::future::Future;
+
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool, SqlStr};
 use sqlx_core::transaction::TransactionManager;
 
-use crate::OpenTransaction;
+use crate::{Backend, OpenTransaction};
 
 /// An open transaction on a connection taken from a pool, returned to the pool when the attempt
 /// ends. Dropped while open (the call was cancelled), it queues a ROLLBACK that the pool flushes
@@ -45,11 +47,15 @@ impl<DB: Database> Drop for CloseUnlessBegun<DB> {
     }
 }
 
-impl<DB: Database> OpenTransaction for PoolTransaction<DB> {
+impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
     type Conn = DB::Connection;
 
     fn conn(&mut self) -> &mut DB::Connection {
         &mut self.conn
+    }
+
+    fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        DB::check_not_aborted(&mut self.conn)
     }
 
     async fn commit(mut self) -> Result<(), sqlx::Error> {

@@ -19,6 +19,15 @@ pub trait OpenTransaction: Send {
     /// The connection the body runs its statements on.
     fn conn(&mut self) -> &mut Self::Conn;
 
+    /// Fails when the server has already aborted the transaction, so that COMMIT (which
+    /// PostgreSQL would answer with `ROLLBACK`, not an error) is not sent: the retry loop calls it
+    /// before [`commit`](Self::commit) and treats its error as the attempt's (see
+    /// [`TransactionAborted`](crate::TransactionAborted)). The default does nothing; the
+    /// PostgreSQL sources send one statement.
+    fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Sends COMMIT.
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
@@ -122,13 +131,20 @@ impl<DB: Database> std::fmt::Debug for MaybeJoined<'_, DB> {
     }
 }
 
-impl<DB: Database> OpenTransaction for MaybeJoined<'_, DB> {
+impl<DB: Backend> OpenTransaction for MaybeJoined<'_, DB> {
     type Conn = DB::Connection;
 
     fn conn(&mut self) -> &mut DB::Connection {
         match self {
             MaybeJoined::Began(tx) => tx,
             MaybeJoined::Joined(joined) => joined.conn(),
+        }
+    }
+
+    async fn check_not_aborted(&mut self) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => DB::check_not_aborted(tx).await,
+            MaybeJoined::Joined(_) => Ok(()),
         }
     }
 
@@ -235,11 +251,15 @@ pub trait TransactionSource<C: ?Sized>: for<'s> BeginTransaction<'s, Conn = C> {
 
 impl<S, C: ?Sized> TransactionSource<C> for S where S: for<'s> BeginTransaction<'s, Conn = C> {}
 
-impl<DB: Database> OpenTransaction for Transaction<'_, DB> {
+impl<DB: Backend> OpenTransaction for Transaction<'_, DB> {
     type Conn = DB::Connection;
 
     fn conn(&mut self) -> &mut DB::Connection {
         self
+    }
+
+    fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        DB::check_not_aborted(self)
     }
 
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
@@ -256,12 +276,30 @@ pub trait Backend: Database {
     /// The statement that starts a transaction with `options`, or an error naming the option the
     /// database does not support.
     fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error>;
+
+    /// Fails when the transaction open on `conn` was aborted by the server, so that no COMMIT is
+    /// sent for it (see [`OpenTransaction::check_not_aborted`]). The default does nothing: MySQL
+    /// and SQLite keep a transaction usable after a failed statement.
+    fn check_not_aborted(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        let _ = conn;
+        std::future::ready(Ok(()))
+    }
 }
 
 #[cfg(feature = "postgres")]
 impl Backend for sqlx::Postgres {
     fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error> {
         Ok(options.postgres_begin())
+    }
+
+    /// One simple query in its own round trip: `SELECT 1` fails with `25P02` in an aborted
+    /// transaction, reported as [`TransactionAborted`](crate::TransactionAborted).
+    fn check_not_aborted(
+        conn: &mut sqlx::PgConnection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        crate::aborted::postgres_check(conn)
     }
 }
 
