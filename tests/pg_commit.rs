@@ -3,6 +3,9 @@
 //! `TransactionAborted` (SQLSTATE 25P02), with nothing committed, on a pool and on a held
 //! connection. A conflict that a joined call returned and the outer body ignored is retried like
 //! a conflict. What the check costs is counted at the proxy. The mock behaves the same way.
+//!
+//! Also here: what a call dropped mid-statement leaves on a held connection (documented beside
+//! the README's advice to hold connections under contention).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -304,6 +307,66 @@ async fn the_check_is_one_round_trip() {
         let delta = proxy.stats().since(&before);
         assert_eq!(delta.simple_queries, 4, "{delta:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A call dropped mid-statement on a held connection
+// ---------------------------------------------------------------------------------------------
+
+#[serializable_retry]
+async fn insert_then_sleep(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("INSERT INTO items VALUES (7)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql("SELECT pg_sleep(0.3)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// `(state, locks held on items)` of the session `pid`.
+async fn session(pool: &PgPool, pid: i32) -> (String, i64) {
+    sqlx::query_as(
+        "SELECT a.state, (SELECT count(*) FROM pg_locks l \
+                          WHERE l.pid = a.pid AND l.relation = 'items'::regclass) \
+         FROM pg_stat_activity a WHERE a.pid = $1",
+    )
+    .bind(pid)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// sqlx 0.9 has no cancel request: a call dropped mid-statement leaves the statement running,
+/// then the session idle in transaction with its locks, until the connection is used again; its
+/// first use sends the queued ROLLBACK before anything else.
+#[tokio::test]
+async fn a_dropped_call_holds_its_locks_until_the_held_connection_is_used_again() {
+    let (pool, schema) = setup().await;
+    let mut conn = held(&schema).await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        insert_then_sleep(&mut conn),
+    )
+    .await;
+    assert!(dropped.is_err(), "the call was dropped inside pg_sleep");
+    let (state, locks) = session(&pool, pid).await;
+    assert_eq!(state, "active", "the statement keeps running");
+    assert!(locks > 0);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (state, locks) = session(&pool, pid).await;
+    assert_eq!(state, "idle in transaction");
+    assert!(locks > 0, "the row lock is held until the next use");
+    // Any use of the connection sends the queued ROLLBACK first; a ping is the cheapest.
+    conn.ping().await.unwrap();
+    let (state, locks) = session(&pool, pid).await;
+    assert_eq!((state.as_str(), locks), ("idle", 0));
+    assert_eq!(rows(&pool).await, 0);
+    assert_outside_transaction(&mut conn).await;
 }
 
 // ---------------------------------------------------------------------------------------------
