@@ -112,9 +112,9 @@ pub use sqlx_retry_core::{
     Attempts, Backend, Backoff, BeginTransaction, BoxFuture, Class, CommitUnknown, ConflictKind,
     DelaysFactory, InvalidSqlState, IsolationLevel, OpenTransaction, Policy, PolicyBuilder,
     PolicyError, RetryHook, RetryInfo, SimulatedDbError, SqlState, TransactionAborted,
-    TransactionSource, TxOptions,
-    UnsupportedTxOption, classify, classify_sqlx, conflict_kind, find_commit_unknown,
-    find_sqlx_error, is_commit_unknown, sqlstate, timer_sleep, transaction, transaction_with,
+    TransactionSource, TxOptions, UnsupportedTxOption, classify, classify_sqlx, conflict_kind,
+    find_commit_unknown, find_sqlx_error, is_commit_unknown, sqlstate, timer_sleep, transaction,
+    transaction_with,
 };
 
 pub use sqlx_retry_core::{Joined, MaybeJoined, NoTransaction, Scoped, after_commit};

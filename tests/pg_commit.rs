@@ -96,7 +96,11 @@ async fn swallowed_division_by_zero_is_not_ok_on_a_pool() {
         .await
         .unwrap_err();
     assert_aborted(&err);
-    assert_eq!(get(&attempts), 1, "a swallowed permanent error is not retried");
+    assert_eq!(
+        get(&attempts),
+        1,
+        "a swallowed permanent error is not retried"
+    );
     assert_eq!(rows(&pool).await, 0);
 }
 
@@ -163,7 +167,10 @@ async fn retry_on_25p02_retries_an_aborted_transaction() {
     assert_eq!(get(&attempts), 2);
     assert_eq!(rows(&pool).await, 1);
 
-    sqlx::raw_sql("DELETE FROM items").execute(&pool).await.unwrap();
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut conn = held(&schema).await;
     let attempts = AtomicU32::new(0);
     swallow_once_retry_aborted(&mut conn, &attempts)
@@ -197,7 +204,10 @@ async fn an_error_recovered_by_a_savepoint_still_commits() {
     let (pool, schema) = setup().await;
     recover_with_a_savepoint(&pool).await.unwrap();
     assert_eq!(rows(&pool).await, 2);
-    sqlx::raw_sql("DELETE FROM items").execute(&pool).await.unwrap();
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut conn = held(&schema).await;
     recover_with_a_savepoint(&mut conn).await.unwrap();
     assert_eq!(rows(&pool).await, 2);
@@ -248,7 +258,10 @@ async fn joined_conflict_ignored_by_the_outer_body_is_retried() {
     assert_eq!(get(&attempts), 2, "retried like the inner call's 40001");
     assert_eq!(rows(&pool).await, 2, "attempt 2 committed both rows");
 
-    sqlx::raw_sql("DELETE FROM items").execute(&pool).await.unwrap();
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut conn = held(&schema).await;
     let attempts = AtomicU32::new(0);
     outer_ignores_inner(&mut conn, 1, &attempts).await.unwrap();
@@ -396,7 +409,10 @@ mod mock {
         assert!(is_aborted(&err), "{err:?}");
         assert_eq!(db.state(), 0, "nothing applied");
         assert_eq!(db.attempts(), 1, "the cause is unknown: not retried");
-        assert_eq!(db.script(), [BEGIN, "SELECT 1/0 -> 40001", "COMMIT -> 25P02"]);
+        assert_eq!(
+            db.script(),
+            [BEGIN, "SELECT 1/0 -> 40001", "COMMIT -> 25P02"]
+        );
     }
 
     #[serializable_retry(max = 3, backoff(base = "1ms", cap = "2ms"))]

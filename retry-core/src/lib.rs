@@ -5,9 +5,9 @@
 //! `#[serializable_retry]` attribute.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod aborted;
 #[cfg(any(feature = "backon", feature = "backoff"))]
 mod adapters;
-mod aborted;
 mod backends;
 mod backoff;
 mod classify;
