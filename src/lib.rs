@@ -62,8 +62,8 @@
 /// - `Ok` means committed. On PostgreSQL a body that returns `Ok` after ignoring a failed
 ///   statement's error has an aborted transaction: COMMIT is not sent and the call returns
 ///   [`TransactionAborted`] (SQLSTATE `25P02`), retried only when a joined call returned a
-///   conflict during the attempt or `retry_on` lists `25P02`. The check costs one `SELECT 1`
-///   round trip before each COMMIT.
+///   conflict during the attempt or `retry_on` lists `25P02`. The check is a `SELECT 1`: sent
+///   with COMMIT in one query through a pool, in a round trip of its own on a held connection.
 /// - A tracing span named after the function wraps the call; each retry emits an event with the
 ///   attempt number, SQLSTATE and delay. With the `metrics` feature the call updates the
 ///   [`metrics`] counters and histogram, labelled with the function's name.

@@ -293,9 +293,10 @@ async fn one_statement(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 /// A one-statement body costs four round trips on a held connection: BEGIN, the statement, the
-/// check, COMMIT (three before the check existed).
+/// check, COMMIT (three before the check existed); on a pool, three.
 #[tokio::test]
 async fn the_check_is_one_round_trip() {
+    notices();
     let (_pool, schema) = setup().await;
     let proxy = PgProxy::for_test_db().await;
     let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
@@ -310,16 +311,108 @@ async fn the_check_is_one_round_trip() {
     }
     conn.close().await.unwrap();
 
-    // Through a pool the same four queries; the pool's own pings (lone Syncs, before handing
-    // out a connection and when it comes back) are not the loop's and are not counted here.
+    // Through a pool the check costs no round trip: it goes with COMMIT in one simple query,
+    // `SELECT 1; COMMIT; BEGIN`, so the call waits for three. The empty transaction's ROLLBACK
+    // is flushed after the call by the pool's release ping, together with its Sync. (The pool's
+    // own pings are lone Syncs, not counted here.)
     let pool = schema.pool_via(&proxy, 1).await;
     one_statement(&pool).await.unwrap(); // connects and warms up
     for _ in 0..2 {
+        settle(&proxy).await;
         let before = proxy.stats();
         one_statement(&pool).await.unwrap();
-        let delta = proxy.stats().since(&before);
+        let delta = settle(&proxy).await.since(&before);
         assert_eq!(delta.simple_queries, 4, "{delta:?}");
     }
+    // The connection is back in the pool, outside any transaction, and the server never said
+    // "there is no transaction in progress": each ROLLBACK ended the empty transaction.
+    let mut conn = pool.acquire().await.unwrap();
+    assert_outside_transaction(&mut conn).await;
+    assert_eq!(notices().no_transaction(), 0);
+    // The counter does see that warning: a stray ROLLBACK draws it.
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
+    assert_eq!(notices().no_transaction(), 1);
+}
+
+/// Counts the server's notices that sqlx logs (target `sqlx::postgres::notice`), process-wide.
+#[derive(Default)]
+struct Notices(std::sync::Mutex<Vec<String>>);
+
+impl Notices {
+    fn no_transaction(&self) -> usize {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .filter(|m| m.contains("no transaction in progress"))
+            .count()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for &'static Notices {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_str(&mut self, _: &tracing::field::Field, value: &str) {
+                self.0.push_str(value);
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{value:?}"));
+            }
+        }
+        if event
+            .metadata()
+            .target()
+            .starts_with("sqlx::postgres::notice")
+        {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+}
+
+/// Installs the notice counter as the process's subscriber once.
+fn notices() -> &'static Notices {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    static NOTICES: std::sync::OnceLock<&'static Notices> = std::sync::OnceLock::new();
+    NOTICES.get_or_init(|| {
+        let notices: &'static Notices = Box::leak(Box::default());
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(notices))
+            .expect("no other subscriber in this test binary");
+        notices
+    })
+}
+
+/// Waits until the proxy has seen no message for 50 ms and returns its counters.
+async fn settle(proxy: &PgProxy) -> sqlx_retry_testkit::ProxyStats {
+    let mut last = proxy.stats();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = proxy.stats();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// On a pool the check and COMMIT are one query, and the empty transaction's ROLLBACK is sent
+/// after the call: held 300 ms by the proxy, it does not delay the call.
+#[tokio::test]
+async fn on_a_pool_the_check_rides_with_commit() {
+    let (_pool, schema) = setup().await;
+    let proxy = PgProxy::for_test_db().await;
+    let pool = schema.pool_via(&proxy, 1).await;
+    one_statement(&pool).await.unwrap();
+    settle(&proxy).await;
+    let gate = proxy.arm(sqlx_retry_testkit::Fault::DelayBeforeForwarding(
+        sqlx_retry_testkit::Matcher::QueryStartsWith("ROLLBACK"),
+        std::time::Duration::from_millis(300),
+    ));
+    tokio::time::timeout(std::time::Duration::from_millis(250), one_statement(&pool))
+        .await
+        .expect("the call does not wait for the empty transaction's ROLLBACK")
+        .unwrap();
+    assert!(gate.wait_fired(std::time::Duration::from_secs(5)).await);
 }
 
 // ---------------------------------------------------------------------------------------------

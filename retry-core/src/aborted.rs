@@ -8,7 +8,20 @@
 //! COMMIT's tag, so before COMMIT the loop sends one statement that fails in an aborted
 //! transaction ([`Backend::check_not_aborted`](crate::Backend::check_not_aborted)); if it fails
 //! with `25P02`, COMMIT is not sent, the transaction is rolled back and the call gets
-//! [`TransactionAborted`].
+//! [`TransactionAborted`]. That costs a round trip per attempt on a connection the caller holds.
+//!
+//! On a pooled connection the check costs no round trip: the connection is ours until it goes
+//! back to the pool, and the pool pings it on the way back. So the check, COMMIT and a BEGIN go
+//! in **one** simple query, `SELECT 1; COMMIT; BEGIN`. In an aborted transaction the `SELECT`
+//! fails with `25P02` and the server skips the rest; otherwise COMMIT commits and BEGIN opens an
+//! empty transaction (no snapshot, no transaction id, no lock), which keeps sqlx's transaction
+//! depth true to the server: the attempt's transaction is still open for sqlx, and ending it the
+//! usual way queues a ROLLBACK that the release ping flushes together with its Sync. Sending
+//! COMMIT without the BEGIN would leave sqlx believing a transaction is open, and its ROLLBACK
+//! would then draw a "there is no transaction in progress" warning for every call. On a held
+//! connection the empty transaction would stay open until its next use (idle in transaction,
+//! which `idle_in_transaction_session_timeout`, poolers and `CREATE INDEX CONCURRENTLY` notice),
+//! so held connections get the separate check instead.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -115,6 +128,22 @@ pub(crate) async fn postgres_check(conn: &mut sqlx::PgConnection) -> Result<(), 
         .await
     {
         Ok(_) => Ok(()),
+        Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
+        Err(err) => Err(err),
+    }
+}
+
+/// The pooled COMMIT on PostgreSQL: check, COMMIT and an empty transaction in one simple query
+/// (see the module's documentation). `Ok(true)`: committed, and the empty transaction is open.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_commit_pooled(
+    conn: &mut sqlx::PgConnection,
+) -> Result<bool, sqlx::Error> {
+    match sqlx::raw_sql("SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN")
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(true),
         Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
         Err(err) => Err(err),
     }

@@ -5,8 +5,6 @@
 //! the pool *inside* the new transaction, and whatever runs next on it runs in that leftover
 //! transaction. Here the connection is closed instead when BEGIN does not complete.
 
-use std::future::Future;
-
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool, SqlStr};
 use sqlx_core::transaction::TransactionManager;
@@ -54,13 +52,13 @@ impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
         &mut self.conn
     }
 
-    fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        DB::check_not_aborted(&mut self.conn)
-    }
-
+    /// Checks that the transaction is not aborted and commits, in one round trip on PostgreSQL
+    /// ([`Backend::commit_pooled`]). When that leaves an empty transaction open, the transaction
+    /// stays open for sqlx too, and dropping `self` queues its ROLLBACK for the release ping.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
-        DB::TransactionManager::commit(&mut self.conn).await?;
-        self.ended();
+        if !DB::commit_pooled(&mut self.conn).await? {
+            self.ended();
+        }
         Ok(())
     }
 

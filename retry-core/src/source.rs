@@ -22,8 +22,9 @@ pub trait OpenTransaction: Send {
     /// Fails when the server has already aborted the transaction, so that COMMIT (which
     /// PostgreSQL would answer with `ROLLBACK`, not an error) is not sent: the retry loop calls it
     /// before [`commit`](Self::commit) and treats its error as the attempt's (see
-    /// [`TransactionAborted`](crate::TransactionAborted)). The default does nothing; the
-    /// PostgreSQL sources send one statement.
+    /// [`TransactionAborted`](crate::TransactionAborted)). The default does nothing; on
+    /// PostgreSQL a `&mut PgConnection` source sends one statement, and a pooled transaction
+    /// checks within its COMMIT instead ([`Backend::commit_pooled`]).
     fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         std::future::ready(Ok(()))
     }
@@ -286,6 +287,22 @@ pub trait Backend: Database {
         let _ = conn;
         std::future::ready(Ok(()))
     }
+
+    /// Commits the transaction open on a pooled `conn`, unless the server aborted it: the
+    /// [`PoolTransaction`](crate::PoolTransaction)'s COMMIT. `Ok(true)` means that an empty
+    /// transaction was left open on the connection, for the ROLLBACK that the pool's release ping
+    /// flushes together with its Sync, in no round trip of its own. The default is
+    /// [`check_not_aborted`](Self::check_not_aborted) then COMMIT, `Ok(false)`.
+    fn commit_pooled(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+        async move {
+            Self::check_not_aborted(conn).await?;
+            <Self::TransactionManager as sqlx_core::transaction::TransactionManager>::commit(conn)
+                .await?;
+            Ok(false)
+        }
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -300,6 +317,14 @@ impl Backend for sqlx::Postgres {
         conn: &mut sqlx::PgConnection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
         crate::aborted::postgres_check(conn)
+    }
+
+    /// `SELECT 1; COMMIT; BEGIN` as one simple query: no round trip more than COMMIT alone (see
+    /// `aborted.rs`).
+    fn commit_pooled(
+        conn: &mut sqlx::PgConnection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+        crate::aborted::postgres_commit_pooled(conn)
     }
 }
 
