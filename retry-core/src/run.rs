@@ -181,6 +181,11 @@ impl<'p> Attempts<'p> {
     ///
     /// - A body error is classified *before* ROLLBACK, and a failed ROLLBACK is logged but never
     ///   replaces it.
+    /// - Before COMMIT, [`OpenTransaction::check_not_aborted`]: a transaction the server has
+    ///   already aborted (the body ignored a failed statement's error) is rolled back, not
+    ///   committed, and the attempt ends with
+    ///   [`TransactionAborted`](crate::TransactionAborted): retried like a conflict when a joined
+    ///   call returned one during the attempt, else classified as `25P02`.
     /// - A COMMIT that fails with a conflict (`40001` at commit under SERIALIZABLE) is retried.
     /// - A COMMIT whose connection broke has an unknown outcome: the commit-unknown error
     ///   ([`is_commit_unknown`](crate::is_commit_unknown)) is returned, and retried only when the
