@@ -26,8 +26,8 @@ mod timing {
     use std::time::{Duration, Instant};
 
     use sqlx::PgConnection;
-    use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
     use sqlx_retry::mock::server::{Expectation, MockServer, PgType, Rows};
+    use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
     use sqlx_retry::serializable_retry;
 
     #[serializable_retry(max = 5)]

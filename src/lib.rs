@@ -59,6 +59,11 @@
 /// - After `max` attempts or when the time budget is spent, the last error is returned as is.
 /// - A connection lost while COMMIT was in flight returns the error detected by
 ///   [`is_commit_unknown`] (SQLSTATE `40003`), never retried unless `idempotent`.
+/// - `Ok` means committed. On PostgreSQL a body that returns `Ok` after ignoring a failed
+///   statement's error has an aborted transaction: COMMIT is not sent and the call returns
+///   [`TransactionAborted`](error::TransactionAborted) (SQLSTATE `25P02`), retried only when a joined call returned a
+///   conflict during the attempt or `retry_on` lists `25P02`. The check is a `SELECT 1`: sent
+///   with COMMIT in one query through a pool, in a round trip of its own on a held connection.
 /// - A tracing span named after the function wraps the call; each retry emits an event with the
 ///   attempt number, SQLSTATE, the database's message (never its DETAIL, which can quote row
 ///   data), the conflict kind and delay. With the `metrics` feature the call updates the
@@ -93,10 +98,15 @@
 ///
 /// # The returned future
 ///
-/// It is `Send` when the body is, so it can be given to `tokio::spawn`. Dropping it at any await
-/// point rolls the open transaction back (a ROLLBACK is queued and flushed before the connection is
-/// used again), and a pooled connection goes back to the pool; a pooled connection whose BEGIN was
-/// still in flight is closed instead, since its state is unknown.
+/// It is `Send` when the body is, so it can be given to `tokio::spawn`; a function that calls
+/// itself is the exception (the compiler cannot prove the recursive future `Send`, E0275): recurse
+/// in a helper returning a boxed `dyn Future + Send` instead. Dropping it at any await point rolls
+/// the open transaction back (a ROLLBACK is queued and flushed before the connection is used
+/// again), and a pooled connection goes back to the pool; a pooled connection whose BEGIN was
+/// still in flight is closed instead, since its state is unknown. A statement in flight is not
+/// cancelled (sqlx sends no cancel request): on a held `&mut PgConnection` it runs to its end and
+/// the session keeps its locks, idle in transaction, until the connection's next use (see the
+/// README beside the advice on dedicated connections).
 pub use sqlx_retry_macros::serializable_retry;
 
 pub use sqlx_retry_core::{

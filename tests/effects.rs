@@ -177,10 +177,40 @@ async fn nested_effects_run_once_after_the_outer_commit() {
 #[tokio::test(start_paused = true)]
 async fn effects_of_a_failed_joined_call_are_dropped() {
     let log = log();
-    let runs = Arc::new(AtomicU32::new(0));
-    // The inner call's statement fails; the outer body swallows the error and commits.
-    let db = MockDb::new(0_i64).fail(1, Phase::Statement(2), Fault::sqlstate("23505"));
+    // The joined call registers its effect, then fails without a database error (the
+    // transaction stays usable); the outer body ignores the failure and commits.
+    let db = MockDb::new(0_i64);
     transaction(&db, &Policy::default(), |tx| {
+        let (log, db) = (Arc::clone(&log), db.clone());
+        Box::pin(async move {
+            tx.execute("INSERT INTO orders")?;
+            let inner = transaction(&mut *tx, &Policy::default(), |_joined| {
+                let (log, db) = (Arc::clone(&log), db.clone());
+                Box::pin(async move {
+                    record(&log, &db, "inner")?;
+                    Err::<(), _>(sqlx::Error::RowNotFound)
+                })
+            })
+            .await;
+            assert!(inner.is_err());
+            record(&log, &db, "outer")?;
+            Ok::<_, sqlx::Error>(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(entries(&log), ["outer: state 0, 1 attempts"]);
+}
+
+/// A joined call whose statement failed has aborted the transaction: the outer body that
+/// swallows its error does not commit (COMMIT reports `25P02`), so no effect runs at all.
+/// (Before COMMIT of an aborted transaction was checked, the outer call returned `Ok`.)
+#[tokio::test(start_paused = true)]
+async fn no_effect_runs_when_a_swallowed_joined_error_aborted_the_transaction() {
+    let log = log();
+    let runs = Arc::new(AtomicU32::new(0));
+    let db = MockDb::new(0_i64).fail(1, Phase::Statement(2), Fault::sqlstate("23505"));
+    let err = transaction(&db, &Policy::default(), |tx| {
         let (log, db, runs) = (Arc::clone(&log), db.clone(), Arc::clone(&runs));
         Box::pin(async move {
             tx.execute("INSERT INTO orders")?;
@@ -191,8 +221,10 @@ async fn effects_of_a_failed_joined_call_are_dropped() {
         })
     })
     .await
-    .unwrap();
-    assert_eq!(entries(&log), ["outer: state 0, 1 attempts"]);
+    .unwrap_err();
+    assert_eq!(sqlx_retry::error::sqlstate(&err).unwrap().as_str(), "25P02");
+    assert_eq!(db.attempts(), 1, "a 23505 is not a conflict: not retried");
+    assert!(entries(&log).is_empty());
 }
 
 #[tokio::test]

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, PgConnection, Row};
-use sqlx_retry::mock::{Fault, Phase};
 use sqlx_retry::mock::server::{
     EventKind, Expectation, MockServer, Outcome, PgError, PgType, Rows, Value,
 };
+use sqlx_retry::mock::{Fault, Phase};
 use sqlx_retry::{ConflictKind, IsolationLevel, after_commit, serializable_retry};
 
 // -------------------------------------------------------------------------------------------------
@@ -549,7 +549,9 @@ async fn an_aborted_transaction_rejects_statements_and_its_commit_rolls_back() {
             .execute(&mut *tx)
             .await;
         assert_eq!(
-            sqlx_retry::error::sqlstate(&second.unwrap_err()).unwrap().as_str(),
+            sqlx_retry::error::sqlstate(&second.unwrap_err())
+                .unwrap()
+                .as_str(),
             "25P02"
         );
         Ok(())

@@ -716,9 +716,7 @@ fn assert_commit_unknown(err: &sqlx::Error) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_cut_after_forwarding_is_unknown_and_not_retried() {
     let (direct, proxied, proxy) = proxied_items().await;
-    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryStartsWith(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains("COMMIT")));
     let attempts = AtomicU32::new(0);
     let err = within(insert_item(&proxied, 1, &attempts))
         .await
@@ -737,9 +735,7 @@ async fn commit_cut_after_forwarding_is_unknown_and_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_cut_after_forwarding_is_retried_when_idempotent() {
     let (direct, proxied, proxy) = proxied_items().await;
-    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryStartsWith(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains("COMMIT")));
     let attempts = AtomicU32::new(0);
     within(upsert_item(&proxied, 1, &attempts)).await.unwrap();
     assert!(cut.fired());
@@ -754,9 +750,7 @@ async fn commit_cut_after_forwarding_is_retried_when_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_cut_before_forwarding_is_also_unknown() {
     let (direct, proxied, proxy) = proxied_items().await;
-    let cut = proxy.arm(Fault::CutBeforeForwarding(Matcher::QueryStartsWith(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutBeforeForwarding(Matcher::QueryContains("COMMIT")));
     let attempts = AtomicU32::new(0);
     let err = within(insert_item(&proxied, 1, &attempts))
         .await

@@ -616,8 +616,9 @@ async fn begin_sets_isolation_access_mode_and_deferrable() {
 }
 
 /// The options are set by the BEGIN statement itself, not by a `SET TRANSACTION` after it: an
-/// attempt whose body is one simple query sends exactly three simple queries (BEGIN …, the
-/// body's statement, COMMIT), counted by the proxy.
+/// attempt whose body is one simple query sends exactly four simple queries (BEGIN …, the
+/// body's statement, the check that the transaction is not aborted, COMMIT), counted by the
+/// proxy.
 #[tokio::test]
 async fn begin_is_one_statement() {
     let (_pool, schema) = isolated_pool(1).await;
@@ -629,14 +630,14 @@ async fn begin_is_one_statement() {
         let before = proxy.stats();
         one_simple_statement(&mut conn).await.unwrap();
         let delta = proxy.stats().since(&before);
-        assert_eq!(delta.simple_queries, 3, "{delta:?}");
-        assert_eq!(delta.round_trips, 3, "{delta:?}");
+        assert_eq!(delta.simple_queries, 4, "{delta:?}");
+        assert_eq!(delta.round_trips, 4, "{delta:?}");
 
         let before = proxy.stats();
         one_simple_statement_rr(&mut conn).await.unwrap();
         let delta = proxy.stats().since(&before);
-        assert_eq!(delta.simple_queries, 3, "{delta:?}");
-        assert_eq!(delta.round_trips, 3, "{delta:?}");
+        assert_eq!(delta.simple_queries, 4, "{delta:?}");
+        assert_eq!(delta.round_trips, 4, "{delta:?}");
     }
     conn.close().await.unwrap();
 }

@@ -184,7 +184,7 @@ async fn cancelled_in_the_body() {
 async fn cancelled_during_commit() {
     let env = env("cancel_commit").await;
     let delay = env.proxy.arm(Fault::DelayBeforeForwarding(
-        Matcher::QueryStartsWith("COMMIT"),
+        Matcher::QueryContains("COMMIT"),
         Duration::from_millis(500),
     ));
     let mut call = Box::pin(insert_item(&env.pool, 1));

@@ -159,9 +159,7 @@ async fn cut_after_commit_forwarded_is_commit_unknown_not_retried_and_landed() {
     let direct = setup(&isolated).await;
     let proxy = PgProxy::for_test_db().await;
     let pool = isolated.pool_via(&proxy, 4).await;
-    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryStartsWith(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains("COMMIT")));
     let attempts = AtomicU64::new(0);
     let err = insert_and_bump(&pool, 1, &attempts).await.unwrap_err();
     assert!(cut.fired());
@@ -177,9 +175,7 @@ async fn cut_after_commit_forwarded_with_idempotent_is_retried_and_applied_once(
     let direct = setup(&isolated).await;
     let proxy = PgProxy::for_test_db().await;
     let pool = isolated.pool_via(&proxy, 4).await;
-    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryStartsWith(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains("COMMIT")));
     let attempts = AtomicU64::new(0);
     upsert_idempotent(&pool, 7, &attempts).await.unwrap();
     assert!(cut.fired());
@@ -193,9 +189,7 @@ async fn cut_before_commit_forwarded_is_commit_unknown_not_applied_not_retried()
     let direct = setup(&isolated).await;
     let proxy = PgProxy::for_test_db().await;
     let pool = isolated.pool_via(&proxy, 4).await;
-    let cut = proxy.arm(Fault::CutBeforeForwarding(Matcher::QueryStartsWith(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutBeforeForwarding(Matcher::QueryContains("COMMIT")));
     let attempts = AtomicU64::new(0);
     let err = insert_and_bump(&pool, 1, &attempts).await.unwrap_err();
     assert!(cut.fired());

@@ -15,18 +15,33 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use crate::{ConflictKind, SqlState};
+
 /// A registered effect.
 pub(crate) type Effect = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// The effects registered by one attempt.
+/// The effects registered by one attempt, and the first conflict a joined call of the attempt
+/// returned (the cause of the abort when the body swallowed it; see
+/// [`TransactionAborted`](crate::error::TransactionAborted)).
 #[derive(Default)]
 pub(crate) struct Registry {
     effects: Mutex<Vec<Effect>>,
+    joined_conflict: Mutex<Option<(SqlState, Option<ConflictKind>)>>,
 }
 
 impl Registry {
     fn push(&self, effect: Effect) {
         lock(&self.effects).push(effect);
+    }
+
+    /// Records that a joined call of this attempt returned a conflict; the first one is kept.
+    pub(crate) fn record_conflict(&self, code: SqlState, kind: Option<ConflictKind>) {
+        lock(&self.joined_conflict).get_or_insert((code, kind));
+    }
+
+    /// The first conflict a joined call of this attempt returned.
+    pub(crate) fn joined_conflict(&self) -> Option<(SqlState, Option<ConflictKind>)> {
+        *lock(&self.joined_conflict)
     }
 
     /// Takes the registered effects, in registration order.
@@ -39,6 +54,9 @@ impl Registry {
     pub(crate) fn move_to(&self, parent: &Registry) {
         let effects = self.take();
         lock(&parent.effects).extend(effects);
+        if let Some((code, kind)) = self.joined_conflict() {
+            parent.record_conflict(code, kind);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! the rest in [`error`], [`source`], `mock` (feature `mock`) and [`metrics`].
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod aborted;
 #[cfg(any(feature = "backon", feature = "backoff"))]
 mod adapters;
 mod backends;

@@ -184,6 +184,11 @@ impl<'p> Attempts<'p> {
     ///
     /// - A body error is classified *before* ROLLBACK, and a failed ROLLBACK is logged but never
     ///   replaces it.
+    /// - Before COMMIT, [`OpenTransaction::check_not_aborted`]: a transaction the server has
+    ///   already aborted (the body ignored a failed statement's error) is rolled back, not
+    ///   committed, and the attempt ends with
+    ///   [`TransactionAborted`](crate::error::TransactionAborted): retried like a conflict when a joined
+    ///   call returned one during the attempt, else classified as `25P02`.
     /// - A COMMIT that fails with a conflict (`40001` at commit under SERIALIZABLE) is retried.
     /// - A COMMIT whose connection broke has an unknown outcome: the commit-unknown error
     ///   ([`is_commit_unknown`](crate::is_commit_unknown)) is returned, and retried only when the
@@ -222,7 +227,33 @@ impl<'p> Attempts<'p> {
     {
         let effects = self.effects.take();
         if self.joined {
-            return Some(self.finish_joined(tx, out, effects).await);
+            return Some(self.finish_joined(tx, out, effects, chain).await);
+        }
+        let mut tx = tx;
+        if out.is_ok()
+            && let Err(err) = tx.check_not_aborted().await
+        {
+            // COMMIT was not sent: the attempt ends like one whose body failed with `err`.
+            let (class, kind) = self.classify_end(&err, effects.as_deref());
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(
+                    attempt = self.attempt,
+                    error = %rollback,
+                    "ROLLBACK failed; returning or retrying on the error that caused it"
+                );
+            }
+            return if self.is_retryable(class)
+                && self.schedule_retry(class.sqlstate(), kind, &event_message(&err))
+            {
+                None
+            } else {
+                self.end(if self.exhausted {
+                    Outcome::Exhausted
+                } else {
+                    Outcome::Error
+                });
+                Some(Err(E::from(err)))
+            };
         }
         match out {
             Ok(value) => match tx.commit().await {
@@ -239,7 +270,7 @@ impl<'p> Attempts<'p> {
                     self.end(Outcome::Committed);
                     Some(Ok(value))
                 }
-                Err(err) => match classify_conflict(&err, &self.policy.retry_on) {
+                Err(err) => match self.classify_end(&err, effects.as_deref()) {
                     (Class::Conflict(code), kind) => {
                         if self.schedule_retry(Some(code), kind, &event_message(&err)) {
                             None
@@ -310,17 +341,36 @@ impl<'p> Attempts<'p> {
         }
     }
 
+    /// Classifies the error that ended an attempt at its end (the check before COMMIT, or
+    /// COMMIT): a [`TransactionAborted`](crate::error::TransactionAborted) whose cause is known, a
+    /// conflict a joined call returned during the attempt, is retried like that conflict.
+    fn classify_end(
+        &self,
+        err: &sqlx::Error,
+        effects: Option<&Registry>,
+    ) -> (Class, Option<ConflictKind>) {
+        if crate::aborted::is_aborted(err)
+            && let Some((code, kind)) = effects.and_then(Registry::joined_conflict)
+        {
+            return (Class::Conflict(code), kind);
+        }
+        classify_conflict(err, &self.policy.retry_on)
+    }
+
     /// A joined attempt ends the call with the body's result: the outer loop owns the
-    /// transaction, its COMMIT and its retries.
-    async fn finish_joined<X, T, E>(
+    /// transaction, its COMMIT and its retries. A conflict it returns is recorded with the outer
+    /// attempt, whose COMMIT will find the transaction aborted if the outer body ignored it.
+    async fn finish_joined<X, T, E, C>(
         &mut self,
         tx: X,
         out: Result<T, E>,
         effects: Option<Arc<Registry>>,
+        chain: C,
     ) -> Result<T, E>
     where
         X: OpenTransaction,
         E: From<sqlx::Error>,
+        C: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
     {
         let result = match out {
             Ok(value) => match tx.commit().await {
@@ -333,6 +383,12 @@ impl<'p> Attempts<'p> {
                 Err(err) => Err(E::from(err)),
             },
             Err(err) => {
+                if let (Some(outer), Some(e)) = (self.outer_effects.take(), chain(&err))
+                    && let (Class::Conflict(code), kind) =
+                        classify_conflict(e, &self.policy.retry_on)
+                {
+                    outer.record_conflict(code, kind);
+                }
                 if let Err(rollback) = tx.rollback().await {
                     tracing::warn!(error = %rollback, "ending a joined transaction failed");
                 }

@@ -8,6 +8,7 @@
 //! `mysql` and `sqlite` features.
 
 use std::fmt;
+use std::future::Future;
 
 use sqlx::Database;
 use sqlx::error::DatabaseError;
@@ -33,6 +34,34 @@ pub trait Backend: Database {
     /// The statement that starts a transaction with `options`, or an error naming the option the
     /// database does not support.
     fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error>;
+
+    /// Fails when the transaction open on `conn` was aborted by the server, so that no COMMIT is
+    /// sent for it (see [`OpenTransaction::check_not_aborted`]). The default does nothing: MySQL
+    /// and SQLite keep a transaction usable after a failed statement.
+    ///
+    /// [`OpenTransaction::check_not_aborted`]: crate::source::OpenTransaction::check_not_aborted
+    fn check_not_aborted(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        let _ = conn;
+        std::future::ready(Ok(()))
+    }
+
+    /// Commits the transaction open on a pooled `conn`, unless the server aborted it: the
+    /// [`PoolTransaction`](crate::source::PoolTransaction)'s COMMIT. `Ok(true)` means that an
+    /// empty transaction was left open on the connection, for the ROLLBACK that the pool's release
+    /// ping flushes together with its Sync, in no round trip of its own. The default is
+    /// [`check_not_aborted`](Self::check_not_aborted) then COMMIT, `Ok(false)`.
+    fn commit_pooled(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+        async move {
+            Self::check_not_aborted(conn).await?;
+            <Self::TransactionManager as sqlx_core::transaction::TransactionManager>::commit(conn)
+                .await?;
+            Ok(false)
+        }
+    }
 }
 
 /// The class of a database error: the backend whose error it is decides; PostgreSQL's SQLSTATE

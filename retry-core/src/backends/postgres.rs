@@ -53,6 +53,22 @@ impl super::Backend for sqlx::Postgres {
     fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error> {
         Ok(begin_statement(options))
     }
+
+    /// One simple query in its own round trip: `SELECT 1` fails with `25P02` in an aborted
+    /// transaction, reported as [`TransactionAborted`](crate::error::TransactionAborted).
+    fn check_not_aborted(
+        conn: &mut sqlx::PgConnection,
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        crate::aborted::postgres_check(conn)
+    }
+
+    /// `SELECT 1; COMMIT; BEGIN` as one simple query: no round trip more than COMMIT alone (see
+    /// `aborted.rs`).
+    fn commit_pooled(
+        conn: &mut sqlx::PgConnection,
+    ) -> impl std::future::Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+        crate::aborted::postgres_commit_pooled(conn)
+    }
 }
 
 /// The class of a database error with SQLSTATE `code`.

@@ -36,6 +36,7 @@ pub use classify::{Class, classify, classify_sqlx};
 pub use commit_unknown::{CommitUnknown, find_commit_unknown, is_commit_unknown};
 pub use conflict::conflict_kind;
 
+pub use crate::aborted::TransactionAborted;
 pub use crate::backends::UnsupportedTxOption;
 pub use crate::effects::NoTransaction;
 pub use crate::sqlstate::InvalidSqlState;

@@ -263,11 +263,13 @@ impl<S> Inner<S> {
 /// One attempt's transaction on a [`MockDb`]: a working copy of the state plus a recorder.
 /// Implement your repository trait for `MockTx<YourState>` to unit-test annotated functions.
 ///
-/// It behaves like a PostgreSQL transaction: after a failed statement every further statement
-/// fails with `25P02` and COMMIT rolls back instead (PostgreSQL answers such a COMMIT with
-/// `ROLLBACK`, not an error, so a body that swallows an error loses its writes — the mock shows
-/// that too); after a lost connection everything fails with the I/O error. Two interleaved
-/// transactions that both write conflict: the second COMMIT fails with `40001`.
+/// It behaves like a PostgreSQL transaction under the retry loop: after a failed statement
+/// every further statement fails with `25P02`, and a body that swallows the error and returns
+/// `Ok` gets [`TransactionAborted`](crate::error::TransactionAborted) from COMMIT (script line
+/// `COMMIT -> 25P02`), with nothing applied, as the loop reports it on PostgreSQL. It is retried
+/// only when a joined call returned a conflict during the attempt, as on PostgreSQL. After a lost
+/// connection everything fails with the I/O error. Two interleaved transactions that both write
+/// conflict: the second COMMIT fails with `40001`.
 pub struct MockTx<S> {
     db: Arc<Mutex<Inner<S>>>,
     state: S,
@@ -369,13 +371,14 @@ impl<S: Send> OpenTransaction for MockTx<S> {
                     Err(Fault::ConnectionLost.error())
                 }
                 _ if self.aborted => {
-                    // What PostgreSQL does: COMMIT of a failed transaction rolls back and
-                    // reports success.
+                    // PostgreSQL answers this COMMIT with ROLLBACK, not an error; the loop's
+                    // check before COMMIT turns that into `TransactionAborted`, and so does the
+                    // mock: nothing is applied, and `Ok` is never returned for it.
                     db.events.push(MockEvent::Failed {
                         step: "COMMIT".into(),
-                        fault: "ROLLBACK (transaction was aborted)".into(),
+                        fault: crate::aborted::IN_FAILED_SQL_TRANSACTION.into(),
                     });
-                    Ok(())
+                    Err(crate::error::TransactionAborted::sqlx(None))
                 }
                 Some(fault) => {
                     db.events.push(MockEvent::Failed {

@@ -5,6 +5,7 @@ use std::future::Future;
 use sqlx::{Database, Transaction};
 
 use super::OpenTransaction;
+use crate::backends::Backend;
 
 /// A transaction that was already open when an annotated function was called: the call **joins**
 /// it instead of starting a transaction of its own.
@@ -94,13 +95,20 @@ impl<DB: Database> std::fmt::Debug for MaybeJoined<'_, DB> {
     }
 }
 
-impl<DB: Database> OpenTransaction for MaybeJoined<'_, DB> {
+impl<DB: Backend> OpenTransaction for MaybeJoined<'_, DB> {
     type Conn = DB::Connection;
 
     fn conn(&mut self) -> &mut DB::Connection {
         match self {
             MaybeJoined::Began(tx) => tx,
             MaybeJoined::Joined(joined) => joined.conn(),
+        }
+    }
+
+    async fn check_not_aborted(&mut self) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => DB::check_not_aborted(tx).await,
+            MaybeJoined::Joined(_) => Ok(()),
         }
     }
 

@@ -74,16 +74,20 @@ impl<DB: Database> Drop for CloseUnlessBegun<DB> {
     }
 }
 
-impl<DB: Database> OpenTransaction for PoolTransaction<DB> {
+impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
     type Conn = DB::Connection;
 
     fn conn(&mut self) -> &mut DB::Connection {
         &mut self.conn
     }
 
+    /// Checks that the transaction is not aborted and commits, in one round trip on PostgreSQL
+    /// ([`Backend::commit_pooled`]). When that leaves an empty transaction open, the transaction
+    /// stays open for sqlx too, and dropping `self` queues its ROLLBACK for the release ping.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
-        DB::TransactionManager::commit(&mut self.conn).await?;
-        self.ended();
+        if !DB::commit_pooled(&mut self.conn).await? {
+            self.ended();
+        }
         Ok(())
     }
 

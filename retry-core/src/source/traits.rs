@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::{Database, Transaction};
+use sqlx::Transaction;
 
 use super::timer_sleep;
+use crate::backends::Backend;
 use crate::policy::TxOptions;
 
 /// One attempt's open transaction.
@@ -19,6 +20,16 @@ pub trait OpenTransaction: Send {
 
     /// The connection the body runs its statements on.
     fn conn(&mut self) -> &mut Self::Conn;
+
+    /// Fails when the server has already aborted the transaction, so that COMMIT (which
+    /// PostgreSQL would answer with `ROLLBACK`, not an error) is not sent: the retry loop calls it
+    /// before [`commit`](Self::commit) and treats its error as the attempt's (see
+    /// [`TransactionAborted`](crate::error::TransactionAborted)). The default does nothing; on
+    /// PostgreSQL a `&mut PgConnection` source sends one statement, and a pooled transaction
+    /// checks within its COMMIT instead.
+    fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// Sends COMMIT.
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
@@ -86,11 +97,15 @@ impl<S, Conn: ?Sized> TransactionSource<Conn> for S where
 {
 }
 
-impl<DB: Database> OpenTransaction for Transaction<'_, DB> {
+impl<DB: Backend> OpenTransaction for Transaction<'_, DB> {
     type Conn = DB::Connection;
 
     fn conn(&mut self) -> &mut DB::Connection {
         self
+    }
+
+    fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        DB::check_not_aborted(self)
     }
 
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {

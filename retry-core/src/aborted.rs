@@ -1,0 +1,150 @@
+//! `Ok` means committed: what happens when the body returns `Ok` on a transaction the server has
+//! already aborted.
+//!
+//! In PostgreSQL any failed statement aborts the whole transaction: later statements fail with
+//! `25P02` and COMMIT completes *successfully* with the tag `ROLLBACK`. A body that swallows an
+//! error (`.ok()`, `if let Err(e) = … { log }`) and returns `Ok` would therefore look committed
+//! while nothing was. sqlx 0.9 shows neither the transaction status of its connection nor the
+//! COMMIT's tag, so before COMMIT the loop sends one statement that fails in an aborted
+//! transaction ([`OpenTransaction::check_not_aborted`](crate::source::OpenTransaction::check_not_aborted)); if it fails
+//! with `25P02`, COMMIT is not sent, the transaction is rolled back and the call gets
+//! [`TransactionAborted`]. That costs a round trip per attempt on a connection the caller holds.
+//!
+//! On a pooled connection the check costs no round trip: the connection is ours until it goes
+//! back to the pool, and the pool pings it on the way back. So the check, COMMIT and a BEGIN go
+//! in **one** simple query, `SELECT 1; COMMIT; BEGIN`. In an aborted transaction the `SELECT`
+//! fails with `25P02` and the server skips the rest; otherwise COMMIT commits and BEGIN opens an
+//! empty transaction (no snapshot, no transaction id, no lock), which keeps sqlx's transaction
+//! depth true to the server: the attempt's transaction is still open for sqlx, and ending it the
+//! usual way queues a ROLLBACK that the release ping flushes together with its Sync. Sending
+//! COMMIT without the BEGIN would leave sqlx believing a transaction is open, and its ROLLBACK
+//! would then draw a "there is no transaction in progress" warning for every call. On a held
+//! connection the empty transaction would stay open until its next use (idle in transaction,
+//! which `idle_in_transaction_session_timeout`, poolers and `CREATE INDEX CONCURRENTLY` notice),
+//! so held connections get the separate check instead.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+
+use sqlx::error::{DatabaseError, ErrorKind};
+
+/// The SQLSTATE of a statement sent in an aborted transaction: in_failed_sql_transaction.
+pub(crate) const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+
+/// The body returned `Ok`, but the server had already aborted the transaction because of an
+/// earlier statement whose error the body did not return (it was ignored, logged or turned into
+/// a default). COMMIT was not sent, or was answered with `ROLLBACK`: **nothing was committed**.
+///
+/// It is a [`sqlx::Error::Database`] with SQLSTATE `25P02` (in_failed_sql_transaction), so code
+/// that matches on SQLSTATEs sees it; its [`source`](StdError::source) is the server's own
+/// `25P02` error when there is one.
+///
+/// Whether it is retried: the server does not say which error aborted the transaction. When a
+/// joined call (an annotated function called with this body's `tx`) returned a conflict
+/// (`40001`, `40P01`, a `retry_on` code) during the attempt, that conflict is taken as the cause
+/// and the attempt is retried like one. Otherwise it is returned after one attempt, like any
+/// permanent error, unless `retry_on` lists `25P02`. The remedy is in the body: return the error
+/// (`?`), or run the statement that may fail inside a savepoint (`tx.begin()`), which keeps the
+/// transaction usable when it fails.
+///
+/// ```
+/// # use sqlx_retry_core::error::TransactionAborted;
+/// fn lost_to_a_swallowed_error(err: &sqlx::Error) -> bool {
+///     matches!(err, sqlx::Error::Database(db) if db.as_error().is::<TransactionAborted>())
+/// }
+/// ```
+#[derive(Debug)]
+pub struct TransactionAborted {
+    source: Option<sqlx::Error>,
+}
+
+impl TransactionAborted {
+    /// The error for an aborted transaction, with the server's own report if there is one.
+    pub(crate) fn sqlx(source: Option<sqlx::Error>) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(TransactionAborted { source }))
+    }
+}
+
+/// Whether `err` is a [`TransactionAborted`].
+pub(crate) fn is_aborted(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.as_error().is::<TransactionAborted>())
+}
+
+/// Whether `err` is the server's report of a statement sent in an aborted transaction.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn is_in_failed_transaction(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some(IN_FAILED_SQL_TRANSACTION))
+}
+
+const MESSAGE: &str = "the transaction was aborted by an earlier statement whose error the body \
+                       did not return; COMMIT was not sent and nothing was committed";
+
+impl fmt::Display for TransactionAborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{MESSAGE} (SQLSTATE {IN_FAILED_SQL_TRANSACTION})")
+    }
+}
+
+impl StdError for TransactionAborted {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+impl DatabaseError for TransactionAborted {
+    fn message(&self) -> &str {
+        MESSAGE
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(IN_FAILED_SQL_TRANSACTION))
+    }
+
+    fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Other
+    }
+}
+
+/// The PostgreSQL check: one simple query that succeeds in an open transaction and fails with
+/// `25P02` in an aborted one. Its failure is reported as [`TransactionAborted`]; any other error
+/// (the connection broke) as is: COMMIT was not sent either way.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_check(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    match sqlx::raw_sql("SELECT 1 /* sqlx-retry: not aborted? */")
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
+        Err(err) => Err(err),
+    }
+}
+
+/// The pooled COMMIT on PostgreSQL: check, COMMIT and an empty transaction in one simple query
+/// (see the module's documentation). `Ok(true)`: committed, and the empty transaction is open.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_commit_pooled(
+    conn: &mut sqlx::PgConnection,
+) -> Result<bool, sqlx::Error> {
+    match sqlx::raw_sql("SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN")
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
+        Err(err) => Err(err),
+    }
+}
