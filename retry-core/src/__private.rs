@@ -120,7 +120,7 @@ pub const fn sqlstate(code: &str) -> SqlState {
 #[diagnostic::on_unimplemented(
     message = "`#[serializable_retry]` restores `&mut` arguments when an attempt is retried, so `{Self}` must be `Clone`",
     label = "not `Clone`: cannot be restored before a retry",
-    note = "mark the parameter `#[keep]` to keep what failed attempts wrote (an accumulator, a counter), or derive `Clone`"
+    note = "mark the parameter `#[keep]` (the receiver `#[keep] &mut self`) to keep what failed attempts wrote, as an accumulator or a counter wants; or derive `Clone`"
 )]
 pub trait RestoreOnRetry {
     /// The value to restore.

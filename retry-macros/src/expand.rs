@@ -70,7 +70,11 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
         }
         !ours
     });
-    if item.sig.asyncness.is_none() {
+    // `#[async_trait]` ran first: the body is `Box::pin(async move { … })` and the signature
+    // is the trait's, so it is kept.
+    let boxed_output = async_trait_output(&item);
+    let keep_signature = config.keep_signature || boxed_output.is_some();
+    if item.sig.asyncness.is_none() && boxed_output.is_none() {
         // Expanded as the `async fn` it must be, so callers that `.await` it see no error.
         errors.push_new(
             item.sig.fn_token,
@@ -143,6 +147,7 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     };
 
     let output: Type = match &item.sig.output {
+        ReturnType::Type(..) if boxed_output.is_some() => boxed_output.clone().unwrap_or_else(|| syn::parse_quote!(())),
         ReturnType::Type(_, ty) => (**ty).clone(),
         ReturnType::Default => {
             errors.push_new(
@@ -184,12 +189,13 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     // that attributes below this one (`#[tracing::instrument(skip(tx))]`) still find it.
     let source_ty: Type = if lenient_source {
         syn::parse_quote!(impl ::core::marker::Sized)
-    } else if config.keep_signature {
+    } else if keep_signature {
         (*tx.ty).clone()
     } else {
         syn::parse_quote_spanned! {tx.ty.span()=> impl #krate::TransactionSource<#conn_ty>}
     };
     let tx_pat = (*tx.pat).clone();
+    let written_tx_ty = (*tx.ty).clone();
     if let FnArg::Typed(tx) = &mut item.sig.inputs[tx_index] {
         tx.attrs.retain(|attr| {
             if is_keep(attr) {
@@ -202,17 +208,38 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     }
 
     if stub {
-        return expand_stub(item, errors);
+        let written = if lenient_source { Some(written_tx_ty) } else { None };
+        return expand_stub(item, errors, written);
     }
-    let body = expand_body(config, &mut item, &mut errors, tx_index, &tx_name, &tx_pat, &conn_ty, &output);
-    *item.block = body;
+    if boxed_output.is_some() {
+        // Retry the async block's body; the function still returns `Box::pin(async move { … })`.
+        let receiver_mut = item.sig.receiver().is_some_and(|r| r.mutability.is_some() && r.reference.is_some());
+        let mut boxed = take_async_trait_block(&mut item);
+        if receiver_mut {
+            reborrow_async_trait_self(&mut boxed);
+        }
+        let body = expand_body(config, &mut item, &mut errors, tx_index, &tx_name, &tx_pat, &conn_ty, &output, &boxed);
+        put_async_trait_block(&mut item, body);
+    } else {
+        let user_body = (*item.block).clone();
+        let body = expand_body(config, &mut item, &mut errors, tx_index, &tx_name, &tx_pat, &conn_ty, &output, &user_body);
+        *item.block = body;
+    }
     let errors = errors.to_compile_error();
     quote!(#item #errors)
 }
 
 /// The function with its rewritten signature and a body that is never run: emitted with a shape
 /// error so that callers type-check against the signature they will get.
-fn expand_stub(mut item: ItemFn, errors: Errors) -> TokenStream {
+fn expand_stub(mut item: ItemFn, errors: Errors, written_tx_ty: Option<Type>) -> TokenStream {
+    // The source parameter has no lifetime to lend to references in the return type.
+    if let ReturnType::Type(_, ty) = &mut item.sig.output {
+        StaticReferences.visit_type_mut(ty);
+    }
+    // The type as written stays in use (no "unused import" beside the error).
+    let keep_ty = written_tx_ty.map(|ty| {
+        quote!(let _: ::core::marker::PhantomData<#ty> = ::core::marker::PhantomData;)
+    });
     for input in item.sig.inputs.iter_mut() {
         if let FnArg::Typed(arg) = input {
             arg.attrs.retain(|a| !is_keep(a));
@@ -222,10 +249,29 @@ fn expand_stub(mut item: ItemFn, errors: Errors) -> TokenStream {
     }
     item.attrs.push(syn::parse_quote!(#[allow(unused_variables, unused_mut, unreachable_code, clippy::diverging_sub_expression)]));
     *item.block = syn::parse_quote!({
+        #keep_ty
         ::core::unreachable!("`#[serializable_retry]` reported an error on this function")
     });
     let errors = errors.to_compile_error();
     quote!(#item #errors)
+}
+
+/// `tokens` moved to `span` for diagnostics, each token resolving as before.
+fn located(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(group) = &tt {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), located(group.stream(), span));
+                inner.set_span(group.span().located_at(span));
+                tt = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tt.set_span(tt.span().located_at(span));
+            }
+            tt
+        })
+        .collect()
 }
 
 fn plain_pat(ident: Ident) -> Pat {
@@ -259,6 +305,7 @@ fn expand_body(
     tx_pat: &Pat,
     conn_ty: &Type,
     output: &Type,
+    body: &syn::Block,
 ) -> syn::Block {
     let krate = &config.krate;
     let private = quote!(#krate::__private);
@@ -281,7 +328,6 @@ fn expand_body(
     let output = &output_named;
 
     let policy = policy_tokens(config, &private);
-    let body = &item.block;
     // Spans that only *locate* generated code on the user's tokens (for diagnostics) but resolve
     // at the call site like the rest of the expansion: the user's tokens may come from a
     // `macro_rules!` caller, whose hygiene would hide `__sqlx_retry_*` locals.
@@ -376,9 +422,8 @@ fn bind_receiver(
         return;
     }
     let self_token = &receiver.self_token;
-    let at = Span::call_site().located_at(receiver.span());
-    let saved = quote_spanned!(at=> __sqlx_retry_saved_self);
-    let save = quote_spanned! {at=> #private::save(&*#self_token) };
+    let saved = quote!(__sqlx_retry_saved_self);
+    let save = located(quote!(#private::save(&*#self_token)), receiver.span());
     code.before.push(quote!(let #saved = #save;));
     code.retry.push(quote!(#saved.restore(&mut *#self_token);));
 }
@@ -419,7 +464,7 @@ fn bind_per_attempt(
                 let #user_pat = &mut *#outer;
             });
             if keep_attr.is_none() {
-                let save = quote_spanned!(at.located_at(target.span())=> #private::save(&*#outer));
+                let save = located(quote!(#private::save(&*#outer)), target.span());
                 code.before.push(quote!(#(#attrs)* let #saved = #save;));
                 code.retry.push(quote!(#(#attrs)* #saved.restore(&mut *#outer);));
             }
@@ -437,9 +482,10 @@ fn bind_per_attempt(
                 let #user_pat = ::core::option::Option::as_deref_mut(&mut #outer);
             });
             if keep_attr.is_none() {
-                let save = quote_spanned! {at.located_at(target.span())=>
-                    ::core::option::Option::map(::core::option::Option::as_deref(&#outer), #private::save)
-                };
+                let save = located(
+                    quote!(::core::option::Option::map(::core::option::Option::as_deref(&#outer), #private::save)),
+                    target.span(),
+                );
                 code.before.push(quote!(#(#attrs)* let #saved = #save;));
                 code.retry.push(quote! {
                     #(#attrs)*
@@ -635,6 +681,18 @@ impl VisitMut for InferImplTrait {
     }
 }
 
+/// Elided references get `'static` (in a stub's return type only).
+struct StaticReferences;
+
+impl VisitMut for StaticReferences {
+    fn visit_type_reference_mut(&mut self, reference: &mut TypeReference) {
+        if reference.lifetime.is_none() {
+            reference.lifetime = Some(syn::parse_quote!('static));
+        }
+        syn::visit_mut::visit_type_reference_mut(self, reference);
+    }
+}
+
 /// Where errors about the function's error type point: `E` in `…Result<T, E>`, else the return
 /// type (`anyhow::Result<T>`).
 fn error_type_span(output: &Type) -> Span {
@@ -721,5 +779,73 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
             },
             #idempotent,
         )
+    }
+}
+
+/// The async block of an `#[async_trait]` method: its body's last expression is
+/// `Box::pin(async move { … })` (the form tracing-attributes recognises too).
+fn async_trait_block(item: &mut ItemFn) -> Option<&mut syn::ExprAsync> {
+    if item.sig.asyncness.is_some() {
+        return None;
+    }
+    let syn::Stmt::Expr(syn::Expr::Call(call), None) = item.block.stmts.last_mut()? else {
+        return None;
+    };
+    let syn::Expr::Path(func) = &*call.func else {
+        return None;
+    };
+    let segments: Vec<String> = func.path.segments.iter().map(|s| s.ident.to_string()).collect();
+    if !segments.ends_with(&["Box".to_string(), "pin".to_string()]) || call.args.len() != 1 {
+        return None;
+    }
+    match call.args.first_mut()? {
+        syn::Expr::Async(block) if block.capture.is_some() => Some(block),
+        _ => None,
+    }
+}
+
+/// `X` in an `#[async_trait]` method's `Pin<Box<dyn Future<Output = X> + Send + 'async_trait>>`.
+fn async_trait_output(item: &ItemFn) -> Option<Type> {
+    let mut probe = item.clone();
+    async_trait_block(&mut probe)?;
+    let ReturnType::Type(_, ty) = &item.sig.output else {
+        return None;
+    };
+    struct Find(Option<Type>);
+    impl<'a> syn::visit::Visit<'a> for Find {
+        fn visit_assoc_type(&mut self, assoc: &'a syn::AssocType) {
+            if self.0.is_none() && assoc.ident == "Output" {
+                self.0 = Some(assoc.ty.clone());
+            }
+        }
+    }
+    let mut find = Find(None);
+    syn::visit::Visit::visit_type(&mut find, ty);
+    find.0
+}
+
+fn take_async_trait_block(item: &mut ItemFn) -> syn::Block {
+    async_trait_block(item).map_or_else(|| syn::parse_quote!({}), |b| b.block.clone())
+}
+
+fn put_async_trait_block(item: &mut ItemFn, body: syn::Block) {
+    if let Some(block) = async_trait_block(item) {
+        block.block = body;
+    }
+}
+
+/// `#[async_trait]` moves `self` into `__self` at the top of the body; with `&mut self` each
+/// attempt reborrows instead, since the body runs more than once.
+fn reborrow_async_trait_self(block: &mut syn::Block) {
+    for stmt in &mut block.stmts {
+        if let syn::Stmt::Local(local) = stmt
+            && let Pat::Ident(pat) = &local.pat
+            && pat.ident == "__self"
+            && let Some(init) = &mut local.init
+            && let syn::Expr::Path(path) = &*init.expr
+            && path.path.is_ident("self")
+        {
+            init.expr = syn::parse_quote!(&mut *self);
+        }
     }
 }

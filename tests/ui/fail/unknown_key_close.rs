@@ -2,7 +2,7 @@
 use sqlx::PgConnection;
 use sqlx_retry::serializable_retry;
 
-#[serializable_retry(retires = 3)]
+#[serializable_retry(isolaton = "serializable")]
 async fn f(tx: &mut PgConnection, n: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT $1").bind(n).fetch_one(&mut *tx).await
 }
