@@ -84,11 +84,15 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     }
     let krate = &config.krate;
 
-    let Some(tx_index) = item
-        .sig
-        .inputs
-        .iter()
-        .position(|arg| matches!(arg, FnArg::Typed(_)))
+    let Some((tx_index, tx)) =
+        item.sig
+            .inputs
+            .iter()
+            .enumerate()
+            .find_map(|(i, arg)| match arg {
+                FnArg::Typed(typed) => Some((i, typed)),
+                FnArg::Receiver(_) => None,
+            })
     else {
         errors.push(syn::Error::new(
             item.sig.paren_token.span.join(),
@@ -96,9 +100,6 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
         ));
         let errors = errors.to_compile_error();
         return quote!(#item #errors);
-    };
-    let FnArg::Typed(tx) = &item.sig.inputs[tx_index] else {
-        unreachable!("position() found a typed parameter")
     };
     let tx_name = match &*tx.pat {
         Pat::Ident(PatIdent {
@@ -847,5 +848,83 @@ fn reborrow_async_trait_self(block: &mut syn::Block) {
         {
             init.expr = syn::parse_quote!(&mut *self);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr;
+
+    fn expand_str(args: &str, item: &str) -> (String, String) {
+        let (config, error) = attr::parse(args.parse().unwrap());
+        let mut errors = Errors::default();
+        errors.extend(error);
+        let out = expand(&config, syn::parse_str(item).unwrap(), errors).to_string();
+        let errors = out
+            .match_indices("compile_error")
+            .map(|(i, _)| out[i..].split(')').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        (out, errors)
+    }
+
+    const F: &str = "async fn f(tx: &mut PgConnection, n: i64) -> Result<i64, sqlx::Error> { Ok(n) }";
+
+    #[test]
+    fn an_argument_error_still_rewrites_the_signature() {
+        let (out, errors) = expand_str("max = 0", F);
+        assert!(errors.contains("at least 1"), "{errors}");
+        assert_eq!(out.matches("compile_error").count(), 1);
+        assert!(out.contains("tx : impl :: sqlx_retry :: TransactionSource < PgConnection >"), "{out}");
+    }
+
+    #[test]
+    fn generated_code_names_only_the_source_trait_and_private_items() {
+        let (out, errors) = expand_str(r#"retry_on = ["55P03"], budget = "2s""#, F);
+        assert!(errors.is_empty(), "{errors}");
+        let named: Vec<&str> = out
+            .match_indices(":: sqlx_retry ::")
+            .map(|(i, _)| out[i + 17..].split_whitespace().next().unwrap_or_default())
+            .collect();
+        assert!(
+            named.iter().all(|n| *n == "TransactionSource" || *n == "__private"),
+            "{named:?}"
+        );
+        assert!(out.contains("__private :: sqlstate (\"55P03\")"), "{out}");
+    }
+
+    #[test]
+    fn a_wrong_shape_gives_a_stub_with_the_callers_signature() {
+        let (out, errors) = expand_str("", "async fn f(tx: &mut PgConnection) -> Option<i64> { None }");
+        assert!(errors.contains("needs a `Result` return type"), "{errors}");
+        assert!(out.contains("impl :: sqlx_retry :: TransactionSource < PgConnection >"));
+        assert!(out.contains("unreachable"));
+        let (out, errors) = expand_str("", "async fn f(tx: &mut PgPool) -> Result<(), E> { Ok(()) }");
+        assert!(errors.contains("not a pool"), "{errors}");
+        assert!(out.contains("impl :: core :: marker :: Sized"), "{out}");
+    }
+
+    #[test]
+    fn keep_signature_keeps_the_transaction_parameter() {
+        let (out, errors) = expand_str("keep_signature", F);
+        assert!(errors.is_empty(), "{errors}");
+        assert!(out.contains("async fn f (tx : & mut PgConnection , n : i64)"), "{out}");
+        assert!(!out.contains("TransactionSource"));
+    }
+
+    #[test]
+    fn recognises_mut_arguments_and_plain_results() {
+        let ty = |s: &str| syn::parse_str::<Type>(s).unwrap();
+        assert!(matches!(mutable_target(&ty("&mut Vec<i64>")), Some((_, false))));
+        assert!(matches!(mutable_target(&ty("Option<&mut Vec<i64>>")), Some((_, true))));
+        assert!(mutable_target(&ty("Option<&Vec<i64>>")).is_none());
+        assert!(mutable_target(&ty("&Vec<i64>")).is_none());
+        assert!(not_a_result(&ty("Option<i64>")));
+        assert!(not_a_result(&ty("()")));
+        assert!(!not_a_result(&ty("anyhow::Result<i64>")));
+        assert!(!not_a_result(&ty("MyResult<i64>")));
+        assert!(borrows(&ty("Result<&mut PgConnection, E>"), &ty("PgConnection")).is_some());
+        assert!(borrows(&ty("Result<&str, E>"), &ty("PgConnection")).is_none());
     }
 }
