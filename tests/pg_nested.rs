@@ -271,8 +271,12 @@ trait Ledger {
 
 #[async_trait::async_trait]
 trait DynLedger: Send + Sync {
-    async fn add_boxed(&self, tx: &mut PgConnection, id: i32, amount: i32)
-    -> Result<(), sqlx::Error>;
+    async fn add_boxed(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> Result<(), sqlx::Error>;
 }
 
 /// Adds `amount`, then fails its first attempt with a 40001 raised by the server.
@@ -281,7 +285,12 @@ struct PgLedger {
 }
 
 impl PgLedger {
-    async fn add_then_fail_once(&self, tx: &mut PgConnection, id: i32, amount: i32) -> Result<(), sqlx::Error> {
+    async fn add_then_fail_once(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
             .bind(id)
             .bind(amount)
@@ -306,7 +315,12 @@ impl Ledger for PgLedger {
 #[async_trait::async_trait]
 impl DynLedger for PgLedger {
     #[serializable_retry(backoff(none))]
-    async fn add_boxed(&self, tx: &mut PgConnection, id: i32, amount: i32) -> Result<(), sqlx::Error> {
+    async fn add_boxed(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> Result<(), sqlx::Error> {
         self.add_then_fail_once(tx, id, amount).await
     }
 }

@@ -305,11 +305,18 @@ impl Configuration {
         let backoff = match &self.backoff {
             None => None,
             Some(Set { value: raw, key }) => {
-                let strategy = raw.strategy.as_ref().map_or(Strategy::Adaptive, |s| s.value);
+                let strategy = raw
+                    .strategy
+                    .as_ref()
+                    .map_or(Strategy::Adaptive, |s| s.value);
                 let base = raw.base.as_ref().map(|s| s.value);
                 let cap = raw.cap.as_ref().map(|s| s.value);
                 if strategy == Strategy::None && (base.is_some() || cap.is_some()) {
-                    let at = raw.base.as_ref().or(raw.cap.as_ref()).map_or(*key, |s| s.key);
+                    let at = raw
+                        .base
+                        .as_ref()
+                        .or(raw.cap.as_ref())
+                        .map_or(*key, |s| s.key);
                     return Err(syn::Error::new(
                         at,
                         "`none` retries at once and takes no `base` or `cap`",
@@ -317,7 +324,11 @@ impl Configuration {
                 }
                 let (b, c) = (base.unwrap_or(DEFAULT_BASE), cap.unwrap_or(DEFAULT_CAP));
                 if b > c {
-                    let at = raw.base.as_ref().or(raw.cap.as_ref()).map_or(*key, |s| s.key);
+                    let at = raw
+                        .base
+                        .as_ref()
+                        .or(raw.cap.as_ref())
+                        .map_or(*key, |s| s.key);
                     return Err(syn::Error::new(
                         at,
                         format!("backoff `base` ({b:?}) is larger than `cap` ({c:?})"),
@@ -375,7 +386,10 @@ fn parse_max(input: ParseStream<'_>) -> syn::Result<u32> {
         ));
     }
     let n: u32 = int.base10_parse().map_err(|_| {
-        syn::Error::new(int.span(), "`max` is too large: at most 4294967295 attempts")
+        syn::Error::new(
+            int.span(),
+            "`max` is too large: at most 4294967295 attempts",
+        )
     })?;
     if n == 0 {
         return Err(syn::Error::new(
@@ -517,7 +531,12 @@ fn parse_backoff(input: ParseStream<'_>, key: Span) -> syn::Result<RawBackoff> {
                     "the strategy comes first: `backoff(exponential, base = \"5ms\")`",
                 ));
             }
-            set_once(&mut out.strategy, ident.span(), "the backoff strategy", *strategy)?;
+            set_once(
+                &mut out.strategy,
+                ident.span(),
+                "the backoff strategy",
+                *strategy,
+            )?;
         } else if content.peek(syn::Ident) {
             let ident: syn::Ident = content.parse()?;
             return Err(syn::Error::new(
@@ -568,7 +587,7 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// The candidate closest to `word` (case-insensitive edit distance), if it is close enough to be
 /// a slip of the keyboard or of spelling (`serialisable`, `Serializable`, `retries_on`).
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let word = word.to_ascii_lowercase().replace('-', "_").replace(' ', "_");
+    let word = word.to_ascii_lowercase().replace(['-', ' '], "_");
     candidates
         .map(|c| (edit_distance(&word, c), c))
         .filter(|(d, c)| *d <= (c.len() / 3).max(1))
@@ -684,7 +703,10 @@ mod tests {
         assert!(err("retries = 3").contains("unknown argument `retries`"));
         assert!(err("retry_onn = []").contains("did you mean `retry_on`?"));
         let isolation = err(r#"isolation = "serialisable""#);
-        assert!(isolation.contains("did you mean `serializable`?"), "{isolation}");
+        assert!(
+            isolation.contains("did you mean `serializable`?"),
+            "{isolation}"
+        );
         assert!(err(r#"isolation = "Read_Committed""#).contains("did you mean `read_committed`?"));
         assert!(err(r#"isolation = "snapshot""#).contains("expected `serializable`"));
         assert!(!err(r#"isolation = "snapshot""#).contains("did you mean"));

@@ -84,15 +84,15 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     }
     let krate = &config.krate;
 
-    let Some((tx_index, tx)) =
-        item.sig
-            .inputs
-            .iter()
-            .enumerate()
-            .find_map(|(i, arg)| match arg {
-                FnArg::Typed(typed) => Some((i, typed)),
-                FnArg::Receiver(_) => None,
-            })
+    let Some((tx_index, tx)) = item
+        .sig
+        .inputs
+        .iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg {
+            FnArg::Typed(typed) => Some((i, typed)),
+            FnArg::Receiver(_) => None,
+        })
     else {
         errors.push(syn::Error::new(
             item.sig.paren_token.span.join(),
@@ -148,7 +148,9 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     };
 
     let output: Type = match &item.sig.output {
-        ReturnType::Type(..) if boxed_output.is_some() => boxed_output.clone().unwrap_or_else(|| syn::parse_quote!(())),
+        ReturnType::Type(..) if boxed_output.is_some() => boxed_output
+            .clone()
+            .unwrap_or_else(|| syn::parse_quote!(())),
         ReturnType::Type(_, ty) => (**ty).clone(),
         ReturnType::Default => {
             errors.push_new(
@@ -200,7 +202,10 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     if let FnArg::Typed(tx) = &mut item.sig.inputs[tx_index] {
         tx.attrs.retain(|attr| {
             if is_keep(attr) {
-                errors.push_new(attr, "`#[keep]` applies to `&mut` arguments, not to the transaction");
+                errors.push_new(
+                    attr,
+                    "`#[keep]` applies to `&mut` arguments, not to the transaction",
+                );
             }
             !is_keep(attr)
         });
@@ -209,21 +214,48 @@ pub fn expand(config: &Config, mut item: ItemFn, mut errors: Errors) -> TokenStr
     }
 
     if stub {
-        let written = if lenient_source { Some(written_tx_ty) } else { None };
+        let written = if lenient_source {
+            Some(written_tx_ty)
+        } else {
+            None
+        };
         return expand_stub(item, errors, written);
     }
     if boxed_output.is_some() {
         // Retry the async block's body; the function still returns `Box::pin(async move { … })`.
-        let receiver_mut = item.sig.receiver().is_some_and(|r| r.mutability.is_some() && r.reference.is_some());
+        let receiver_mut = item
+            .sig
+            .receiver()
+            .is_some_and(|r| r.mutability.is_some() && r.reference.is_some());
         let mut boxed = take_async_trait_block(&mut item);
         if receiver_mut {
             reborrow_async_trait_self(&mut boxed);
         }
-        let body = expand_body(config, &mut item, &mut errors, tx_index, &tx_name, &tx_pat, &conn_ty, &output, &boxed);
+        let body = expand_body(
+            config,
+            &mut item,
+            &mut errors,
+            tx_index,
+            &tx_name,
+            &tx_pat,
+            &conn_ty,
+            &output,
+            &boxed,
+        );
         put_async_trait_block(&mut item, body);
     } else {
         let user_body = (*item.block).clone();
-        let body = expand_body(config, &mut item, &mut errors, tx_index, &tx_name, &tx_pat, &conn_ty, &output, &user_body);
+        let body = expand_body(
+            config,
+            &mut item,
+            &mut errors,
+            tx_index,
+            &tx_name,
+            &tx_pat,
+            &conn_ty,
+            &output,
+            &user_body,
+        );
         *item.block = body;
     }
     let errors = errors.to_compile_error();
@@ -238,9 +270,8 @@ fn expand_stub(mut item: ItemFn, errors: Errors, written_tx_ty: Option<Type>) ->
         StaticReferences.visit_type_mut(ty);
     }
     // The type as written stays in use (no "unused import" beside the error).
-    let keep_ty = written_tx_ty.map(|ty| {
-        quote!(let _: ::core::marker::PhantomData<#ty> = ::core::marker::PhantomData;)
-    });
+    let keep_ty = written_tx_ty
+        .map(|ty| quote!(let _: ::core::marker::PhantomData<#ty> = ::core::marker::PhantomData;));
     for input in item.sig.inputs.iter_mut() {
         if let FnArg::Typed(arg) = input {
             arg.attrs.retain(|a| !is_keep(a));
@@ -322,7 +353,11 @@ fn expand_body(
             FnArg::Typed(_) => {}
         }
     }
-    let ArgCode { before, each, retry } = code;
+    let ArgCode {
+        before,
+        each,
+        retry,
+    } = code;
 
     let mut output_named = output.clone();
     InferImplTrait.visit_type_mut(&mut output_named);
@@ -413,7 +448,7 @@ fn bind_receiver(
     if !mutable_ref {
         if keep {
             errors.push_new(
-                &receiver.self_token,
+                receiver.self_token,
                 "`#[keep]` applies to `&mut self` and `&mut` arguments: nothing else is restored",
             );
         }
@@ -467,7 +502,8 @@ fn bind_per_attempt(
             if keep_attr.is_none() {
                 let save = located(quote!(#private::save(&*#outer)), target.span());
                 code.before.push(quote!(#(#attrs)* let #saved = #save;));
-                code.retry.push(quote!(#(#attrs)* #saved.restore(&mut *#outer);));
+                code.retry
+                    .push(quote!(#(#attrs)* #saved.restore(&mut *#outer);));
             }
         }
         // `Option<&mut T>`: each attempt reborrows the reference inside.
@@ -713,9 +749,11 @@ fn carried(attrs: &[Attribute]) -> Vec<&Attribute> {
     attrs
         .iter()
         .filter(|a| {
-            ["cfg", "cfg_attr", "allow", "warn", "deny", "forbid", "expect"]
-                .iter()
-                .any(|name| a.path().is_ident(name))
+            [
+                "cfg", "cfg_attr", "allow", "warn", "deny", "forbid", "expect",
+            ]
+            .iter()
+            .any(|name| a.path().is_ident(name))
         })
         .collect()
 }
@@ -725,9 +763,10 @@ fn is_keep(attr: &Attribute) -> bool {
 }
 
 fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
-    let max = config
-        .max
-        .map_or(quote!(#private::Policy::DEFAULT_MAX_ATTEMPTS), |n| quote!(#n));
+    let max = config.max.map_or(
+        quote!(#private::Policy::DEFAULT_MAX_ATTEMPTS),
+        |n| quote!(#n),
+    );
     let isolation = match config.isolation {
         Isolation::Serializable => quote!(#private::IsolationLevel::Serializable),
         Isolation::RepeatableRead => quote!(#private::IsolationLevel::RepeatableRead),
@@ -743,7 +782,9 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
     let backoff = match &config.backoff {
         None => quote!(#private::Backoff::default()),
         Some(b) => {
-            let base = b.base.map_or(quote!(#private::Backoff::DEFAULT_BASE), nanos);
+            let base = b
+                .base
+                .map_or(quote!(#private::Backoff::DEFAULT_BASE), nanos);
             let cap = b.cap.map_or(quote!(#private::Backoff::DEFAULT_CAP), nanos);
             match b.strategy {
                 Strategy::Adaptive => quote!(#private::Backoff::adaptive(#base, #cap)),
@@ -795,7 +836,12 @@ fn async_trait_block(item: &mut ItemFn) -> Option<&mut syn::ExprAsync> {
     let syn::Expr::Path(func) = &*call.func else {
         return None;
     };
-    let segments: Vec<String> = func.path.segments.iter().map(|s| s.ident.to_string()).collect();
+    let segments: Vec<String> = func
+        .path
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
     if !segments.ends_with(&["Box".to_string(), "pin".to_string()]) || call.args.len() != 1 {
         return None;
     }
@@ -869,14 +915,18 @@ mod tests {
         (out, errors)
     }
 
-    const F: &str = "async fn f(tx: &mut PgConnection, n: i64) -> Result<i64, sqlx::Error> { Ok(n) }";
+    const F: &str =
+        "async fn f(tx: &mut PgConnection, n: i64) -> Result<i64, sqlx::Error> { Ok(n) }";
 
     #[test]
     fn an_argument_error_still_rewrites_the_signature() {
         let (out, errors) = expand_str("max = 0", F);
         assert!(errors.contains("at least 1"), "{errors}");
         assert_eq!(out.matches("compile_error").count(), 1);
-        assert!(out.contains("tx : impl :: sqlx_retry :: TransactionSource < PgConnection >"), "{out}");
+        assert!(
+            out.contains("tx : impl :: sqlx_retry :: TransactionSource < PgConnection >"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -888,7 +938,9 @@ mod tests {
             .map(|(i, _)| out[i + 17..].split_whitespace().next().unwrap_or_default())
             .collect();
         assert!(
-            named.iter().all(|n| *n == "TransactionSource" || *n == "__private"),
+            named
+                .iter()
+                .all(|n| *n == "TransactionSource" || *n == "__private"),
             "{named:?}"
         );
         assert!(out.contains("__private :: sqlstate (\"55P03\")"), "{out}");
@@ -896,11 +948,17 @@ mod tests {
 
     #[test]
     fn a_wrong_shape_gives_a_stub_with_the_callers_signature() {
-        let (out, errors) = expand_str("", "async fn f(tx: &mut PgConnection) -> Option<i64> { None }");
+        let (out, errors) = expand_str(
+            "",
+            "async fn f(tx: &mut PgConnection) -> Option<i64> { None }",
+        );
         assert!(errors.contains("needs a `Result` return type"), "{errors}");
         assert!(out.contains("impl :: sqlx_retry :: TransactionSource < PgConnection >"));
         assert!(out.contains("unreachable"));
-        let (out, errors) = expand_str("", "async fn f(tx: &mut PgPool) -> Result<(), E> { Ok(()) }");
+        let (out, errors) = expand_str(
+            "",
+            "async fn f(tx: &mut PgPool) -> Result<(), E> { Ok(()) }",
+        );
         assert!(errors.contains("not a pool"), "{errors}");
         assert!(out.contains("impl :: core :: marker :: Sized"), "{out}");
     }
@@ -909,15 +967,24 @@ mod tests {
     fn keep_signature_keeps_the_transaction_parameter() {
         let (out, errors) = expand_str("keep_signature", F);
         assert!(errors.is_empty(), "{errors}");
-        assert!(out.contains("async fn f (tx : & mut PgConnection , n : i64)"), "{out}");
+        assert!(
+            out.contains("async fn f (tx : & mut PgConnection , n : i64)"),
+            "{out}"
+        );
         assert!(!out.contains("TransactionSource"));
     }
 
     #[test]
     fn recognises_mut_arguments_and_plain_results() {
         let ty = |s: &str| syn::parse_str::<Type>(s).unwrap();
-        assert!(matches!(mutable_target(&ty("&mut Vec<i64>")), Some((_, false))));
-        assert!(matches!(mutable_target(&ty("Option<&mut Vec<i64>>")), Some((_, true))));
+        assert!(matches!(
+            mutable_target(&ty("&mut Vec<i64>")),
+            Some((_, false))
+        ));
+        assert!(matches!(
+            mutable_target(&ty("Option<&mut Vec<i64>>")),
+            Some((_, true))
+        ));
         assert!(mutable_target(&ty("Option<&Vec<i64>>")).is_none());
         assert!(mutable_target(&ty("&Vec<i64>")).is_none());
         assert!(not_a_result(&ty("Option<i64>")));
