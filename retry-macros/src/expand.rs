@@ -499,7 +499,13 @@ fn bind_per_attempt(
                 #[allow(unused_mut)]
                 let #user_pat = &mut *#outer;
             });
-            if keep_attr.is_none() {
+            if keep_attr.is_none() && is_unsized(target) {
+                // Cannot be cloned, so cannot be restored: one error here, none from the bounds.
+                errors.push_new(
+                    target,
+                    "`#[serializable_retry]` restores `&mut` arguments when an attempt is retried, and an unsized value cannot be cloned: mark the parameter `#[keep]` to keep what failed attempts wrote",
+                );
+            } else if keep_attr.is_none() {
                 let save = located(quote!(#private::save(&*#outer)), target.span());
                 code.before.push(quote!(#(#attrs)* let #saved = #save;));
                 code.retry
@@ -518,7 +524,12 @@ fn bind_per_attempt(
                 #[allow(unused_mut)]
                 let #user_pat = ::core::option::Option::as_deref_mut(&mut #outer);
             });
-            if keep_attr.is_none() {
+            if keep_attr.is_none() && is_unsized(target) {
+                errors.push_new(
+                    target,
+                    "`#[serializable_retry]` restores `&mut` arguments when an attempt is retried, and an unsized value cannot be cloned: mark the parameter `#[keep]` to keep what failed attempts wrote",
+                );
+            } else if keep_attr.is_none() {
                 let save = located(
                     quote!(::core::option::Option::map(::core::option::Option::as_deref(&#outer), #private::save)),
                     target.span(),
@@ -552,6 +563,16 @@ fn bind_per_attempt(
                 let #user_pat = ::core::clone::Clone::clone(&#outer);
             });
         }
+    }
+}
+
+/// `dyn Trait`, `[T]` and `str`: types that are plainly not `Sized`, so not `Clone`.
+fn is_unsized(ty: &Type) -> bool {
+    match ty {
+        Type::TraitObject(_) | Type::Slice(_) => true,
+        Type::Paren(p) => is_unsized(&p.elem),
+        Type::Path(p) => p.qself.is_none() && p.path.is_ident("str"),
+        _ => false,
     }
 }
 
@@ -987,6 +1008,8 @@ mod tests {
         ));
         assert!(mutable_target(&ty("Option<&Vec<i64>>")).is_none());
         assert!(mutable_target(&ty("&Vec<i64>")).is_none());
+        assert!(is_unsized(&ty("dyn std::io::Write")) && is_unsized(&ty("[u8]")));
+        assert!(!is_unsized(&ty("Vec<u8>")));
         assert!(not_a_result(&ty("Option<i64>")));
         assert!(not_a_result(&ty("()")));
         assert!(!not_a_result(&ty("anyhow::Result<i64>")));
