@@ -35,15 +35,11 @@ impl Errors {
         }
     }
 
-    pub fn into_compile_error(self) -> TokenStream {
-        self.to_compile_error()
-    }
-
     fn push_new(&mut self, tokens: impl ToTokens, message: &str) {
         self.push(syn::Error::new_spanned(tokens, message));
     }
 
-    fn to_compile_error(&self) -> TokenStream {
+    pub fn to_compile_error(&self) -> TokenStream {
         self.0
             .as_ref()
             .map(syn::Error::to_compile_error)

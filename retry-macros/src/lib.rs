@@ -25,7 +25,7 @@ pub fn serializable_retry(args: TokenStream, item: TokenStream) -> TokenStream {
                 "`#[serializable_retry]` applies to an `async fn`"
             };
             errors.push(syn::Error::new(proc_macro2::Span::call_site(), message));
-            let errors = errors.into_compile_error();
+            let errors = errors.to_compile_error();
             quote::quote!(#item #errors).into()
         }
     }
