@@ -26,6 +26,9 @@ pub struct Retry {
     pub sqlstate: String,
     /// The conflict kind the loop reports; empty when the error names none.
     pub conflict: String,
+    /// Every field of the event as ` name=value` text (values in `Debug` form), to check what an
+    /// event does *not* carry.
+    pub fields: String,
 }
 
 /// The retries seen by a subscriber this log is a layer of.
@@ -72,12 +75,14 @@ where
             attempt: u64,
             sqlstate: String,
             conflict: String,
+            all: String,
         }
         impl Visit for Fields {
             fn record_u64(&mut self, field: &Field, value: u64) {
                 if field.name() == "attempt" {
                     self.attempt = value;
                 }
+                self.all += &format!(" {}={value}", field.name());
             }
             fn record_str(&mut self, field: &Field, value: &str) {
                 match field.name() {
@@ -85,11 +90,13 @@ where
                     "conflict" => self.conflict = value.to_owned(),
                     _ => {}
                 }
+                self.all += &format!(" {}={value:?}", field.name());
             }
             fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
                 if field.name() == "message" {
                     self.message = format!("{value:?}");
                 }
+                self.all += &format!(" {}={value:?}", field.name());
             }
         }
         let mut fields = Fields::default();
@@ -106,6 +113,7 @@ where
             attempt: fields.attempt,
             sqlstate: fields.sqlstate,
             conflict: fields.conflict,
+            fields: fields.all,
         });
     }
 }

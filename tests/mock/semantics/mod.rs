@@ -13,6 +13,7 @@ mod control_flow;
 mod error_types;
 mod events;
 mod limits;
+mod mut_arguments;
 mod not_retried;
 mod plain_api;
 mod retried;
@@ -145,7 +146,7 @@ async fn bump_idempotent(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
 
 #[serializable_retry(
     max = 100,
-    timeout = "50ms",
+    budget = "50ms",
     backoff(exponential, base = "40ms", cap = "40ms")
 )]
 async fn bump_budgeted(tx: &mut MockTx<i64>) -> Result<i64, sqlx::Error> {
