@@ -113,7 +113,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let retries: BTreeMap<String, u64> = retries
         .by_sqlstate("transfer")
         .into_iter()
-        .map(|(code, n)| (if code.is_empty() { "connection lost".into() } else { code }, n))
+        .map(|(code, n)| {
+            (
+                if code.is_empty() {
+                    "connection lost".into()
+                } else {
+                    code
+                },
+                n,
+            )
+        })
         .collect();
     let (total, negative): (i64, i64) = sqlx::query_as(
         "SELECT sum(balance)::bigint, count(*) FILTER (WHERE balance < 0) FROM accounts",

@@ -60,7 +60,9 @@ impl RetryLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

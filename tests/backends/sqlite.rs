@@ -10,16 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection, SqlitePool};
 use sqlx_retry::error::UnsupportedTxOption;
 use sqlx_retry::serializable_retry;
-use tokio::sync::Barrier;
 use sqlx_retry_testkit::global_retries;
+use tokio::sync::Barrier;
 
 /// A database file in the temporary directory, deleted (with its WAL files) on drop.
 struct TempDb {

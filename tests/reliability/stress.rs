@@ -361,7 +361,10 @@ async fn never_clearing_conflict_gives_up_after_exactly_max_attempts() {
         .unwrap();
     assert_eq!(rows, 0, "nothing of a failed attempt is committed");
     // 8 calls x 2 retries each.
-    assert_eq!(counter.by_sqlstate("always_conflicts").get("40001"), Some(&16));
+    assert_eq!(
+        counter.by_sqlstate("always_conflicts").get("40001"),
+        Some(&16)
+    );
     schema.drop_schema().await.unwrap();
 }
 

@@ -7,7 +7,6 @@ mod standby;
 
 use std::time::{Duration, Instant};
 
-
 pub use sqlx_retry_testkit::{Retry, with_retry_log};
 
 /// The SQLSTATE of a `sqlx::Error`, if it is a database error.

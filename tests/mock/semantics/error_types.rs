@@ -7,7 +7,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 
 #[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
-async fn with_anyhow(tx: &mut MockTx<i64>) -> anyhow::Result<i64> {
+pub(super) async fn with_anyhow(tx: &mut MockTx<i64>) -> anyhow::Result<i64> {
     tx.execute("bump").context("bumping the counter")?;
     *tx.state_mut() += 1;
     Ok(*tx.state())
@@ -22,14 +22,14 @@ async fn with_from(tx: &mut MockTx<i64>) -> Result<i64, AppError> {
 
 /// The repository layer's error: wraps `sqlx::Error`.
 #[derive(Debug, thiserror::Error)]
-enum RepoError {
+pub(super) enum RepoError {
     #[error("repository failed")]
     Db(#[from] sqlx::Error),
 }
 
 /// The service layer's error: wraps the repository's, so `sqlx::Error` is two `source()`s deep.
 #[derive(Debug, thiserror::Error)]
-enum ServiceError {
+pub(super) enum ServiceError {
     #[error("transfer failed")]
     Repo(#[source] RepoError),
     #[allow(dead_code)]
@@ -44,7 +44,7 @@ impl From<sqlx::Error> for ServiceError {
 }
 
 #[serializable_retry(max = 2, backoff(exponential, base = "1ms", cap = "4ms"))]
-async fn with_nested(tx: &mut MockTx<i64>) -> Result<i64, ServiceError> {
+pub(super) async fn with_nested(tx: &mut MockTx<i64>) -> Result<i64, ServiceError> {
     tx.execute("bump")
         .map_err(RepoError::from)
         .map_err(ServiceError::Repo)?;

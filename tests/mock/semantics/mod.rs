@@ -20,6 +20,10 @@ mod retried;
 mod rollback;
 mod send;
 
+// Fixtures one section defines and others use too.
+use error_types::{with_anyhow, with_nested};
+use not_retried::AppError;
+
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
 use std::fmt;

@@ -38,7 +38,7 @@ async fn permanent_sqlstate_at_commit_gets_exactly_one_attempt() {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum AppError {
+pub(super) enum AppError {
     #[error("insufficient funds")]
     InsufficientFunds,
     #[error("database error")]
