@@ -108,3 +108,10 @@ pub const fn attribute_policy(
         max, isolation, read_only, deferrable, backoff, budget, retry_on, idempotent,
     )
 }
+
+/// The policy of an annotated function marked `replica`: `policy`, allowed on a hot standby.
+/// The attribute has checked `read_only` and the isolation level.
+pub const fn replica(mut policy: Policy) -> Policy {
+    policy.options.replica = true;
+    policy
+}
