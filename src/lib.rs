@@ -116,6 +116,9 @@ pub use sqlx_retry_core::{
 
 pub use sqlx_retry_core::{error, metrics, source};
 
+#[cfg(feature = "postgres")]
+pub use sqlx_retry_core::{Cluster, cluster};
+
 #[cfg(feature = "mock")]
 pub use sqlx_retry_core::mock;
 
