@@ -36,6 +36,7 @@
 /// | `isolation = "…"` | `"serializable"`, `"repeatable_read"` or `"read_committed"` | `"serializable"` |
 /// | `read_only` | start the transaction `READ ONLY` | read-write |
 /// | `deferrable` | `DEFERRABLE`; only with `read_only` at `"serializable"` | off |
+/// | `replica` | may run on a hot standby when called with a [`Cluster`] or a [`Session`](cluster::Session); only with `read_only` at `"repeatable_read"` or `"read_committed"` (standbys refuse writes and `SERIALIZABLE`); other sources ignore it | off |
 /// | `backoff(base = "5ms", cap = "500ms")` | the wait between attempts; optionally led by a strategy: `adaptive`, `exponential`, `decorrelated` or `none` (see [`Backoff`]) | adaptive, 5 ms, 500 ms |
 /// | `budget = "2s"` | retry budget, at least `1ms`: no retry starts whose backoff would end past it. Not a deadline on the call: for that, wrap the call in `tokio::time::timeout(…)` | none |
 /// | `retry_on = ["23505", …]` | extra SQLSTATEs to retry | none |

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 use sqlx_retry::cluster::Session;
-use sqlx_retry::{Cluster, Policy, transaction};
+use sqlx_retry::{Cluster, Policy, serializable_retry, transaction};
 
 use crate::PAIR;
 use crate::cluster::{
@@ -224,4 +224,45 @@ async fn stress_sessions_never_miss_their_writes_while_the_standby_lags_and_the_
     pair.resume_replay().await.unwrap();
     eprintln!("through the plain cluster, replay paused: {seen:?}");
     assert!(seen.stale.load(Ordering::Relaxed) >= 1, "{seen:?}");
+}
+
+/// Reads row `id` and says where it ran: may run on a standby.
+#[serializable_retry(read_only, isolation = "repeatable_read", replica)]
+async fn balance(tx: &mut PgConnection, id: i32) -> Result<(bool, i32), sqlx::Error> {
+    crate::cluster::read_row(tx, id).await
+}
+
+/// Sets row `id` to `n`: runs on the primary.
+#[serializable_retry]
+async fn set(tx: &mut PgConnection, id: i32, n: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE t SET n = $2 WHERE id = $1")
+        .bind(id)
+        .bind(n)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_replica_functions_route_through_a_cluster_and_a_session() {
+    let _pair = PAIR.lock().await;
+    let (pair, _schema, primary, standby) = setup().await;
+    let cluster = Cluster::builder(primary.clone())
+        .replica(standby.clone())
+        .max_lag(Duration::from_millis(100))
+        .build();
+    set(&cluster, 1, 11).await.unwrap();
+    pair.wait_for_replay().await.unwrap();
+    assert_eq!(balance(&cluster, 1).await.unwrap(), (true, 11));
+
+    pair.pause_replay().await.expect("pause replay");
+    let _resume = ResumeOnDrop(pair);
+    let session = cluster.session();
+    set(&session, 1, 12).await.unwrap();
+    assert_eq!(balance(&session, 1).await.unwrap(), (false, 12));
+    // The same functions with a plain pool run on it.
+    assert_eq!(balance(&standby, 1).await.unwrap(), (true, 11));
+    assert_eq!(balance(&primary, 1).await.unwrap(), (false, 12));
+    pair.resume_replay().await.expect("resume replay");
+    wait_until_standby(&session, 1, 12).await;
 }
