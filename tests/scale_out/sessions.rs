@@ -266,3 +266,27 @@ async fn annotated_replica_functions_route_through_a_cluster_and_a_session() {
     pair.resume_replay().await.expect("resume replay");
     wait_until_standby(&session, 1, 12).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_does_not_wait_for_a_replica_that_is_not_in_recovery() {
+    let _pair = PAIR.lock().await;
+    let (_pair, _schema, primary, _standby) = setup().await;
+    // A "replica" pool that reaches a primary (say, a promoted standby): it has no replay
+    // position, so a session that wrote never waits max_lag (30 s here) for it.
+    let cluster = Cluster::builder(primary.clone())
+        .replica(primary.clone())
+        .max_lag(Duration::from_secs(30))
+        .build();
+    let session = cluster.session();
+    assert!(!write_through(&session, 3, 31).await.unwrap());
+    let started = Instant::now();
+    assert_eq!(
+        read_through(&session, &replica_read(), 3).await.unwrap(),
+        (false, 31)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

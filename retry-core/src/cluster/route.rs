@@ -16,12 +16,15 @@ use crate::backends::postgres::begin_statement;
 use crate::policy::TxOptions;
 use crate::source::PoolTransaction;
 
-/// How often a session's call asks a standby again whether it has replayed the session's last
-/// commit.
-const CATCH_UP_POLL: Duration = Duration::from_millis(2);
+/// How long a session's call waits before it asks a standby again whether it has replayed the
+/// session's last commit: from the first value, doubling up to the second.
+const CATCH_UP_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(16));
 
 /// Marks the failing statement of a catch-up check, so that its error is told from others.
 const BEHIND_MARK: &str = "sqlx-retry: standby behind";
+
+/// What the check's error shows for a server that is not in recovery.
+const NOT_IN_RECOVERY: &str = "not in recovery";
 
 /// What trying one standby gave.
 enum Tried {
@@ -107,6 +110,7 @@ impl Inner {
         }
         let plain = begin_statement(&options);
         let deadline = Instant::now() + self.max_lag;
+        let mut poll = CATCH_UP_POLL.0;
         loop {
             // A session's check runs before BEGIN, in the same query: replay only moves forward,
             // so a position it has replayed before the transaction's snapshot is in the snapshot.
@@ -119,7 +123,7 @@ impl Inner {
                 sqlx::AssertSqlSafe(format!(
                     "SET LOCAL client_min_messages = error; \
                      SELECT CASE WHEN pg_last_wal_replay_lsn() >= '{target}'::pg_lsn THEN 1 \
-                     ELSE ('{BEHIND_MARK} ' || coalesce(pg_last_wal_replay_lsn()::text, 'none') \
+                     ELSE ('{BEHIND_MARK} ' || coalesce(pg_last_wal_replay_lsn()::text, '{NOT_IN_RECOVERY}') \
                            || ' < {target}')::int END; \
                      COMMIT; {plain}"
                 ))
@@ -135,9 +139,11 @@ impl Inner {
                     let on_commit = OnCommit::Measure(Arc::clone(self), i);
                     return Tried::Began(ClusterTransaction::new(tx, on_commit));
                 }
-                Ok(Err((_, Some(kept)))) => {
-                    // Behind: the connection is idle and usable.
-                    if Instant::now() + CATCH_UP_POLL > deadline {
+                Ok(Err((err, Some(kept)))) => {
+                    // Behind: the connection is idle and usable. A server that is not in
+                    // recovery has no replay position: never wait for it.
+                    let not_a_standby = err.to_string().contains(NOT_IN_RECOVERY);
+                    if not_a_standby || Instant::now() + poll > deadline {
                         tracing::debug!(
                             standby = i,
                             %target,
@@ -146,7 +152,8 @@ impl Inner {
                         );
                         return Tried::Skip;
                     }
-                    tokio::time::sleep(CATCH_UP_POLL).await;
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(CATCH_UP_POLL.1);
                     conn = kept;
                 }
                 Ok(Err((err, None))) => {
