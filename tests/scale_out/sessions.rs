@@ -14,6 +14,7 @@ use crate::PAIR;
 use crate::cluster::{
     ResumeOnDrop, read_through, replica_read, setup, wait_until_standby, write_through,
 };
+use sqlx_retry_testkit::{Fault, Matcher, PgProxy, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_reads_its_own_writes_while_replay_is_paused_and_the_cluster_does_not() {
@@ -288,5 +289,51 @@ async fn a_session_does_not_wait_for_a_replica_that_is_not_in_recovery() {
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_session_write_whose_commit_outcome_is_unknown_the_session_reads_on_the_primary() {
+    let _pair = PAIR.lock().await;
+    let (pair, schema, primary, standby) = setup().await;
+    // The session's primary is reached through a proxy that cuts the COMMIT's reply after the
+    // server committed: the session cannot learn the commit's position.
+    let proxy = PgProxy::start(Upstream::from_options(&pair.primary_options()).unwrap()).await;
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(proxy.schema_options(schema.schema()))
+        .await
+        .expect("pool through the proxy");
+    let cluster = Cluster::builder(through_proxy)
+        .replica(standby.clone())
+        .max_lag(Duration::from_secs(30))
+        .build();
+    let session = cluster.session();
+    pair.pause_replay().await.expect("pause replay");
+    let _resume = ResumeOnDrop(pair);
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains("COMMIT")));
+    let err = write_through(&session, 1, 13)
+        .await
+        .expect_err("the reply was cut");
+    assert!(cut.fired());
+    assert!(sqlx_retry::is_commit_unknown(&err), "{err:?}");
+    // It did commit, and the session's reads now run on the primary, where they see it.
+    let n: i32 = sqlx::query_scalar("SELECT n FROM t WHERE id = 1")
+        .fetch_one(&primary)
+        .await
+        .unwrap();
+    assert_eq!(n, 13);
+    assert_eq!(
+        session.last_commit_lsn().as_deref(),
+        Some("FFFFFFFF/FFFFFFFF")
+    );
+    assert_eq!(
+        read_through(&session, &replica_read(), 1).await.unwrap(),
+        (false, 13)
+    );
+    // The paused standby has not replayed it: the plain cluster misses it there.
+    assert_eq!(
+        read_through(&cluster, &replica_read(), 1).await.unwrap(),
+        (true, 10)
     );
 }

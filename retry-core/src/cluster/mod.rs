@@ -36,7 +36,8 @@
 //! transaction runs after its snapshot was taken, and replay may have moved on in between). When
 //! the standby is behind, the call retries the check for at most `max_lag`, then runs on the
 //! primary. So a call through a session sees every commit made through that session (or any of
-//! its clones) before the call started.
+//! its clones) before the call started. A session write whose COMMIT's outcome is unknown may
+//! have committed at an unknown position: from then on the session reads on the primary.
 //!
 //! | round trips | write | `replica` read |
 //! |---|---|---|
@@ -277,7 +278,9 @@ impl Session {
     }
 
     /// The WAL position at or past the end of the last commit made through this session, as
-    /// PostgreSQL writes it (`16/B374D848`); `None` before the first.
+    /// PostgreSQL writes it (`16/B374D848`); `None` before the first. After a write whose
+    /// COMMIT's outcome is unknown (the connection broke while it was in flight) it is
+    /// `FFFFFFFF/FFFFFFFF`, and the session's `replica` calls run on the primary from then on.
     pub fn last_commit_lsn(&self) -> Option<String> {
         match self.written.load(Ordering::Acquire) {
             0 => None,

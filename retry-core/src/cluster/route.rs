@@ -11,7 +11,7 @@ use tokio::time::{Instant, timeout};
 use super::Inner;
 use super::lsn::Lsn;
 use super::standby::{LagVerdict, PROBE, Standby};
-use super::tx::{ClusterTransaction, OnCommit};
+use super::tx::{ClusterTransaction, OnCommit, UNKNOWN};
 use crate::backends::postgres::begin_statement;
 use crate::policy::TxOptions;
 use crate::source::PoolTransaction;
@@ -44,8 +44,8 @@ impl Inner {
     ) -> Result<ClusterTransaction, sqlx::Error> {
         if options.replica && !self.standbys.is_empty() {
             let target = written.map_or(0, |w| w.load(Ordering::Acquire));
-            // A session whose last commit position could not be read reads on the primary.
-            if target != u64::MAX {
+            // A session whose last commit position is unknown reads on the primary.
+            if target != UNKNOWN {
                 let n = self.standbys.len();
                 let first = self.next.fetch_add(1, Ordering::Relaxed);
                 for k in 0..n {

@@ -18,6 +18,10 @@ use crate::source::{BeginTransaction, OpenTransaction, PoolTransaction};
 const COMMIT_AND_READ_LSN: &str = "SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN; \
                                    SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
 
+/// A session's last commit position when it is not known (a COMMIT's reply was lost): its
+/// `replica` calls run on the primary.
+pub(crate) const UNKNOWN: u64 = u64::MAX;
+
 /// An open transaction on one of a [`Cluster`]'s servers: the transaction type of the `&Cluster`
 /// and `&Session` sources. You meet it only when driving those sources by hand.
 pub struct ClusterTransaction {
@@ -67,13 +71,25 @@ impl OpenTransaction for ClusterTransaction {
         match self.on_commit {
             OnCommit::Nothing => self.tx.commit().await,
             OnCommit::RecordLsn(written) => {
-                let rows = self.tx.commit_returning(COMMIT_AND_READ_LSN).await?;
+                let rows = match self.tx.commit_returning(COMMIT_AND_READ_LSN).await {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        // Without a reply from the server (the connection broke), the COMMIT
+                        // may have committed: the session's later `replica` calls run on the
+                        // primary, which has it if it committed. A server's error means
+                        // nothing was committed.
+                        if !matches!(err, sqlx::Error::Database(_)) {
+                            written.store(UNKNOWN, Ordering::Release);
+                        }
+                        return Err(err);
+                    }
+                };
                 // Committed. Should the position be unreadable, the session must still see this
                 // commit: its later `replica` calls then all run on the primary.
                 let lsn = rows
                     .last()
                     .and_then(|row| row.try_get::<i64, _>(0).ok())
-                    .map_or(Lsn(u64::MAX), Lsn::from_sql);
+                    .map_or(Lsn(UNKNOWN), Lsn::from_sql);
                 written.fetch_max(lsn.0, Ordering::AcqRel);
                 Ok(())
             }
