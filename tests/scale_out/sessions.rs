@@ -337,3 +337,60 @@ async fn after_a_session_write_whose_commit_outcome_is_unknown_the_session_reads
         (true, 10)
     );
 }
+
+/// Round trips `proxy` forwarded during `call`, the pool's ping on release included.
+async fn round_trips<T>(proxy: &PgProxy, call: impl std::future::Future<Output = T>) -> (T, u64) {
+    let before = proxy.stats();
+    let out = call.await;
+    // The pool pings a connection it takes back after the call returned.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (out, proxy.stats().since(&before).round_trips)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_adds_no_round_trip_to_a_write_or_to_a_read_on_a_standby_that_caught_up() {
+    let _pair = PAIR.lock().await;
+    let (pair, schema, _primary, _standby) = setup().await;
+    let proxied = async |options: sqlx::postgres::PgConnectOptions| {
+        let proxy = PgProxy::start(Upstream::from_options(&options).unwrap()).await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(proxy.schema_options(schema.schema()))
+            .await
+            .expect("pool through a proxy");
+        (proxy, pool)
+    };
+    let (to_primary, primary) = proxied(pair.primary_options()).await;
+    let (to_standby, standby) = proxied(pair.standby_options()).await;
+    let cluster = Cluster::builder(primary.clone())
+        .replica(standby.clone())
+        .max_lag(Duration::from_secs(30))
+        .build();
+    let session = cluster.session();
+    // Warm up: each pool's connection open, the standby's lag measured.
+    write_through(&primary, 1, 10).await.unwrap();
+    read_through(&cluster, &replica_read(), 1).await.unwrap();
+
+    let (on, pool_write) = round_trips(&to_primary, write_through(&primary, 1, 11)).await;
+    assert!(!on.unwrap());
+    let (on, session_write) = round_trips(&to_primary, write_through(&session, 1, 12)).await;
+    assert!(!on.unwrap());
+    assert_eq!(session_write, pool_write);
+
+    pair.wait_for_replay().await.unwrap();
+    let (read, pool_read) =
+        round_trips(&to_standby, read_through(&standby, &replica_read(), 1)).await;
+    assert_eq!(read.unwrap(), (true, 12));
+    let (read, cluster_read) =
+        round_trips(&to_standby, read_through(&cluster, &replica_read(), 1)).await;
+    assert_eq!(read.unwrap(), (true, 12));
+    let (read, session_read) =
+        round_trips(&to_standby, read_through(&session, &replica_read(), 1)).await;
+    assert_eq!(read.unwrap(), (true, 12));
+    eprintln!(
+        "round trips: write {pool_write} (pool) / {session_write} (session); replica read \
+         {pool_read} (pool) / {cluster_read} (cluster) / {session_read} (session)"
+    );
+    assert_eq!(cluster_read, pool_read);
+    assert_eq!(session_read, pool_read);
+}
