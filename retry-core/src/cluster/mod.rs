@@ -10,9 +10,10 @@
 //! A `replica` call through `&cluster` runs on the next standby, in turn, that is
 //!
 //! - **not down**: a standby whose pool gave no connection within
-//!   [`standby_timeout`](ClusterBuilder::standby_timeout) (its pool was not merely full), or
-//!   whose connection failed at BEGIN, is skipped for [`down_period`](ClusterBuilder::down_period);
-//!   the first call after that period tries it again;
+//!   [`standby_timeout`](ClusterBuilder::standby_timeout) (unless the pool was merely full),
+//!   or that did not answer a probe or BEGIN within it, is skipped for
+//!   [`down_period`](ClusterBuilder::down_period); the first call after that period tries it
+//!   again. A BEGIN that fails on one connection skips the standby for that attempt only;
 //! - **not lagging**: its replay lag, measured on the standby when it was last used (read with
 //!   the COMMIT, no round trip of its own) or probed (one round trip, when the last measure is
 //!   too old), plus the time since that measure, is at most [`max_lag`](ClusterBuilder::max_lag).
