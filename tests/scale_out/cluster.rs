@@ -386,3 +386,43 @@ async fn a_recovery_conflict_in_a_replica_call_is_retried_through_the_cluster() 
     assert_eq!(retries.len(), 1, "{retries:?}");
     assert_eq!(retries[0].sqlstate, "40001");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_skips_a_standby_that_is_down_for_another_standby() {
+    let _pair = PAIR.lock().await;
+    let (_pair, schema, primary, standby) = setup().await;
+    // A second "standby" where nothing listens: a port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let nowhere = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(schema.standby_options().port(port));
+    let cluster = Cluster::builder(primary.clone())
+        .replica(nowhere)
+        .replica(standby)
+        .max_lag(Duration::from_secs(5))
+        .standby_timeout(Duration::from_millis(200))
+        .down_period(Duration::from_secs(60))
+        .build();
+    // Standbys take turns, so some of these calls try the dead one first: all of them run on
+    // the live standby, and the dead one is marked down once.
+    let (results, events) = with_event_log(async {
+        let mut results = Vec::new();
+        for _ in 0..6 {
+            results.push(read_through(&cluster, &replica_read(), 2).await);
+        }
+        results
+    })
+    .await;
+    for result in results {
+        assert_eq!(result.expect("no error to the caller"), (true, 20));
+    }
+    let marked = events
+        .iter()
+        .filter(|m| m.contains("standby unavailable"))
+        .count();
+    assert_eq!(marked, 1, "{events:?}");
+}
