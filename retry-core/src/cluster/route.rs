@@ -48,9 +48,12 @@ impl Inner {
             if target != UNKNOWN {
                 let n = self.standbys.len();
                 let first = self.next.fetch_add(1, Ordering::Relaxed);
+                // A session's call waits for standbys to catch up at most max_lag in all.
+                let deadline = Instant::now() + self.max_lag;
                 for k in 0..n {
                     let i = (first + k) % n;
-                    if let Tried::Began(tx) = self.try_standby(i, options, Lsn(target)).await {
+                    let tried = self.try_standby(i, options, Lsn(target), deadline).await;
+                    if let Tried::Began(tx) = tried {
                         return Ok(tx);
                     }
                 }
@@ -67,8 +70,14 @@ impl Inner {
     }
 
     /// Tries to start the transaction on standby `i`; with a `target` (a session's last commit),
-    /// only once the standby has replayed past it.
-    async fn try_standby(self: &Arc<Self>, i: usize, options: TxOptions, target: Lsn) -> Tried {
+    /// only once the standby has replayed past it, waiting for that until `deadline`.
+    async fn try_standby(
+        self: &Arc<Self>,
+        i: usize,
+        options: TxOptions,
+        target: Lsn,
+        deadline: Instant,
+    ) -> Tried {
         let Some(standby) = self.standbys.get(i) else {
             return Tried::Skip;
         };
@@ -109,7 +118,6 @@ impl Inner {
             }
         }
         let plain = begin_statement(&options);
-        let deadline = Instant::now() + self.max_lag;
         let mut poll = CATCH_UP_POLL.0;
         loop {
             // A session's check runs before BEGIN, in the same query: replay only moves forward,
