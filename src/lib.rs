@@ -29,7 +29,7 @@
 /// # Arguments
 ///
 /// All optional, each checked at compile time with an error on the offending token: `max`,
-/// `isolation`, `read_only`, `deferrable`, `backoff(…)`, `budget`, `retry_on`, `idempotent`,
+/// `isolation`, `read_only`, `deferrable`, `replica`, `backoff(…)`, `budget`, `retry_on`, `idempotent`,
 /// `keep_signature` and `crate`. Their meanings and defaults are in one table, in the crate
 /// documentation's [Attribute arguments](crate#attribute-arguments).
 ///
@@ -129,6 +129,9 @@ pub use sqlx_retry_core::{
 };
 
 pub use sqlx_retry_core::{error, metrics, source};
+
+#[cfg(feature = "postgres")]
+pub use sqlx_retry_core::{Cluster, cluster};
 
 #[cfg(feature = "mock")]
 pub use sqlx_retry_core::mock;
