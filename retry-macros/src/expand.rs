@@ -824,7 +824,7 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
         let c = &c.0;
         quote!(#private::sqlstate(#c))
     });
-    quote! {
+    let policy = quote! {
         #private::attribute_policy(
             #max,
             #isolation,
@@ -838,6 +838,11 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
             },
             #idempotent,
         )
+    };
+    if config.replica {
+        quote!(#private::replica(#policy))
+    } else {
+        policy
     }
 }
 

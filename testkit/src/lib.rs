@@ -56,7 +56,7 @@ pub use proxy::{
     ProxyStats, Upstream,
 };
 pub use replica::{PgReplicaPair, ReplicaSchema, STANDBY_MAX_DELAY};
-pub use retries::{Retry, RetryLog, global_retries, with_retry_log};
+pub use retries::{Retry, RetryLog, global_retries, with_event_log, with_retry_log};
 pub use schema::{
     Isolated, connect_options, drop_schema, isolated_pool, isolated_pool_via, isolated_schema,
     quote_ident, schema_options, with_search_path,

@@ -3,7 +3,8 @@
 //! reaches it).
 //!
 //! [`global_retries`] installs a process-wide subscriber once and records every retry of the
-//! process; [`with_retry_log`] records the retries of one future only.
+//! process; [`with_retry_log`] records the retries of one future only, and [`with_event_log`]
+//! the messages of all its events.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -141,4 +142,36 @@ pub async fn with_retry_log<F: Future>(future: F) -> (F::Output, Vec<Retry>) {
     let subscriber = tracing_subscriber::registry().with(log.clone());
     let out = future.with_subscriber(subscriber).await;
     (out, log.retries())
+}
+
+/// The messages of every event its subscriber sees.
+#[derive(Clone, Default)]
+struct MessageLog(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MessageLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        struct Message(String);
+        impl Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(message.0);
+    }
+}
+
+/// Runs `future` with its events captured: its result and the messages of all its events.
+pub async fn with_event_log<F: Future>(future: F) -> (F::Output, Vec<String>) {
+    let log = MessageLog::default();
+    let subscriber = tracing_subscriber::registry().with(log.clone());
+    let out = future.with_subscriber(subscriber).await;
+    let messages = log.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    (out, messages)
 }

@@ -2,12 +2,18 @@
 //! transaction-pooling pgbouncer, and on a hot standby (recovery conflicts, refused isolation
 //! levels, writes). These tests are the regression suite for replica routing.
 
+mod cluster;
 mod pgbouncer;
+mod sessions;
 mod standby;
 
 use std::time::{Duration, Instant};
 
-pub use sqlx_retry_testkit::{Retry, with_retry_log};
+pub use sqlx_retry_testkit::{Retry, with_event_log, with_retry_log};
+
+/// Held by every test of the shared primary + standby pair: some of them stop the standby or
+/// pause its replay.
+pub static PAIR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The SQLSTATE of a `sqlx::Error`, if it is a database error.
 pub fn code(err: &sqlx::Error) -> Option<String> {

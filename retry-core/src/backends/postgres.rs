@@ -130,6 +130,7 @@ mod tests {
             isolation,
             read_only,
             deferrable,
+            ..TxOptions::default()
         };
         use IsolationLevel::*;
         assert_eq!(
