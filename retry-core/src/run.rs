@@ -17,6 +17,13 @@ use crate::metrics::{self, Outcome};
 use crate::source::{BeginTransaction, OpenTransaction, TransactionSource};
 use crate::{ConflictKind, Policy, RetryInfo, SqlState};
 
+/// Whether a COMMIT's error is the server's own `40003` statement_completion_unknown (CockroachDB's
+/// "result is ambiguous"), as opposed to an error of this crate's that carries the same code.
+fn is_completion_unknown(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("40003") && !db.as_error().is::<CommitUnknown>())
+}
+
 /// A boxed, `Send` future borrowing for `'a`: what a [`transaction`] body returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -190,9 +197,10 @@ impl<'p> Attempts<'p> {
     ///   [`TransactionAborted`](crate::error::TransactionAborted): retried like a conflict when a joined
     ///   call returned one during the attempt, else classified as `25P02`.
     /// - A COMMIT that fails with a conflict (`40001` at commit under SERIALIZABLE) is retried.
-    /// - A COMMIT whose connection broke has an unknown outcome: the commit-unknown error
+    /// - A COMMIT whose connection broke, or that the server answered with `40003`
+    ///   statement_completion_unknown, has an unknown outcome: the commit-unknown error
     ///   ([`is_commit_unknown`](crate::is_commit_unknown)) is returned, and retried only when the
-    ///   policy is `idempotent`.
+    ///   policy is `idempotent` and the source reconnects (a pool).
     /// - After a successful COMMIT the effects registered with
     ///   [`after_commit`](crate::after_commit) during this attempt run, in order, before
     ///   `Some(Ok(_))` is returned. Any other ending drops them.
@@ -279,27 +287,9 @@ impl<'p> Attempts<'p> {
                             Some(Err(E::from(err)))
                         }
                     }
-                    (Class::ConnectionLost, _) => {
-                        tracing::warn!(
-                            attempt = self.attempt,
-                            error = %err,
-                            "connection lost while COMMIT was in flight; the outcome is unknown"
-                        );
-                        metrics::commit_unknown(self.name);
-                        let unknown = CommitUnknown::into_sqlx_error(err);
-                        if self.policy.idempotent
-                            && self.reconnects
-                            && self.schedule_retry(None, None, &event_message(&unknown))
-                        {
-                            None
-                        } else {
-                            self.end(if self.exhausted {
-                                Outcome::Exhausted
-                            } else {
-                                Outcome::CommitUnknown
-                            });
-                            Some(Err(E::from(unknown)))
-                        }
+                    (Class::ConnectionLost, _) => self.commit_unknown(err),
+                    (Class::Permanent, _) if is_completion_unknown(&err) => {
+                        self.commit_unknown(err)
                     }
                     (Class::Permanent, _) => {
                         self.end(Outcome::Error);
@@ -338,6 +328,37 @@ impl<'p> Attempts<'p> {
                     Some(Err(err))
                 }
             }
+        }
+    }
+
+    /// COMMIT ended without an outcome: the connection broke while it was in flight, or the
+    /// server answered `40003`. The commit-unknown error is returned, or retried when the policy
+    /// is `idempotent` and the source gets a fresh connection for the next attempt (the same rule
+    /// for both causes, so that one policy means one behaviour whichever way the outcome was
+    /// lost).
+    fn commit_unknown<T, E: From<sqlx::Error>>(
+        &mut self,
+        err: sqlx::Error,
+    ) -> Option<Result<T, E>> {
+        tracing::warn!(
+            attempt = self.attempt,
+            error = %err,
+            "COMMIT ended without an outcome; the transaction may or may not have committed"
+        );
+        metrics::commit_unknown(self.name);
+        let unknown = CommitUnknown::into_sqlx_error(err);
+        if self.policy.idempotent
+            && self.reconnects
+            && self.schedule_retry(None, None, &event_message(&unknown))
+        {
+            None
+        } else {
+            self.end(if self.exhausted {
+                Outcome::Exhausted
+            } else {
+                Outcome::CommitUnknown
+            });
+            Some(Err(E::from(unknown)))
         }
     }
 

@@ -17,6 +17,7 @@ use crate::error::Class;
 use crate::policy::TxOptions;
 use crate::{ConflictKind, SqlState};
 
+pub(crate) mod distributed;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 pub(crate) mod postgres;
@@ -83,9 +84,9 @@ pub(crate) fn classify(db: &dyn DatabaseError, retry_on: &[SqlState]) -> Class {
     }
 }
 
-/// The kind of conflict a database error reports; `None` without a SQLSTATE. Only PostgreSQL
-/// tells kinds apart; other databases' conflicts are [`ConflictKind::Other`] or, for `40P01`,
-/// [`ConflictKind::Deadlock`].
+/// The kind of conflict a database error reports; `None` without a SQLSTATE. PostgreSQL (by its
+/// source file field), CockroachDB and YugabyteDB (by their messages) tell kinds apart; other
+/// databases' conflicts are [`ConflictKind::Other`] or, for `40P01`, [`ConflictKind::Deadlock`].
 pub(crate) fn conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
     postgres::conflict_kind(db)
 }
