@@ -28,7 +28,11 @@ fn is_aborted(err: &sqlx::Error) -> bool {
 
 fn assert_aborted(err: &sqlx::Error) {
     assert!(is_aborted(err), "{err:?}");
-    assert_eq!(sqlx_retry::error::sqlstate(err), SqlState::new("25P02"), "{err}");
+    assert_eq!(
+        sqlx_retry::error::sqlstate(err),
+        SqlState::new("25P02"),
+        "{err}"
+    );
     // The server's own report of the failed check is its source.
     let source = std::error::Error::source(err).expect("the server's 25P02");
     assert!(source.to_string().contains("aborted"), "{source}");

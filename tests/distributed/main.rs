@@ -5,6 +5,7 @@
 
 mod commit_unknown;
 mod injected;
+mod savepoint;
 
 use std::sync::{Arc, Mutex};
 

@@ -48,6 +48,22 @@ pub trait Backend: Database {
         std::future::ready(Ok(()))
     }
 
+    /// Sends one statement of the savepoint protocol (see
+    /// [`PolicyBuilder::savepoint`](crate::PolicyBuilder::savepoint)) on `conn`, as a simple
+    /// query. The default fails with [`UnsupportedTxOption`]: the protocol is for PostgreSQL and
+    /// the distributed engines on its wire protocol (CockroachDB, YugabyteDB).
+    fn savepoint_statement(
+        conn: &mut Self::Connection,
+        statement: crate::source::Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = (conn, statement);
+        std::future::ready(Err(UnsupportedTxOption::sqlx(
+            "this database",
+            "savepoint",
+            "the savepoint protocol is supported on PostgreSQL and engines on its wire protocol",
+        )))
+    }
+
     /// Commits the transaction open on a pooled `conn`, unless the server aborted it: the
     /// [`PoolTransaction`](crate::source::PoolTransaction)'s COMMIT. `Ok(true)` means that an
     /// empty transaction was left open on the connection, for the ROLLBACK that the pool's release
@@ -114,7 +130,6 @@ pub struct UnsupportedTxOption {
 }
 
 impl UnsupportedTxOption {
-    #[allow(dead_code)] // unused when neither `mysql` nor `sqlite` is enabled
     pub(crate) fn sqlx(
         database: &'static str,
         option: &'static str,

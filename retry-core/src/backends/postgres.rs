@@ -65,6 +65,15 @@ impl super::Backend for sqlx::Postgres {
         crate::aborted::postgres_check(conn)
     }
 
+    fn savepoint_statement(
+        conn: &mut sqlx::PgConnection,
+        statement: crate::source::Savepoint<'_>,
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send {
+        // The name was checked as a plain identifier when the policy was built.
+        let sql = sqlx::AssertSqlSafe(statement.to_string());
+        async move { sqlx::raw_sql(sql).execute(conn).await.map(drop) }
+    }
+
     /// `SELECT 1; COMMIT; BEGIN` as one simple query: no round trip more than COMMIT alone (see
     /// `aborted.rs`).
     fn commit_pooled(

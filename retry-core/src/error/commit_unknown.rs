@@ -97,7 +97,11 @@ impl StdError for CommitUnknown {
 
 impl DatabaseError for CommitUnknown {
     fn message(&self) -> &str {
-        if self.is_server_sent() { AMBIGUOUS } else { LOST }
+        if self.is_server_sent() {
+            AMBIGUOUS
+        } else {
+            LOST
+        }
     }
 
     fn code(&self) -> Option<Cow<'_, str>> {
