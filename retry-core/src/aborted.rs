@@ -29,6 +29,13 @@ use std::fmt;
 
 use sqlx::error::{DatabaseError, ErrorKind};
 
+/// The check sent before COMMIT on a held connection: it fails with `25P02` in an aborted
+/// transaction. (The mock server recognises it by its text.)
+pub(crate) const CHECK_SQL: &str = "SELECT 1 /* sqlx-retry: not aborted? */";
+
+/// The check, COMMIT and an empty transaction in one query: a pooled transaction's COMMIT.
+pub(crate) const POOLED_COMMIT_SQL: &str = "SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN";
+
 /// The SQLSTATE of a statement sent in an aborted transaction: in_failed_sql_transaction.
 pub(crate) const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 
@@ -123,10 +130,7 @@ impl DatabaseError for TransactionAborted {
 /// (the connection broke) as is: COMMIT was not sent either way.
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres_check(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    match sqlx::raw_sql("SELECT 1 /* sqlx-retry: not aborted? */")
-        .execute(conn)
-        .await
-    {
+    match sqlx::raw_sql(CHECK_SQL).execute(conn).await {
         Ok(_) => Ok(()),
         Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
         Err(err) => Err(err),
@@ -139,10 +143,7 @@ pub(crate) async fn postgres_check(conn: &mut sqlx::PgConnection) -> Result<(), 
 pub(crate) async fn postgres_commit_pooled(
     conn: &mut sqlx::PgConnection,
 ) -> Result<bool, sqlx::Error> {
-    match sqlx::raw_sql("SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN")
-        .execute(conn)
-        .await
-    {
+    match sqlx::raw_sql(POOLED_COMMIT_SQL).execute(conn).await {
         Ok(_) => Ok(true),
         Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
         Err(err) => Err(err),

@@ -69,6 +69,9 @@ enum Tx {
     Failed {
         attempt: u32,
     },
+    /// The empty transaction a pooled COMMIT leaves open for the pool's ROLLBACK (see
+    /// `aborted.rs`): no attempt of its own, and not recorded.
+    Placeholder,
 }
 
 struct Prepared {
@@ -237,7 +240,7 @@ impl Conn {
     fn ready(&mut self) {
         let status = match self.tx {
             Tx::Idle => TransactionStatus::Idle,
-            Tx::Open { .. } => TransactionStatus::Transaction,
+            Tx::Open { .. } | Tx::Placeholder => TransactionStatus::Transaction,
             Tx::Failed { .. } => TransactionStatus::Error,
         };
         self.send(ReadyForQuery::new(status));
@@ -254,7 +257,7 @@ impl Conn {
 
     fn attempt(&self) -> Option<u32> {
         match self.tx {
-            Tx::Idle => None,
+            Tx::Idle | Tx::Placeholder => None,
             Tx::Open { attempt, .. } | Tx::Failed { attempt } => Some(attempt),
         }
     }
@@ -288,6 +291,17 @@ impl Conn {
     // ---- simple protocol ------------------------------------------------------------------------
 
     fn simple_query(&mut self, text: &str) -> Next {
+        // The retry loop's own statements around COMMIT: answered as PostgreSQL would, and not
+        // recorded, since they are no statement of the code under test.
+        if text == crate::aborted::CHECK_SQL || text == crate::aborted::POOLED_COMMIT_SQL {
+            let next = self.commit_check(text == crate::aborted::POOLED_COMMIT_SQL);
+            self.skip_to_sync = false;
+            if let Next::Drop = next {
+                return Next::Drop;
+            }
+            self.ready();
+            return Next::Flush;
+        }
         let statements = split_statements(text);
         if statements.is_empty() {
             self.send(EmptyQueryResponse::new());
@@ -473,7 +487,7 @@ impl Conn {
                         self.complete(tag);
                         Outcome::Ok
                     }
-                    Tx::Open { .. } => {
+                    Tx::Open { .. } | Tx::Placeholder => {
                         self.complete(tag);
                         Outcome::Ok
                     }
@@ -487,6 +501,27 @@ impl Conn {
             }
             None => self.statement(sql, params, described),
         }
+    }
+
+    /// The aborted-transaction check, and for a pooled COMMIT the COMMIT and the empty
+    /// transaction after it.
+    fn commit_check(&mut self, pooled: bool) -> Next {
+        if let Tx::Failed { .. } = self.tx {
+            self.error(&PgError::new("25P02"));
+            return Next::Continue;
+        }
+        self.complete("SELECT 1");
+        if !pooled {
+            return Next::Continue;
+        }
+        if let Next::Drop = self.commit() {
+            return Next::Drop;
+        }
+        if !self.skip_to_sync {
+            self.tx = Tx::Placeholder;
+            self.complete("BEGIN");
+        }
+        Next::Continue
     }
 
     fn begin(&mut self, sql: &str) -> Next {
@@ -538,6 +573,11 @@ impl Conn {
 
     fn commit(&mut self) -> Next {
         let attempt = match self.tx {
+            Tx::Placeholder => {
+                self.tx = Tx::Idle;
+                self.complete("COMMIT");
+                return Next::Continue;
+            }
             Tx::Idle => {
                 self.warning("25P01", "there is no transaction in progress");
                 self.complete("COMMIT");
@@ -584,6 +624,11 @@ impl Conn {
 
     fn rollback(&mut self) -> Next {
         let attempt = match self.tx {
+            Tx::Placeholder => {
+                self.tx = Tx::Idle;
+                self.complete("ROLLBACK");
+                return Next::Continue;
+            }
             Tx::Idle => {
                 self.warning("25P01", "there is no transaction in progress");
                 self.complete("ROLLBACK");
@@ -628,7 +673,7 @@ impl Conn {
             params: params.clone(),
         };
         let (attempt, fault) = match &mut self.tx {
-            Tx::Idle => (None, None),
+            Tx::Idle | Tx::Placeholder => (None, None),
             Tx::Failed { attempt } => {
                 let attempt = *attempt;
                 self.error(&PgError::new("25P02"));
