@@ -82,7 +82,7 @@ impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
     }
 
     /// Checks that the transaction is not aborted and commits, in one round trip on PostgreSQL
-    /// ([`Backend::commit_pooled`]). When that leaves an empty transaction open, the transaction
+    /// (`Backend::commit_pooled`). When that leaves an empty transaction open, the transaction
     /// stays open for sqlx too, and dropping `self` queues its ROLLBACK for the release ping.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
         if !DB::commit_pooled(&mut self.conn).await? {
