@@ -37,9 +37,10 @@
 /// | `read_only` | start the transaction `READ ONLY` | read-write |
 /// | `deferrable` | `DEFERRABLE`; only with `read_only` at `"serializable"` | off |
 /// | `backoff(base = "5ms", cap = "500ms")` | the wait between attempts; optionally led by a strategy: `adaptive`, `exponential`, `decorrelated` or `none` (see [`Backoff`]) | adaptive, 5 ms, 500 ms |
-/// | `budget = "2s"` | total time budget: no retry starts whose backoff would end past it | none |
+/// | `budget = "2s"` | retry budget, at least `1ms`: no retry starts whose backoff would end past it. Not a deadline on the call: for that, wrap the call in `tokio::time::timeout(…)` | none |
 /// | `retry_on = ["23505", …]` | extra SQLSTATEs to retry | none |
 /// | `idempotent` | also retry when the COMMIT's outcome is unknown | off |
+/// | `keep_signature` | keep `tx: &mut C` in the signature (trait impls): each attempt begins on the connection the caller passes, or joins the transaction open on it | rewritten |
 /// | `crate = "…"` | path to this crate if renamed | `::sqlx_retry` |
 ///
 /// Durations are a number and a unit: `ns`, `us`, `ms`, `s` or `m` (`"250us"`, `"1.5s"`).
@@ -77,9 +78,32 @@
 /// # Arguments are given to every attempt
 ///
 /// The body runs once per attempt, so each attempt gets **its own clone** of every by-value
-/// argument (a copy for `&T` and `Copy` types) and a fresh reborrow of every `&mut` argument.
-/// An argument type that is not `Clone` is a compile error on that argument: pass a reference
-/// instead. `self` by value is rejected for the same reason; take `&self` or `&mut self`.
+/// argument (a copy for `&T` and `Copy` types) and a fresh reborrow of every `&mut T` and
+/// `Option<&mut T>` argument. An argument type that is not `Clone` is a compile error on that
+/// argument: pass a reference instead.
+///
+/// A `&mut T` argument (and `Option<&mut T>`, and `&mut self`) is **restored** to its value from
+/// before the call when an attempt fails and is retried, as the database's rows are: a `Vec`
+/// that a failed attempt pushed to does not keep those items. This costs one clone per call and
+/// needs `T: Clone` (a compile error on the parameter otherwise). Mark an accumulator or a
+/// counter of attempts `#[keep]` (`#[keep] out: &mut Vec<T>`, `#[keep] &mut self`) to keep what
+/// every attempt wrote; any `T` then works. After the last attempt fails, the argument holds what
+/// that attempt left.
+///
+/// Receivers: `&self`, `self: &Arc<Self>`, `self: Arc<Self>` and `self: Box<Self>` are used by
+/// reference in each attempt (moving out of `self` is a borrow error); `self` by value is
+/// rejected. Attributes on parameters (`#[cfg(…)]`, `#[allow(…)]`) also apply to each attempt's
+/// binding. The transaction parameter keeps its name, so `#[tracing::instrument(skip(tx))]`
+/// works above or below this attribute.
+///
+/// # Trait implementations
+///
+/// The rewritten signature no longer matches a trait's (E0049). On an `async fn` of a trait
+/// impl, write `#[serializable_retry(keep_signature)]`: `tx: &mut PgConnection` stays, and each
+/// attempt begins a transaction on the connection the caller passes (or joins the transaction
+/// already open on it, as any call does). Under `#[async_trait]` the signature is kept without
+/// the flag, so the repository also works behind `dyn Trait`. The attribute does not go on the
+/// trait's declaration.
 ///
 /// # MySQL/MariaDB and SQLite
 ///

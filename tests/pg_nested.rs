@@ -270,3 +270,116 @@ async fn connection_outside_a_transaction_still_begins_its_own() {
     assert_eq!(control(2), [1, 1, 0, 0]);
     assert_eq!(balances(&direct).await, [(1, 93), (2, 100)]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Trait impls: `keep_signature` and `#[async_trait]` keep `tx: &mut PgConnection`; each attempt
+// begins on the caller's connection (retried there), or joins the transaction open on it.
+// ---------------------------------------------------------------------------------------------
+
+trait Ledger {
+    fn add(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+#[async_trait::async_trait]
+trait DynLedger: Send + Sync {
+    async fn add_boxed(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> Result<(), sqlx::Error>;
+}
+
+/// Adds `amount`, then fails its first attempt with a 40001 raised by the server.
+struct PgLedger {
+    attempts: AtomicU32,
+}
+
+impl PgLedger {
+    async fn add_then_fail_once(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
+            .bind(id)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
+        if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            sqlx::raw_sql("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Ledger for PgLedger {
+    #[serializable_retry(keep_signature, backoff(none))]
+    async fn add(&self, tx: &mut PgConnection, id: i32, amount: i32) -> Result<(), sqlx::Error> {
+        self.add_then_fail_once(tx, id, amount).await
+    }
+}
+
+#[async_trait::async_trait]
+impl DynLedger for PgLedger {
+    #[serializable_retry(backoff(none))]
+    async fn add_boxed(
+        &self,
+        tx: &mut PgConnection,
+        id: i32,
+        amount: i32,
+    ) -> Result<(), sqlx::Error> {
+        self.add_then_fail_once(tx, id, amount).await
+    }
+}
+
+async fn add_generic<L: Ledger>(ledger: &L, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    ledger.add(conn, 1, 10).await
+}
+
+#[tokio::test]
+async fn trait_impls_begin_and_retry_on_the_callers_connection() {
+    let schema = isolated_schema().await;
+    let pool = schema.pool(2).await;
+    sqlx::raw_sql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+         INSERT INTO accounts VALUES (1, 100), (2, 100);",
+    )
+    .execute(&pool)
+    .await
+    .expect("setup SQL");
+    let ledger = PgLedger {
+        attempts: AtomicU32::new(0),
+    };
+    let mut conn = pool.acquire().await.unwrap();
+
+    // Through a generic: the first attempt rolled back, the second committed.
+    within(add_generic(&ledger, &mut conn)).await.unwrap();
+    assert_eq!(ledger.attempts.load(Ordering::SeqCst), 2);
+    assert!(!sqlx::Connection::is_in_transaction(&*conn));
+    assert_eq!(balances(&pool).await, [(1, 110), (2, 100)]);
+
+    // Behind `dyn Trait` (`#[async_trait]`): the same.
+    ledger.attempts.store(0, Ordering::SeqCst);
+    let dyn_ledger: &dyn DynLedger = &ledger;
+    within(dyn_ledger.add_boxed(&mut conn, 2, 5)).await.unwrap();
+    assert_eq!(ledger.attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(balances(&pool).await, [(1, 110), (2, 105)]);
+
+    // Inside the caller's open transaction: joined, one attempt, the 40001 is the caller's.
+    ledger.attempts.store(0, Ordering::SeqCst);
+    let mut tx = pool.begin().await.unwrap();
+    let err = within(ledger.add(&mut tx, 1, 1)).await.unwrap_err();
+    assert_eq!(code(&err), "40001");
+    assert_eq!(ledger.attempts.load(Ordering::SeqCst), 1);
+    tx.rollback().await.unwrap();
+    assert_eq!(balances(&pool).await, [(1, 110), (2, 105)]);
+}

@@ -263,7 +263,7 @@ async fn terminated_backend_mid_body_is_retried_and_applied_once() {
     assert_eq!(counts(&direct).await.0, 1, "applied exactly once");
 }
 
-#[serializable_retry(max = 10, backoff(base = "5ms", cap = "200ms"), timeout = "5s")]
+#[serializable_retry(max = 10, backoff(base = "5ms", cap = "200ms"), budget = "5s")]
 async fn restart_transfer(
     tx: &mut PgConnection,
     from: i64,
@@ -531,7 +531,7 @@ async fn lock_timeout_not_retried_by_default_retried_with_retry_on() {
     assert_eq!(counts(&direct).await.1, 1);
 }
 
-#[serializable_retry(max = 50, backoff(base = "20ms", cap = "100ms"), timeout = "300ms")]
+#[serializable_retry(max = 50, backoff(base = "20ms", cap = "100ms"), budget = "300ms")]
 async fn always_40001_with_budget(
     tx: &mut PgConnection,
     attempts: &AtomicU64,

@@ -115,3 +115,57 @@ pub fn with_savepoint(mut policy: Policy, name: &'static str) -> Policy {
     policy.savepoint = Some(std::borrow::Cow::Borrowed(name));
     policy
 }
+
+/// A SQLSTATE the attribute has already checked. Used in a `const` item, so a code that is not
+/// a SQLSTATE stops the build instead of being replaced by another one.
+pub const fn sqlstate(code: &str) -> SqlState {
+    match SqlState::new(code) {
+        Some(code) => code,
+        None => panic!("`#[serializable_retry]` emitted a malformed SQLSTATE"),
+    }
+}
+
+/// The bound on a `&mut T` argument that is put back to its value from before the call when an
+/// attempt fails and is retried.
+#[diagnostic::on_unimplemented(
+    message = "`#[serializable_retry]` restores `&mut` arguments when an attempt is retried, so `{Self}` must be `Clone`",
+    label = "not `Clone`: cannot be restored before a retry",
+    note = "mark the parameter `#[keep]` (the receiver `#[keep] &mut self`) to keep what failed attempts wrote, as an accumulator or a counter wants; or derive `Clone`"
+)]
+pub trait RestoreOnRetry {
+    /// The value to restore.
+    fn __sqlx_retry_save(&self) -> Self;
+    /// Puts `saved` back.
+    fn __sqlx_retry_restore(&mut self, saved: &Self);
+}
+
+impl<T: Clone> RestoreOnRetry for T {
+    fn __sqlx_retry_save(&self) -> Self {
+        self.clone()
+    }
+    fn __sqlx_retry_restore(&mut self, saved: &Self) {
+        self.clone_from(saved);
+    }
+}
+
+/// A `&mut` argument's value from before the call's first attempt.
+pub struct Saved<T> {
+    value: T,
+    put_back: fn(&mut T, &T),
+}
+
+/// Saves a `&mut` argument's value; the only place that needs `T: Clone`, so a type that is not
+/// is one error, on the parameter.
+pub fn save<T: RestoreOnRetry>(value: &T) -> Saved<T> {
+    Saved {
+        value: value.__sqlx_retry_save(),
+        put_back: <T as RestoreOnRetry>::__sqlx_retry_restore,
+    }
+}
+
+impl<T> Saved<T> {
+    /// Puts the saved value back before a retry.
+    pub fn restore(&self, target: &mut T) {
+        (self.put_back)(target, &self.value);
+    }
+}

@@ -183,32 +183,6 @@ impl Policy {
             savepoint: None,
         }
     }
-
-    // Kept only until the attribute calls `__private::attribute_policy`, as the macro-core
-    // contract says; remove it then.
-    #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    pub const fn __from_attribute(
-        max_attempts: u32,
-        isolation: IsolationLevel,
-        read_only: bool,
-        deferrable: bool,
-        backoff: Backoff,
-        budget: Option<Duration>,
-        retry_on: &'static [SqlState],
-        idempotent: bool,
-    ) -> Policy {
-        Policy::from_attribute(
-            max_attempts,
-            isolation,
-            read_only,
-            deferrable,
-            backoff,
-            budget,
-            retry_on,
-            idempotent,
-        )
-    }
 }
 
 impl Default for Policy {

@@ -1,11 +1,12 @@
-//! The attribute's arguments, parsed into typed values and checked, each error spanned on the
-//! offending token.
+//! The attribute's arguments: each key has its own small parser that records it once in a raw
+//! [`Configuration`]; [`Configuration::build`] resolves the defaults and the cross-checks in one
+//! place into the [`Config`] that expansion reads. Every error is spanned on the offending token.
 
 use std::time::Duration;
 
 use proc_macro2::Span;
-use syn::parse::{Parse, ParseStream};
-use syn::{LitInt, LitStr, Token, bracketed, parenthesized};
+use syn::parse::{ParseStream, Parser};
+use syn::{Lit, LitStr, Token, bracketed, parenthesized};
 
 mod kw {
     syn::custom_keyword!(max);
@@ -15,12 +16,35 @@ mod kw {
     syn::custom_keyword!(backoff);
     syn::custom_keyword!(base);
     syn::custom_keyword!(cap);
+    syn::custom_keyword!(budget);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(retry_on);
     syn::custom_keyword!(idempotent);
+    syn::custom_keyword!(keep_signature);
 }
 
-const KEYS: &str = "`max`, `isolation`, `read_only`, `deferrable`, `backoff`, `timeout`, `retry_on`, `idempotent` or `crate`";
+const KEYS: [&str; 10] = [
+    "max",
+    "isolation",
+    "read_only",
+    "deferrable",
+    "backoff",
+    "budget",
+    "retry_on",
+    "idempotent",
+    "keep_signature",
+    "crate",
+];
+
+/// The backoff window when `backoff(…)` leaves `base` or `cap` out; the same values as the core
+/// crate's `Backoff::DEFAULT_BASE` and `Backoff::DEFAULT_CAP`, which expansion names. Used here
+/// only to check `base <= cap` at compile time.
+const DEFAULT_BASE: Duration = Duration::from_millis(5);
+const DEFAULT_CAP: Duration = Duration::from_millis(500);
+
+/// The smallest `budget`: tokio's timer counts whole milliseconds, so a shorter budget is spent
+/// before any backoff sleep can end and no retry could ever start.
+const MIN_BUDGET: Duration = Duration::from_millis(1);
 
 /// The isolation levels the attribute accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +54,28 @@ pub enum Isolation {
     ReadCommitted,
 }
 
+const ISOLATIONS: [(&str, Isolation); 3] = [
+    ("serializable", Isolation::Serializable),
+    ("repeatable_read", Isolation::RepeatableRead),
+    ("read_committed", Isolation::ReadCommitted),
+];
+
+/// The backoff strategies the attribute names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Adaptive,
+    Exponential,
+    Decorrelated,
+    None,
+}
+
+const STRATEGIES: [(&str, Strategy); 4] = [
+    ("adaptive", Strategy::Adaptive),
+    ("exponential", Strategy::Exponential),
+    ("decorrelated", Strategy::Decorrelated),
+    ("none", Strategy::None),
+];
+
 /// A value and the span of the key that set it.
 #[derive(Debug, Clone)]
 pub struct Set<T> {
@@ -37,43 +83,92 @@ pub struct Set<T> {
     pub key: Span,
 }
 
-/// The parsed, validated arguments of `#[serializable_retry(...)]`.
+/// `backoff(strategy, base = "…", cap = "…")` as written.
+#[derive(Debug, Clone, Default)]
+pub struct RawBackoff {
+    pub strategy: Option<Set<Strategy>>,
+    pub base: Option<Set<Duration>>,
+    pub cap: Option<Set<Duration>>,
+}
+
+/// The arguments as written, each key at most once.
 #[derive(Debug, Default)]
-pub struct Args {
+pub struct Configuration {
     pub max: Option<Set<u32>>,
     pub isolation: Option<Set<Isolation>>,
     pub read_only: Option<Set<()>>,
     pub deferrable: Option<Set<()>>,
-    pub backoff: Option<Set<BackoffArgs>>,
-    pub timeout: Option<Set<Duration>>,
-    pub retry_on: Option<Set<Vec<String>>>,
+    pub backoff: Option<Set<RawBackoff>>,
+    pub budget: Option<Set<Duration>>,
+    pub retry_on: Option<Set<Vec<SqlStateCode>>>,
     pub idempotent: Option<Set<()>>,
+    pub keep_signature: Option<Set<()>>,
     pub krate: Option<Set<syn::Path>>,
 }
 
-/// `backoff(base = "…", cap = "…")`.
-#[derive(Debug, Clone, Default)]
-pub struct BackoffArgs {
+/// A SQLSTATE checked at parse time: five characters from `0-9A-Z`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlStateCode(pub String);
+
+/// The resolved backoff: `None` means the core crate's default backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffConfig {
     pub strategy: Strategy,
+    /// `None`: the core crate's default (`Backoff::DEFAULT_BASE` / `DEFAULT_CAP`).
     pub base: Option<Duration>,
     pub cap: Option<Duration>,
 }
 
-/// The backoff strategies the attribute names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    #[default]
-    Adaptive,
-    Exponential,
-    Decorrelated,
-    None,
+/// The final configuration: defaults resolved, cross-checks done. Expansion reads only this.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `None`: the core crate's `Policy::DEFAULT_MAX_ATTEMPTS`.
+    pub max: Option<u32>,
+    pub isolation: Isolation,
+    pub read_only: bool,
+    pub deferrable: bool,
+    /// `None`: the core crate's `Backoff::default()`.
+    pub backoff: Option<BackoffConfig>,
+    pub budget: Option<Duration>,
+    pub retry_on: Vec<SqlStateCode>,
+    pub idempotent: bool,
+    pub keep_signature: bool,
+    pub krate: syn::Path,
 }
 
-impl Args {
-    pub fn isolation(&self) -> Isolation {
-        self.isolation
-            .as_ref()
-            .map_or(Isolation::Serializable, |s| s.value)
+impl Config {
+    /// The defaults, with the crate path the user gave if it could be read: what the function is
+    /// expanded with when an argument is wrong, so that callers still see the rewritten signature.
+    pub fn fallback(raw: &Configuration) -> Config {
+        Config {
+            max: None,
+            isolation: Isolation::Serializable,
+            read_only: false,
+            deferrable: false,
+            backoff: None,
+            budget: None,
+            retry_on: Vec::new(),
+            idempotent: false,
+            keep_signature: raw.keep_signature.is_some(),
+            krate: krate(raw),
+        }
+    }
+}
+
+fn krate(raw: &Configuration) -> syn::Path {
+    raw.krate
+        .as_ref()
+        .map_or_else(|| syn::parse_quote!(::sqlx_retry), |k| k.value.clone())
+}
+
+/// Parses the attribute's arguments. Always returns a configuration to expand with: the one
+/// written, or the defaults and the error that prevented it.
+pub fn parse(args: proc_macro2::TokenStream) -> (Config, Option<syn::Error>) {
+    let mut raw = Configuration::default();
+    let parsed = (|input: ParseStream<'_>| raw.parse_all(input)).parse2(args);
+    match parsed.and_then(|()| raw.build()) {
+        Ok(config) => (config, None),
+        Err(err) => (Config::fallback(&raw), Some(err)),
     }
 }
 
@@ -85,6 +180,7 @@ fn set_once<T>(slot: &mut Option<Set<T>>, key: Span, name: &str, value: T) -> sy
     Ok(())
 }
 
+/// A key without a value (`read_only`): rejects `read_only = true`.
 fn flag(input: ParseStream<'_>, name: &str) -> syn::Result<()> {
     if input.peek(Token![=]) {
         return Err(syn::Error::new(
@@ -95,136 +191,304 @@ fn flag(input: ParseStream<'_>, name: &str) -> syn::Result<()> {
     Ok(())
 }
 
-impl Parse for Args {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let mut args = Args::default();
+/// `= "…"` after `key`.
+fn string_value(input: ParseStream<'_>, name: &str, example: &str) -> syn::Result<LitStr> {
+    input.parse::<Token![=]>()?;
+    if input.peek(LitStr) {
+        return input.parse();
+    }
+    let found: proc_macro2::TokenTree = input.parse().map_err(|_| {
+        syn::Error::new(
+            input.span(),
+            format!("`{name}` expects a string, such as `{name} = {example}`"),
+        )
+    })?;
+    Err(syn::Error::new(
+        found.span(),
+        format!("`{name}` expects a string, such as `{name} = {example}`"),
+    ))
+}
+
+impl Configuration {
+    fn parse_all(&mut self, input: ParseStream<'_>) -> syn::Result<()> {
         while !input.is_empty() {
-            let lookahead = input.lookahead1();
-            if lookahead.peek(kw::max) {
-                let key = input.parse::<kw::max>()?.span;
-                input.parse::<Token![=]>()?;
-                let lit: LitInt = input.parse()?;
-                let n: u32 = lit.base10_parse().map_err(|_| {
-                    syn::Error::new(lit.span(), "`max` must be a whole number of attempts")
-                })?;
-                if n == 0 {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        "`max` must be at least 1: it counts every attempt, the first included",
-                    ));
-                }
-                set_once(&mut args.max, key, "max", n)?;
-            } else if lookahead.peek(kw::isolation) {
-                let key = input.parse::<kw::isolation>()?.span;
-                input.parse::<Token![=]>()?;
-                let lit: LitStr = input.parse()?;
-                let level = match lit.value().as_str() {
-                    "serializable" => Isolation::Serializable,
-                    "repeatable_read" => Isolation::RepeatableRead,
-                    "read_committed" => Isolation::ReadCommitted,
-                    other => {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown isolation level `{other}`; expected `serializable`, `repeatable_read` or `read_committed`"
-                            ),
-                        ));
-                    }
-                };
-                set_once(&mut args.isolation, key, "isolation", level)?;
-            } else if lookahead.peek(kw::read_only) {
-                let key = input.parse::<kw::read_only>()?.span;
-                flag(input, "read_only")?;
-                set_once(&mut args.read_only, key, "read_only", ())?;
-            } else if lookahead.peek(kw::deferrable) {
-                let key = input.parse::<kw::deferrable>()?.span;
-                flag(input, "deferrable")?;
-                set_once(&mut args.deferrable, key, "deferrable", ())?;
-            } else if lookahead.peek(kw::idempotent) {
-                let key = input.parse::<kw::idempotent>()?.span;
-                flag(input, "idempotent")?;
-                set_once(&mut args.idempotent, key, "idempotent", ())?;
-            } else if lookahead.peek(kw::backoff) {
-                let key = input.parse::<kw::backoff>()?.span;
-                let value = parse_backoff(input, key)?;
-                set_once(&mut args.backoff, key, "backoff", value)?;
-            } else if lookahead.peek(kw::timeout) {
-                let key = input.parse::<kw::timeout>()?.span;
-                input.parse::<Token![=]>()?;
-                let lit: LitStr = input.parse()?;
-                let budget = parse_duration(&lit)?;
-                if budget.is_zero() {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        "`timeout` must be greater than zero",
-                    ));
-                }
-                set_once(&mut args.timeout, key, "timeout", budget)?;
-            } else if lookahead.peek(kw::retry_on) {
-                let key = input.parse::<kw::retry_on>()?.span;
-                input.parse::<Token![=]>()?;
-                let content;
-                bracketed!(content in input);
-                let codes = content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?;
-                let mut list = Vec::new();
-                for lit in codes {
-                    let code = lit.value();
-                    if !is_sqlstate(&code) {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "`{code}` is not a SQLSTATE: expected five characters from 0-9 and A-Z, such as \"23505\""
-                            ),
-                        ));
-                    }
-                    list.push(code);
-                }
-                set_once(&mut args.retry_on, key, "retry_on", list)?;
-            } else if lookahead.peek(Token![crate]) {
-                let key = input.parse::<Token![crate]>()?.span;
-                input.parse::<Token![=]>()?;
-                let lit: LitStr = input.parse()?;
-                let path: syn::Path = lit.parse().map_err(|_| {
-                    syn::Error::new(
-                        lit.span(),
-                        "`crate` must name a path, such as \"::my_sqlx_retry\"",
-                    )
-                })?;
-                set_once(&mut args.krate, key, "crate", path)?;
-            } else if input.peek(syn::Ident) {
-                let ident: syn::Ident = input.parse()?;
-                return Err(syn::Error::new(
-                    ident.span(),
-                    format!("unknown argument `{ident}`; expected {KEYS}"),
-                ));
-            } else {
-                return Err(lookahead.error());
-            }
+            self.parse_one(input)?;
             if input.is_empty() {
                 break;
             }
             input.parse::<Token![,]>()?;
         }
-        args.validate()?;
-        Ok(args)
+        Ok(())
     }
-}
 
-impl Args {
-    fn validate(&self) -> syn::Result<()> {
+    fn parse_one(&mut self, input: ParseStream<'_>) -> syn::Result<()> {
+        let lookahead = input.lookahead1();
+        if lookahead.peek(kw::max) {
+            let key = input.parse::<kw::max>()?.span;
+            let n = parse_max(input)?;
+            set_once(&mut self.max, key, "max", n)
+        } else if lookahead.peek(kw::isolation) {
+            let key = input.parse::<kw::isolation>()?.span;
+            let level = parse_isolation(input)?;
+            set_once(&mut self.isolation, key, "isolation", level)
+        } else if lookahead.peek(kw::read_only) {
+            let key = input.parse::<kw::read_only>()?.span;
+            flag(input, "read_only")?;
+            set_once(&mut self.read_only, key, "read_only", ())
+        } else if lookahead.peek(kw::deferrable) {
+            let key = input.parse::<kw::deferrable>()?.span;
+            flag(input, "deferrable")?;
+            set_once(&mut self.deferrable, key, "deferrable", ())
+        } else if lookahead.peek(kw::idempotent) {
+            let key = input.parse::<kw::idempotent>()?.span;
+            flag(input, "idempotent")?;
+            set_once(&mut self.idempotent, key, "idempotent", ())
+        } else if lookahead.peek(kw::keep_signature) {
+            let key = input.parse::<kw::keep_signature>()?.span;
+            flag(input, "keep_signature")?;
+            set_once(&mut self.keep_signature, key, "keep_signature", ())
+        } else if lookahead.peek(kw::backoff) {
+            let key = input.parse::<kw::backoff>()?.span;
+            let value = parse_backoff(input, key)?;
+            set_once(&mut self.backoff, key, "backoff", value)
+        } else if lookahead.peek(kw::budget) {
+            let key = input.parse::<kw::budget>()?.span;
+            let budget = parse_budget(input)?;
+            set_once(&mut self.budget, key, "budget", budget)
+        } else if lookahead.peek(kw::timeout) {
+            let key = input.parse::<kw::timeout>()?.span;
+            Err(syn::Error::new(
+                key,
+                "`timeout` is renamed `budget`: it bounds the time in which retries may start, not the call; \
+                 to put a deadline on the whole call, wrap it in `tokio::time::timeout(…)`",
+            ))
+        } else if lookahead.peek(kw::retry_on) {
+            let key = input.parse::<kw::retry_on>()?.span;
+            let codes = parse_retry_on(input)?;
+            set_once(&mut self.retry_on, key, "retry_on", codes)
+        } else if lookahead.peek(Token![crate]) {
+            let key = input.parse::<Token![crate]>()?.span;
+            let path = parse_crate(input)?;
+            set_once(&mut self.krate, key, "crate", path)
+        } else if input.peek(syn::Ident) {
+            let ident: syn::Ident = input.parse()?;
+            let name = ident.to_string();
+            let hint = closest(&name, KEYS.iter().copied())
+                .map(|k| format!("did you mean `{k}`? "))
+                .unwrap_or_default();
+            Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "unknown argument `{name}`; {hint}expected {}",
+                    list(KEYS.iter().copied())
+                ),
+            ))
+        } else {
+            Err(lookahead.error())
+        }
+    }
+
+    /// Resolves the defaults and checks the keys against each other.
+    pub fn build(&self) -> syn::Result<Config> {
+        let isolation = self
+            .isolation
+            .as_ref()
+            .map_or(Isolation::Serializable, |s| s.value);
         if let Some(deferrable) = &self.deferrable
-            && (self.read_only.is_none() || self.isolation() != Isolation::Serializable)
+            && (self.read_only.is_none() || isolation != Isolation::Serializable)
         {
             return Err(syn::Error::new(
                 deferrable.key,
                 "`deferrable` needs `read_only` and `isolation = \"serializable\"`",
             ));
         }
-        Ok(())
+        let backoff = match &self.backoff {
+            None => None,
+            Some(Set { value: raw, key }) => {
+                let strategy = raw
+                    .strategy
+                    .as_ref()
+                    .map_or(Strategy::Adaptive, |s| s.value);
+                let base = raw.base.as_ref().map(|s| s.value);
+                let cap = raw.cap.as_ref().map(|s| s.value);
+                if strategy == Strategy::None && (base.is_some() || cap.is_some()) {
+                    let at = raw
+                        .base
+                        .as_ref()
+                        .or(raw.cap.as_ref())
+                        .map_or(*key, |s| s.key);
+                    return Err(syn::Error::new(
+                        at,
+                        "`none` retries at once and takes no `base` or `cap`",
+                    ));
+                }
+                let (b, c) = (base.unwrap_or(DEFAULT_BASE), cap.unwrap_or(DEFAULT_CAP));
+                if b > c {
+                    let at = raw
+                        .base
+                        .as_ref()
+                        .or(raw.cap.as_ref())
+                        .map_or(*key, |s| s.key);
+                    return Err(syn::Error::new(
+                        at,
+                        format!("backoff `base` ({b:?}) is larger than `cap` ({c:?})"),
+                    ));
+                }
+                Some(BackoffConfig {
+                    strategy,
+                    base,
+                    cap,
+                })
+            }
+        };
+        Ok(Config {
+            max: self.max.as_ref().map(|s| s.value),
+            isolation,
+            read_only: self.read_only.is_some(),
+            deferrable: self.deferrable.is_some(),
+            backoff,
+            budget: self.budget.as_ref().map(|s| s.value),
+            retry_on: self
+                .retry_on
+                .as_ref()
+                .map(|s| s.value.clone())
+                .unwrap_or_default(),
+            idempotent: self.idempotent.is_some(),
+            keep_signature: self.keep_signature.is_some(),
+            krate: krate(self),
+        })
     }
 }
 
-fn parse_backoff(input: ParseStream<'_>, key: Span) -> syn::Result<BackoffArgs> {
+/// `= N`: a plain integer literal, at least 1.
+fn parse_max(input: ParseStream<'_>) -> syn::Result<u32> {
+    input.parse::<Token![=]>()?;
+    let expected = "`max` expects an integer, the total number of attempts, such as `max = 5`";
+    let lit = match input.parse::<Lit>() {
+        Ok(lit) => lit,
+        Err(_) => {
+            let found: proc_macro2::TokenTree = input
+                .parse()
+                .map_err(|_| syn::Error::new(input.span(), expected))?;
+            return Err(syn::Error::new(found.span(), expected));
+        }
+    };
+    let Lit::Int(int) = lit else {
+        return Err(syn::Error::new(lit.span(), expected));
+    };
+    if !int.suffix().is_empty() {
+        return Err(syn::Error::new(
+            int.span(),
+            format!(
+                "`max` takes a plain integer without a type suffix: write `max = {}`",
+                int.base10_digits()
+            ),
+        ));
+    }
+    let n: u32 = int.base10_parse().map_err(|_| {
+        syn::Error::new(
+            int.span(),
+            "`max` is too large: at most 4294967295 attempts",
+        )
+    })?;
+    if n == 0 {
+        return Err(syn::Error::new(
+            int.span(),
+            "`max` must be at least 1: it counts every attempt, the first included",
+        ));
+    }
+    Ok(n)
+}
+
+/// `= "serializable" | "repeatable_read" | "read_committed"`.
+fn parse_isolation(input: ParseStream<'_>) -> syn::Result<Isolation> {
+    let lit = string_value(input, "isolation", "\"serializable\"")?;
+    let text = lit.value();
+    if let Some((_, level)) = ISOLATIONS.iter().find(|(name, _)| *name == text) {
+        return Ok(*level);
+    }
+    let names = ISOLATIONS.iter().map(|(name, _)| *name);
+    let hint = closest(&text, names.clone())
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default();
+    Err(syn::Error::new(
+        lit.span(),
+        format!(
+            "unknown isolation level `{text}`; {hint}expected {}",
+            list(names)
+        ),
+    ))
+}
+
+/// `= "2s"`: at least [`MIN_BUDGET`].
+fn parse_budget(input: ParseStream<'_>) -> syn::Result<Duration> {
+    let lit = string_value(input, "budget", "\"2s\"")?;
+    let budget = parse_duration(&lit)?;
+    if budget < MIN_BUDGET {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "`budget` must be at least 1ms: no retry starts whose backoff would end past the budget, \
+                 and the timer counts whole milliseconds, so a budget of {budget:?} never allows a retry"
+            ),
+        ));
+    }
+    Ok(budget)
+}
+
+/// `= ["23505", …]`: at least one code, each a SQLSTATE, none twice, none retried anyway.
+fn parse_retry_on(input: ParseStream<'_>) -> syn::Result<Vec<SqlStateCode>> {
+    input.parse::<Token![=]>()?;
+    let content;
+    let brackets = bracketed!(content in input);
+    let codes = content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?;
+    if codes.is_empty() {
+        return Err(syn::Error::new(
+            brackets.span.join(),
+            "`retry_on` lists no code: name at least one SQLSTATE, such as `retry_on = [\"55P03\"]`, or remove it",
+        ));
+    }
+    let mut list: Vec<SqlStateCode> = Vec::new();
+    for lit in codes {
+        let code = lit.value();
+        if !is_sqlstate(&code) {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "`{code}` is not a SQLSTATE: expected five characters from 0-9 and A-Z, such as \"23505\""
+                ),
+            ));
+        }
+        if code == "40001" || code == "40P01" {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("`{code}` is always retried: remove it from `retry_on`"),
+            ));
+        }
+        if list.iter().any(|c| c.0 == code) {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("`{code}` is listed twice in `retry_on`"),
+            ));
+        }
+        list.push(SqlStateCode(code));
+    }
+    Ok(list)
+}
+
+/// `= "::path"`.
+fn parse_crate(input: ParseStream<'_>) -> syn::Result<syn::Path> {
+    let lit = string_value(input, "crate", "\"::sqlx_retry\"")?;
+    lit.parse().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            "`crate` must name a path, such as \"::my_sqlx_retry\"",
+        )
+    })
+}
+
+/// `(strategy, base = "…", cap = "…")` after `backoff`, each part at most once.
+fn parse_backoff(input: ParseStream<'_>, key: Span) -> syn::Result<RawBackoff> {
     if !input.peek(syn::token::Paren) {
         return Err(syn::Error::new(
             key,
@@ -232,69 +496,47 @@ fn parse_backoff(input: ParseStream<'_>, key: Span) -> syn::Result<BackoffArgs> 
         ));
     }
     let content;
-    let parens = parenthesized!(content in input);
-    let mut out = BackoffArgs::default();
-    let mut base_span = None;
-    // An optional leading strategy name: `backoff(exponential, base = "5ms")`.
-    if content.peek(syn::Ident) && !content.peek2(Token![=]) {
-        let ident: syn::Ident = content.parse()?;
-        out.strategy = match ident.to_string().as_str() {
-            "adaptive" => Strategy::Adaptive,
-            "exponential" => Strategy::Exponential,
-            "decorrelated" => Strategy::Decorrelated,
-            "none" => Strategy::None,
-            other => {
-                return Err(syn::Error::new(
-                    ident.span(),
-                    format!(
-                        "unknown backoff strategy `{other}`; expected `adaptive`, `exponential`, `decorrelated` or `none`"
-                    ),
-                ));
-            }
-        };
-        if !content.is_empty() {
-            content.parse::<Token![,]>()?;
-            if out.strategy == Strategy::None && !content.is_empty() {
-                return Err(syn::Error::new(
-                    ident.span(),
-                    "`none` retries at once and takes no `base` or `cap`",
-                ));
-            }
-        }
-    }
+    parenthesized!(content in input);
+    let mut out = RawBackoff::default();
     while !content.is_empty() {
         let lookahead = content.lookahead1();
         if lookahead.peek(kw::base) {
             let k = content.parse::<kw::base>()?.span;
-            content.parse::<Token![=]>()?;
-            let lit: LitStr = content.parse()?;
-            if out.base.is_some() {
-                return Err(syn::Error::new(k, "`base` set twice"));
-            }
-            let d = parse_duration(&lit)?;
-            if d.is_zero() {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    "`base` must be greater than zero",
-                ));
-            }
-            out.base = Some(d);
-            base_span = Some(lit.span());
+            let d = parse_window(&content, "base")?;
+            set_once(&mut out.base, k, "base", d)?;
         } else if lookahead.peek(kw::cap) {
             let k = content.parse::<kw::cap>()?.span;
-            content.parse::<Token![=]>()?;
-            let lit: LitStr = content.parse()?;
-            if out.cap.is_some() {
-                return Err(syn::Error::new(k, "`cap` set twice"));
-            }
-            let d = parse_duration(&lit)?;
-            if d.is_zero() {
+            let d = parse_window(&content, "cap")?;
+            set_once(&mut out.cap, k, "cap", d)?;
+        } else if content.peek(syn::Ident) && !content.peek2(Token![=]) {
+            // A strategy name: `backoff(exponential, base = "5ms")`.
+            let ident: syn::Ident = content.parse()?;
+            let name = ident.to_string();
+            let Some((_, strategy)) = STRATEGIES.iter().find(|(n, _)| *n == name) else {
+                let names = STRATEGIES.iter().map(|(n, _)| *n);
+                let hint = closest(&name, names.clone())
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
                 return Err(syn::Error::new(
-                    lit.span(),
-                    "`cap` must be greater than zero",
+                    ident.span(),
+                    format!(
+                        "unknown backoff strategy `{name}`; {hint}expected {}",
+                        list(names)
+                    ),
+                ));
+            };
+            if out.base.is_some() || out.cap.is_some() {
+                return Err(syn::Error::new(
+                    ident.span(),
+                    "the strategy comes first: `backoff(exponential, base = \"5ms\")`",
                 ));
             }
-            out.cap = Some(d);
+            set_once(
+                &mut out.strategy,
+                ident.span(),
+                "the backoff strategy",
+                *strategy,
+            )?;
         } else if content.peek(syn::Ident) {
             let ident: syn::Ident = content.parse()?;
             return Err(syn::Error::new(
@@ -309,15 +551,20 @@ fn parse_backoff(input: ParseStream<'_>, key: Span) -> syn::Result<BackoffArgs> 
         }
         content.parse::<Token![,]>()?;
     }
-    let base = out.base.unwrap_or(Duration::from_millis(5));
-    let cap = out.cap.unwrap_or(Duration::from_millis(500));
-    if base > cap {
+    Ok(out)
+}
+
+/// `= "5ms"` after `base` or `cap`: greater than zero.
+fn parse_window(input: ParseStream<'_>, name: &str) -> syn::Result<Duration> {
+    let lit = string_value(input, name, "\"5ms\"")?;
+    let d = parse_duration(&lit)?;
+    if d.is_zero() {
         return Err(syn::Error::new(
-            base_span.unwrap_or(parens.span.join()),
-            format!("backoff `base` ({base:?}) is larger than `cap` ({cap:?})"),
+            lit.span(),
+            format!("`{name}` must be greater than zero"),
         ));
     }
-    Ok(out)
+    Ok(d)
 }
 
 fn is_sqlstate(code: &str) -> bool {
@@ -325,6 +572,46 @@ fn is_sqlstate(code: &str) -> bool {
         && code
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
+/// "`a`, `b` or `c`".
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The candidate closest to `word` (case-insensitive edit distance), if it is close enough to be
+/// a slip of the keyboard or of spelling (`serialisable`, `Serializable`, `retries_on`).
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase().replace(['-', ' '], "_");
+    candidates
+        .map(|c| (edit_distance(&word, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Parses `"250us"`, `"5ms"`, `"1.5s"`, `"2m"` into a duration.
@@ -365,52 +652,88 @@ pub fn parse_duration(lit: &LitStr) -> syn::Result<Duration> {
 mod tests {
     use super::*;
 
-    fn parse(src: &str) -> syn::Result<Args> {
-        syn::parse_str::<Args>(src)
+    fn parse_str(src: &str) -> syn::Result<Config> {
+        let (config, err) = parse(src.parse().unwrap());
+        match err {
+            Some(err) => Err(err),
+            None => Ok(config),
+        }
     }
 
     fn err(src: &str) -> String {
-        parse(src).unwrap_err().to_string()
+        parse_str(src).unwrap_err().to_string()
     }
 
     #[test]
     fn accepts_every_argument() {
-        let args = parse(
+        let config = parse_str(
             r#"max = 7, isolation = "repeatable_read", read_only, backoff(base = "2ms", cap = "1.5s"),
-               timeout = "2s", retry_on = ["23505", "55P03"], idempotent, crate = "::renamed""#,
+               budget = "2s", retry_on = ["23505", "55P03"], idempotent, keep_signature, crate = "::renamed""#,
         )
         .unwrap();
-        assert_eq!(args.max.as_ref().unwrap().value, 7);
-        assert_eq!(args.isolation(), Isolation::RepeatableRead);
-        let backoff = args.backoff.unwrap().value;
+        assert_eq!(config.max, Some(7));
+        assert_eq!(config.isolation, Isolation::RepeatableRead);
+        let backoff = config.backoff.unwrap();
+        assert_eq!(backoff.strategy, Strategy::Adaptive);
         assert_eq!(backoff.base, Some(Duration::from_millis(2)));
         assert_eq!(backoff.cap, Some(Duration::from_millis(1500)));
-        assert_eq!(args.timeout.unwrap().value, Duration::from_secs(2));
-        assert_eq!(args.retry_on.unwrap().value, ["23505", "55P03"]);
-        assert!(parse("").is_ok());
-        assert!(parse("max = 1,").is_ok());
+        assert_eq!(config.budget, Some(Duration::from_secs(2)));
+        let codes: Vec<_> = config.retry_on.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(codes, ["23505", "55P03"]);
+        assert!(config.idempotent && config.keep_signature && config.read_only);
+        assert!(parse_str("").is_ok());
+        assert!(parse_str("max = 1,").is_ok());
+    }
+
+    #[test]
+    fn an_error_still_gives_the_defaults_and_the_crate_path() {
+        let (config, err) = parse(r#"crate = "::renamed", max = 0"#.parse().unwrap());
+        assert!(err.unwrap().to_string().contains("at least 1"));
+        assert_eq!(config.max, None);
+        let path = &config.krate;
+        assert_eq!(quote::quote!(#path).to_string(), ":: renamed");
     }
 
     #[test]
     fn rejects_misuse_with_a_message_that_says_what_is_valid() {
         assert!(err("max = 0").contains("at least 1"));
+        assert!(err("max = 5u8").contains("without a type suffix: write `max = 5`"));
+        assert!(err(r#"max = "5""#).contains("`max` expects an integer"));
         assert!(err("max = 2, max = 3").contains("`max` set twice"));
         assert!(err("retries = 3").contains("unknown argument `retries`"));
-        assert!(err(r#"isolation = "serialisable""#).contains("expected `serializable`"));
+        assert!(err("retry_onn = []").contains("did you mean `retry_on`?"));
+        let isolation = err(r#"isolation = "serialisable""#);
+        assert!(
+            isolation.contains("did you mean `serializable`?"),
+            "{isolation}"
+        );
+        assert!(err(r#"isolation = "Read_Committed""#).contains("did you mean `read_committed`?"));
+        assert!(err(r#"isolation = "snapshot""#).contains("expected `serializable`"));
+        assert!(!err(r#"isolation = "snapshot""#).contains("did you mean"));
+        assert!(err(r#"isolation = serializable"#).contains("expects a string"));
         assert!(err("deferrable").contains("needs `read_only`"));
         assert!(err(r#"read_only, deferrable, isolation = "read_committed""#).contains("needs"));
-        assert!(parse("read_only, deferrable").is_ok());
+        assert!(parse_str("read_only, deferrable").is_ok());
         assert!(err(r#"retry_on = ["2350"]"#).contains("not a SQLSTATE"));
-        assert!(err(r#"timeout = "2 s""#).contains("malformed duration"));
-        assert!(err(r#"timeout = "2""#).contains("malformed duration"));
+        assert!(err(r#"retry_on = []"#).contains("lists no code"));
+        assert!(err(r#"retry_on = ["55P03", "55P03"]"#).contains("listed twice"));
+        assert!(err(r#"retry_on = ["40001"]"#).contains("always retried"));
+        assert!(err(r#"budget = "2 s""#).contains("malformed duration"));
+        assert!(err(r#"budget = "2""#).contains("malformed duration"));
+        assert!(err(r#"budget = "1ns""#).contains("at least 1ms"));
+        assert!(err(r#"budget = "999us""#).contains("at least 1ms"));
+        assert!(parse_str(r#"budget = "1ms""#).is_ok());
+        assert!(err(r#"timeout = "2s""#).contains("renamed `budget`"));
         assert!(err(r#"backoff(base = "1s", cap = "10ms")"#).contains("larger than"));
+        assert!(err(r#"backoff(cap = "1ms")"#).contains("larger than"));
         assert!(err(r#"backoff(floor = "1s")"#).contains("unknown backoff argument"));
+        assert!(err(r#"backoff(base = "1ms", base = "2ms")"#).contains("`base` set twice"));
         assert!(err("read_only = true").contains("is a flag"));
     }
 
     #[test]
     fn backoff_strategies() {
-        let strategy = |src: &str| parse(src).unwrap().backoff.unwrap().value.strategy;
+        let strategy = |src: &str| parse_str(src).unwrap().backoff.unwrap().strategy;
         assert_eq!(strategy(r#"backoff(base = "1ms")"#), Strategy::Adaptive);
         assert_eq!(
             strategy(r#"backoff(exponential, base = "1ms", cap = "9ms")"#),
@@ -419,8 +742,9 @@ mod tests {
         assert_eq!(strategy("backoff(decorrelated)"), Strategy::Decorrelated);
         assert_eq!(strategy("backoff(none)"), Strategy::None);
         assert!(err("backoff(linear)").contains("unknown backoff strategy `linear`"));
+        assert!(err("backoff(exponental)").contains("did you mean `exponential`?"));
         assert!(err(r#"backoff(none, cap = "1s")"#).contains("takes no `base` or `cap`"));
-        assert!(err(r#"backoff(floor = "1s")"#).contains("unknown backoff argument"));
+        assert!(err("backoff(none, exponential)").contains("set twice"));
     }
 
     #[test]

@@ -10,18 +10,23 @@ use proc_macro::TokenStream;
 /// failures and deadlocks. See the `sqlx-retry` crate for the arguments and semantics.
 #[proc_macro_attribute]
 pub fn serializable_retry(args: TokenStream, item: TokenStream) -> TokenStream {
-    let untouched = proc_macro2::TokenStream::from(item.clone());
-    let result = syn::parse::<attr::Args>(args).and_then(|args| {
-        let item = syn::parse::<syn::ItemFn>(item)?;
-        expand::expand(&args, item)
-    });
-    match result {
-        Ok(tokens) => tokens.into(),
-        // One mistake, one error: keep the function as written so the rest of the crate still
-        // type-checks against it.
-        Err(err) => {
-            let err = err.to_compile_error();
-            quote::quote!(#err #untouched).into()
+    // One mistake, one error: a wrong argument is reported and the function is still expanded,
+    // with the defaults, so that callers type-check against the signature they will get.
+    let (config, arg_error) = attr::parse(args.into());
+    let mut errors = expand::Errors::default();
+    errors.extend(arg_error);
+    let item = proc_macro2::TokenStream::from(item);
+    match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(function) => expand::expand(&config, function, errors).into(),
+        Err(_) => {
+            let message = if syn::parse2::<syn::TraitItemFn>(item.clone()).is_ok() {
+                "`#[serializable_retry]` goes on a function with a body: on a trait's implementation, write `#[serializable_retry(keep_signature)]` on the `async fn` of the `impl`"
+            } else {
+                "`#[serializable_retry]` applies to an `async fn`"
+            };
+            errors.push(syn::Error::new(proc_macro2::Span::call_site(), message));
+            let errors = errors.to_compile_error();
+            quote::quote!(#item #errors).into()
         }
     }
 }

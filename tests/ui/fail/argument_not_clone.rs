@@ -14,4 +14,9 @@ async fn f(tx: &mut PgConnection, order: Order) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller(pool: &sqlx::PgPool, order: Order) {
+    let _ = f(pool, order).await;
+}
+
 fn main() {}

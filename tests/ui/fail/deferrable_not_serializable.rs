@@ -7,4 +7,9 @@ async fn f(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller(pool: &sqlx::PgPool) {
+    let _ = f(pool).await;
+}
+
 fn main() {}

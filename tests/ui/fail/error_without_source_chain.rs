@@ -16,4 +16,9 @@ async fn f(tx: &mut PgConnection) -> Result<(), AppError> {
     Ok(())
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller(pool: &sqlx::PgPool) {
+    let _ = f(pool).await;
+}
+
 fn main() {}

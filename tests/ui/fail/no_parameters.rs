@@ -5,4 +5,9 @@ async fn f() -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller() {
+    let _ = f().await;
+}
+
 fn main() {}

@@ -9,4 +9,9 @@ impl Service {
     }
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller(service: &Service) {
+    let _ = service.f().await;
+}
+
 fn main() {}

@@ -15,4 +15,9 @@ async fn f(tx: &mut PgConnection, (n, order): (i64, Order)) -> Result<(), sqlx::
     Ok(())
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller(pool: &sqlx::PgPool, order: Order) {
+    let _ = f(pool, (1, order)).await;
+}
+
 fn main() {}

@@ -11,4 +11,9 @@ impl Service {
     }
 }
 
+// The caller compiles: the only error is the one above.
+async fn caller(pool: &sqlx::PgPool) {
+    let _ = Service.f(pool).await;
+}
+
 fn main() {}

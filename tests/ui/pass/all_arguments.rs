@@ -8,7 +8,7 @@ use sqlx_retry::serializable_retry;
     read_only,
     deferrable,
     backoff(base = "2ms", cap = "1.5s"),
-    timeout = "2s",
+    budget = "2s",
     retry_on = ["23505", "55P03"],
     idempotent,
     crate = "::sqlx_retry",
@@ -24,7 +24,7 @@ async fn repeatable(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await
 }
 
-#[serializable_retry(isolation = "read_committed", backoff(base = "250us"), timeout = "1m")]
+#[serializable_retry(isolation = "read_committed", backoff(base = "250us"), budget = "1m")]
 async fn committed(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await
 }

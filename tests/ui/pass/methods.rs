@@ -23,6 +23,7 @@ impl Service {
     }
 }
 
+#[derive(Clone)]
 struct Counter {
     calls: u64,
 }
@@ -30,7 +31,7 @@ struct Counter {
 impl Counter {
     #[serializable_retry(max = 3)]
     async fn bump(&mut self, tx: &mut PgConnection, id: i64) -> Result<u64, sqlx::Error> {
-        // Each attempt reborrows `self`.
+        // Each attempt reborrows `self`, restored to its value from before the call on a retry.
         self.calls += 1;
         sqlx::query("UPDATE counters SET n = n + 1 WHERE id = $1")
             .bind(id)

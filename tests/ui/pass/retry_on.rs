@@ -20,17 +20,10 @@ async fn insert_many(tx: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-#[serializable_retry(retry_on = [])]
-async fn none(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(&mut *tx).await?;
-    Ok(())
-}
-
 #[allow(dead_code)]
 async fn call(pool: &PgPool) -> Result<(), sqlx::Error> {
     insert(pool, 1).await?;
-    insert_many(pool, 1).await?;
-    none(pool).await
+    insert_many(pool, 1).await
 }
 
 fn main() {}
