@@ -183,3 +183,37 @@ async fn a_permanent_error_in_the_body_is_returned_after_one_run() {
     assert_eq!(sqlstate(&err), Some(SqlState::UNIQUE_VIOLATION));
     assert_eq!(db.script(), [BEGIN, SAVEPOINT, "bump -> 23505", "ROLLBACK"]);
 }
+
+/// The attribute's `savepoint = "name"`: the same protocol under another name, and a `&mut`
+/// argument restored before the rerun in place.
+#[sqlx_retry::serializable_retry(savepoint = "my_restart", max = 3)]
+async fn bump_named(tx: &mut MockTx<i64>, runs: &mut Vec<u32>) -> Result<i64, sqlx::Error> {
+    runs.push(tx.attempt());
+    tx.execute("bump")?;
+    *tx.state_mut() += 1;
+    Ok(*tx.state())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attribute_names_its_savepoint_and_restores_mut_arguments_before_a_rerun() {
+    let db = MockDb::new(0_i64).fail(1, Phase::Body, Fault::sqlstate("40P01"));
+    let mut runs = Vec::new();
+    assert_eq!(bump_named(&db, &mut runs).await.unwrap(), 1);
+    assert_eq!(
+        runs,
+        [1],
+        "the failed run's push was undone; the rerun is in transaction 1"
+    );
+    assert_eq!(
+        db.script(),
+        [
+            BEGIN,
+            "SAVEPOINT my_restart",
+            "bump -> 40P01",
+            "ROLLBACK TO SAVEPOINT my_restart",
+            "bump",
+            "RELEASE SAVEPOINT my_restart",
+            "COMMIT"
+        ]
+    );
+}

@@ -320,3 +320,70 @@ async fn savepoint_mode_keeps_the_bank_invariants_and_never_exhausts() {
         "{in_place} reruns in place, {restarts} restarts"
     );
 }
+
+/// Inserts row 1; its first run raises CockroachDB's `RETRY_WRITE_TOO_OLD`. `seen` collects
+/// every run's `txid_current()`, and is `#[keep]`: it records what failed runs saw.
+#[sqlx_retry::serializable_retry(savepoint, max = 3)]
+async fn insert_with_attribute(
+    tx: &mut PgConnection,
+    runs: &AtomicU32,
+    #[keep] seen: &mut Vec<i64>,
+    restored: &mut Vec<u32>,
+) -> Result<(), sqlx::Error> {
+    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    restored.push(run);
+    seen.push(
+        sqlx::query_scalar("SELECT txid_current()")
+            .fetch_one(&mut *tx)
+            .await?,
+    );
+    sqlx::query("INSERT INTO items VALUES (1)")
+        .execute(&mut *tx)
+        .await?;
+    if run == 1 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(raise("40001", WRITE_TOO_OLD)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_attribute_reruns_in_place_and_restores_mut_arguments() {
+    let proxy = PgProxy::for_test_db().await;
+    let (pool, _schema) = isolated_pool_via(&proxy, 1).await;
+    sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let runs = AtomicU32::new(0);
+    let (mut seen, mut restored) = (Vec::new(), Vec::new());
+    proxy.record_statements();
+    insert_with_attribute(&pool, &runs, &mut seen, &mut restored)
+        .await
+        .unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], seen[1], "same top-level transaction");
+    assert_eq!(
+        restored,
+        [2],
+        "the first run's push was undone before the rerun"
+    );
+    assert_eq!(rows(&pool).await, 1);
+    let control: Vec<String> = proxy
+        .statements()
+        .into_iter()
+        .filter(|s| !s.starts_with("SELECT") && !s.starts_with("INSERT") && !s.starts_with("DO"))
+        .collect();
+    assert_eq!(
+        control,
+        [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "SAVEPOINT cockroach_restart",
+            "ROLLBACK TO SAVEPOINT cockroach_restart",
+            "RELEASE SAVEPOINT cockroach_restart",
+            "COMMIT",
+        ]
+    );
+}
