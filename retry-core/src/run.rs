@@ -57,6 +57,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// }
 /// ```
 ///
+/// Under a policy's savepoint protocol ([`PolicyBuilder::savepoint`](crate::PolicyBuilder::savepoint))
+/// the body may run again on the same transaction: end the attempt with
+/// [`end_attempt`](Self::end_attempt), whose [`Next::Rerun`] hands the transaction back (the
+/// attribute and [`transaction`] do).
+///
 /// When the source's transaction is [joined](crate::source::Joined) (an annotated function called with
 /// an outer function's `tx`, or with a `&mut sqlx::Transaction`), the loop makes exactly one
 /// attempt: `finish` always returns `Some(out)` unchanged, sends no COMMIT or ROLLBACK and never
