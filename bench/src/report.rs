@@ -1378,8 +1378,14 @@ mod tests {
         assert!(!r.contention_table().contains("savepoint"));
         r.contention[0].add_savepoint_round(run(1800.0, 0.9, 0, 1.3));
         let table = r.contention_table();
-        assert!(table.contains("| sqlx-retry, savepoint | 1800 |"), "{table}");
-        assert!(table.contains("CockroachDB's savepoint protocol"), "{table}");
+        assert!(
+            table.contains("| sqlx-retry, savepoint | 1800 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("CockroachDB's savepoint protocol"),
+            "{table}"
+        );
     }
 
     #[test]
