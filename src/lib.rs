@@ -28,20 +28,10 @@
 ///
 /// # Arguments
 ///
-/// All optional, all checked at compile time with an error on the offending token.
-///
-/// | argument | meaning | default |
-/// |---|---|---|
-/// | `max = N` | total attempts, N ≥ 1 | `5` |
-/// | `isolation = "…"` | `"serializable"`, `"repeatable_read"` or `"read_committed"` | `"serializable"` |
-/// | `read_only` | start the transaction `READ ONLY` | read-write |
-/// | `deferrable` | `DEFERRABLE`; only with `read_only` at `"serializable"` | off |
-/// | `backoff(base = "5ms", cap = "500ms")` | the wait between attempts; optionally led by a strategy: `adaptive`, `exponential`, `decorrelated` or `none` (see [`Backoff`]) | adaptive, 5 ms, 500 ms |
-/// | `budget = "2s"` | retry budget, at least `1ms`: no retry starts whose backoff would end past it. Not a deadline on the call: for that, wrap the call in `tokio::time::timeout(…)` | none |
-/// | `retry_on = ["23505", …]` | extra SQLSTATEs to retry | none |
-/// | `idempotent` | also retry when the COMMIT's outcome is unknown | off |
-/// | `keep_signature` | keep `tx: &mut C` in the signature (trait impls): each attempt begins on the connection the caller passes, or joins the transaction open on it | rewritten |
-/// | `crate = "…"` | path to this crate if renamed | `::sqlx_retry` |
+/// All optional, each checked at compile time with an error on the offending token: `max`,
+/// `isolation`, `read_only`, `deferrable`, `replica`, `backoff(…)`, `budget`, `retry_on`, `idempotent`,
+/// `keep_signature` and `crate`. Their meanings and defaults are in one table, in the crate
+/// documentation's [Attribute arguments](crate#attribute-arguments).
 ///
 /// Durations are a number and a unit: `ns`, `us`, `ms`, `s` or `m` (`"250us"`, `"1.5s"`).
 ///
@@ -139,6 +129,9 @@ pub use sqlx_retry_core::{
 };
 
 pub use sqlx_retry_core::{error, metrics, source};
+
+#[cfg(feature = "postgres")]
+pub use sqlx_retry_core::{Cluster, cluster};
 
 #[cfg(feature = "mock")]
 pub use sqlx_retry_core::mock;

@@ -116,6 +116,13 @@ pub fn with_savepoint(mut policy: Policy, name: &'static str) -> Policy {
     policy
 }
 
+/// The policy of an annotated function marked `replica`: `policy`, allowed on a hot standby.
+/// The attribute has checked `read_only` and the isolation level.
+pub const fn replica(mut policy: Policy) -> Policy {
+    policy.options.replica = true;
+    policy
+}
+
 /// A SQLSTATE the attribute has already checked. Used in a `const` item, so a code that is not
 /// a SQLSTATE stops the build instead of being replaced by another one.
 pub const fn sqlstate(code: &str) -> SqlState {

@@ -149,3 +149,19 @@ pub(crate) async fn postgres_commit_pooled(
         Err(err) => Err(err),
     }
 }
+
+/// [`postgres_commit_pooled`] with a query of the caller's, e.g. `SELECT 1; COMMIT; BEGIN;
+/// SELECT pg_current_wal_insert_lsn()`: its rows are returned. The query must begin with a
+/// `SELECT`, which fails with `25P02` in an aborted transaction, and end the transaction it
+/// commits with an empty one opened by `BEGIN`.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_commit_pooled_returning(
+    conn: &mut sqlx::PgConnection,
+    sql: &'static str,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    match sqlx::raw_sql(sql).fetch_all(conn).await {
+        Ok(rows) => Ok(rows),
+        Err(err) if is_in_failed_transaction(&err) => Err(TransactionAborted::sqlx(Some(err))),
+        Err(err) => Err(err),
+    }
+}

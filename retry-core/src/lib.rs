@@ -11,6 +11,8 @@ mod aborted;
 mod adapters;
 mod backends;
 mod backoff;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 mod effects;
 pub mod error;
 pub mod metrics;
@@ -24,6 +26,8 @@ pub mod source;
 mod sqlstate;
 
 pub use backoff::Backoff;
+#[cfg(feature = "postgres")]
+pub use cluster::Cluster;
 pub use effects::after_commit;
 pub use error::conflict::ConflictKind;
 pub use error::is_commit_unknown;

@@ -4,14 +4,8 @@
 //! Every metric carries the label `fn`: the annotated function's name, or `"transaction"` for
 //! the closure API.
 //!
-//! | metric | kind | extra labels | counts |
-//! |---|---|---|---|
-//! | `sqlx_retry_attempts_total` | counter | | transactions started (BEGIN sent), first attempts included |
-//! | `sqlx_retry_retries_total` | counter | `sqlstate` | retries scheduled, by the SQLSTATE that caused them (`none` for a lost connection) |
-//! | `sqlx_retry_exhausted_total` | counter | | calls that gave up on a retryable error: attempts, backoff or time budget spent |
-//! | `sqlx_retry_commit_unknown_total` | counter | | COMMITs whose connection broke while in flight (outcome unknown) |
-//! | `sqlx_retry_calls_total` | counter | `outcome` | finished calls: `committed`, `error`, `exhausted`, `commit_unknown` or `joined` |
-//! | `sqlx_retry_call_duration_seconds` | histogram | | wall time of a call, first BEGIN to result, backoff and after-commit effects included |
+//! The metrics, their kinds and labels are listed once, in the `sqlx-retry` crate documentation
+//! ("Observability"); the constants below are their names.
 
 use std::time::Duration;
 

@@ -47,6 +47,10 @@ pub struct TxOptions {
     /// `DEFERRABLE` (PostgreSQL): only with `read_only` at `Serializable`; the transaction waits
     /// for a safe snapshot and then can never fail with a serialization error.
     pub deferrable: bool,
+    /// The transaction may run on a hot standby: only with `read_only`, at `RepeatableRead` or
+    /// `ReadCommitted`. A [`Cluster`](crate::Cluster) source runs it on a standby; every other
+    /// source ignores it.
+    pub replica: bool,
 }
 
 /// What the `on_retry` hook is told before each retry: read it in a hook set with
@@ -174,6 +178,7 @@ impl Policy {
                 isolation,
                 read_only,
                 deferrable,
+                replica: false,
             },
             backoff,
             budget,
@@ -266,6 +271,15 @@ impl PolicyBuilder {
     /// Start the transaction `DEFERRABLE`; needs `read_only` and `Serializable`.
     pub fn deferrable(mut self, yes: bool) -> Self {
         self.policy.options.deferrable = yes;
+        self
+    }
+
+    /// Let the transaction run on a hot standby when the source is a [`Cluster`](crate::Cluster)
+    /// or one of its [`Session`](crate::cluster::Session)s; other sources ignore it. Needs
+    /// `read_only` and an isolation level a standby accepts (`RepeatableRead` or
+    /// `ReadCommitted`): standbys refuse writes (`25006`) and `SERIALIZABLE` (`0A000`).
+    pub fn replica(mut self, yes: bool) -> Self {
+        self.policy.options.replica = yes;
         self
     }
 
@@ -376,6 +390,12 @@ impl PolicyBuilder {
         if o.deferrable && !(o.read_only && o.isolation == IsolationLevel::Serializable) {
             return Err(PolicyError::Deferrable);
         }
+        if o.replica && !o.read_only {
+            return Err(PolicyError::ReplicaNeedsReadOnly);
+        }
+        if o.replica && o.isolation == IsolationLevel::Serializable {
+            return Err(PolicyError::ReplicaSerializable);
+        }
         if policy.budget == Some(Duration::ZERO) {
             return Err(PolicyError::ZeroBudget);
         }
@@ -417,6 +437,11 @@ pub enum PolicyError {
     ZeroBudget,
     /// A savepoint name that is not a plain SQL identifier (see [`PolicyBuilder::savepoint`]).
     InvalidSavepoint(String),
+    /// `replica` without `read_only`: a standby refuses writes (SQLSTATE `25006`).
+    ReplicaNeedsReadOnly,
+    /// `replica` at `Serializable`: a standby refuses `SERIALIZABLE` transactions (SQLSTATE
+    /// `0A000`); use `RepeatableRead` (`isolation = "repeatable_read"`).
+    ReplicaSerializable,
 }
 
 impl fmt::Display for PolicyError {
@@ -438,6 +463,13 @@ impl fmt::Display for PolicyError {
                 f,
                 "savepoint name {name:?} is not a plain SQL identifier: expected \
                  [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes, not a reserved word"
+            ),
+            PolicyError::ReplicaNeedsReadOnly => {
+                f.write_str("replica needs read_only: a standby refuses writes (SQLSTATE 25006)")
+            }
+            PolicyError::ReplicaSerializable => f.write_str(
+                "replica cannot be serializable: standbys refuse SERIALIZABLE (SQLSTATE 0A000); \
+                 use isolation = \"repeatable_read\" (IsolationLevel::RepeatableRead)",
             ),
         }
     }
@@ -643,6 +675,16 @@ mod tests {
                 Policy::builder().budget(Duration::ZERO),
                 PolicyError::ZeroBudget,
             ),
+            (
+                Policy::builder()
+                    .replica(true)
+                    .isolation(IsolationLevel::RepeatableRead),
+                PolicyError::ReplicaNeedsReadOnly,
+            ),
+            (
+                Policy::builder().replica(true).read_only(true),
+                PolicyError::ReplicaSerializable,
+            ),
         ];
         for (builder, want) in cases {
             let got = builder.build().unwrap_err();
@@ -656,5 +698,22 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(ok.retry_on(), &[SqlState::UNIQUE_VIOLATION]);
+        for isolation in [
+            IsolationLevel::RepeatableRead,
+            IsolationLevel::ReadCommitted,
+        ] {
+            let replica = Policy::builder()
+                .read_only(true)
+                .isolation(isolation)
+                .replica(true)
+                .build()
+                .unwrap();
+            assert!(replica.options().replica);
+        }
+        assert!(
+            PolicyError::ReplicaSerializable
+                .to_string()
+                .contains("isolation = \"repeatable_read\"")
+        );
     }
 }

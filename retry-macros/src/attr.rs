@@ -13,6 +13,7 @@ mod kw {
     syn::custom_keyword!(isolation);
     syn::custom_keyword!(read_only);
     syn::custom_keyword!(deferrable);
+    syn::custom_keyword!(replica);
     syn::custom_keyword!(backoff);
     syn::custom_keyword!(base);
     syn::custom_keyword!(cap);
@@ -24,11 +25,12 @@ mod kw {
     syn::custom_keyword!(savepoint);
 }
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "max",
     "isolation",
     "read_only",
     "deferrable",
+    "replica",
     "backoff",
     "budget",
     "retry_on",
@@ -104,6 +106,7 @@ pub struct Configuration {
     pub isolation: Option<Set<Isolation>>,
     pub read_only: Option<Set<()>>,
     pub deferrable: Option<Set<()>>,
+    pub replica: Option<Set<()>>,
     pub backoff: Option<Set<RawBackoff>>,
     pub budget: Option<Set<Duration>>,
     pub retry_on: Option<Set<Vec<SqlStateCode>>>,
@@ -134,6 +137,8 @@ pub struct Config {
     pub isolation: Isolation,
     pub read_only: bool,
     pub deferrable: bool,
+    /// May run on a hot standby (checked: `read_only`, not `serializable`).
+    pub replica: bool,
     /// `None`: the core crate's `Backoff::default()`.
     pub backoff: Option<BackoffConfig>,
     pub budget: Option<Duration>,
@@ -154,6 +159,7 @@ impl Config {
             isolation: Isolation::Serializable,
             read_only: false,
             deferrable: false,
+            replica: false,
             backoff: None,
             budget: None,
             retry_on: Vec::new(),
@@ -249,6 +255,10 @@ impl Configuration {
             let key = input.parse::<kw::deferrable>()?.span;
             flag(input, "deferrable")?;
             set_once(&mut self.deferrable, key, "deferrable", ())
+        } else if lookahead.peek(kw::replica) {
+            let key = input.parse::<kw::replica>()?.span;
+            flag(input, "replica")?;
+            set_once(&mut self.replica, key, "replica", ())
         } else if lookahead.peek(kw::idempotent) {
             let key = input.parse::<kw::idempotent>()?.span;
             flag(input, "idempotent")?;
@@ -316,6 +326,28 @@ impl Configuration {
                 "`deferrable` needs `read_only` and `isolation = \"serializable\"`",
             ));
         }
+        if let Some(replica) = &self.replica {
+            if self.read_only.is_none() {
+                return Err(syn::Error::new(
+                    replica.key,
+                    "`replica` needs `read_only`: a standby refuses writes (SQLSTATE 25006)",
+                ));
+            }
+            if isolation == Isolation::Serializable {
+                let fix = if self.isolation.is_some() {
+                    "use"
+                } else {
+                    "add"
+                };
+                return Err(syn::Error::new(
+                    replica.key,
+                    format!(
+                        "`replica` cannot run at `serializable`: standbys refuse SERIALIZABLE \
+                         transactions (SQLSTATE 0A000); {fix} `isolation = \"repeatable_read\"`"
+                    ),
+                ));
+            }
+        }
         let backoff = match &self.backoff {
             None => None,
             Some(Set { value: raw, key }) => {
@@ -360,6 +392,7 @@ impl Configuration {
             isolation,
             read_only: self.read_only.is_some(),
             deferrable: self.deferrable.is_some(),
+            replica: self.replica.is_some(),
             backoff,
             budget: self.budget.as_ref().map(|s| s.value),
             retry_on: self
@@ -867,6 +900,16 @@ mod tests {
         assert!(err("deferrable").contains("needs `read_only`"));
         assert!(err(r#"read_only, deferrable, isolation = "read_committed""#).contains("needs"));
         assert!(parse_str("read_only, deferrable").is_ok());
+        assert!(err("replica").contains("needs `read_only`"));
+        assert!(err("read_only, replica").contains("add `isolation = \"repeatable_read\"`"));
+        assert!(
+            err(r#"read_only, replica, isolation = "serializable""#)
+                .contains("use `isolation = \"repeatable_read\"`")
+        );
+        for level in ["repeatable_read", "read_committed"] {
+            let config = parse_str(&format!(r#"read_only, isolation = "{level}", replica"#));
+            assert!(config.is_ok_and(|c| c.replica), "{level}");
+        }
         assert!(err(r#"retry_on = ["2350"]"#).contains("not a SQLSTATE"));
         assert!(err(r#"retry_on = []"#).contains("lists no code"));
         assert!(err(r#"retry_on = ["55P03", "55P03"]"#).contains("listed twice"));

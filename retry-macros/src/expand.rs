@@ -850,6 +850,11 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
             #idempotent,
         )
     };
+    let policy = if config.replica {
+        quote!(#private::replica(#policy))
+    } else {
+        policy
+    };
     match &config.savepoint {
         // Checked as a plain SQL identifier by the attribute.
         Some(name) => quote!(#private::with_savepoint(#policy, #name)),

@@ -259,7 +259,8 @@ impl PgReplicaPair {
     /// from then on the standby lags, showing the state of the last replayed commit, until
     /// [`resume_replay`](Self::resume_replay).
     pub async fn pause_replay(&self) -> Result<(), ServerError> {
-        self.on_standby("SELECT pg_wal_replay_pause()").await?;
+        self.on_standby_despite_conflicts("SELECT pg_wal_replay_pause()")
+            .await?;
         let deadline = Instant::now() + REPLAY_TIMEOUT;
         loop {
             let state: String = self
@@ -279,8 +280,12 @@ impl PgReplicaPair {
     }
 
     /// Resumes WAL replay on the standby (`pg_wal_replay_resume()`).
+    ///
+    /// The statement itself can be cancelled by a recovery conflict (replay, waking up, may
+    /// remove row versions its snapshot could need): it is then sent again, a few times.
     pub async fn resume_replay(&self) -> Result<(), ServerError> {
-        self.on_standby("SELECT pg_wal_replay_resume()").await
+        self.on_standby_despite_conflicts("SELECT pg_wal_replay_resume()")
+            .await
     }
 
     /// Whether the standby's WAL replay is paused (or being paused).
@@ -581,6 +586,20 @@ impl PgReplicaPair {
         run_sql(self.standby_options(), sql)
             .await
             .map_err(|e| self.error(format!("on the standby, {sql}: {e}")))
+    }
+
+    /// [`on_standby`](Self::on_standby), sent again (a few times) when a recovery conflict
+    /// cancels it.
+    async fn on_standby_despite_conflicts(&self, sql: &str) -> Result<(), ServerError> {
+        let mut tries = 0;
+        loop {
+            match self.on_standby(sql).await {
+                Err(e) if tries < 5 && e.message().contains("conflict with recovery") => {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn primary_scalar(&self, sql: &'static str) -> Result<String, ServerError> {

@@ -2,7 +2,9 @@
 //! transaction-pooling pgbouncer, and on a hot standby (recovery conflicts, refused isolation
 //! levels, writes). These tests are the regression suite for replica routing.
 
+mod cluster;
 mod pgbouncer;
+mod sessions;
 mod standby;
 
 use std::future::Future;
@@ -12,6 +14,10 @@ use std::time::{Duration, Instant};
 use tracing::field::{Field, Visit};
 use tracing::instrument::WithSubscriber as _;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
+
+/// Held by every test of the shared primary + standby pair: some of them stop the standby or
+/// pause its replay.
+pub static PAIR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One "retrying transaction" event of the retry loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +30,20 @@ pub struct Retry {
     pub conflict: String,
 }
 
-/// The retry events of one call, captured from its tracing events.
+/// The retry events of one call, and the messages of all its events, captured from its
+/// tracing events.
 #[derive(Clone, Default)]
-pub struct RetryLog(Arc<Mutex<Vec<Retry>>>);
+pub struct RetryLog(Arc<Mutex<Vec<Retry>>>, Arc<Mutex<Vec<String>>>);
 
 impl RetryLog {
     /// The retries seen so far.
     pub fn retries(&self) -> Vec<Retry> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// The messages of every event seen so far.
+    pub fn messages(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -65,6 +77,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RetryLog {
         }
         let mut fields = Fields::default();
         event.record(&mut fields);
+        self.1.lock().unwrap().push(fields.message.clone());
         if fields.message == "retrying transaction" {
             self.0.lock().unwrap().push(Retry {
                 attempt: fields.attempt,
@@ -81,6 +94,14 @@ pub async fn with_retry_log<F: Future>(future: F) -> (F::Output, Vec<Retry>) {
     let subscriber = tracing_subscriber::registry().with(log.clone());
     let out = future.with_subscriber(subscriber).await;
     (out, log.retries())
+}
+
+/// Runs `future` with its events captured: its result and the messages of its events.
+pub async fn with_event_log<F: Future>(future: F) -> (F::Output, Vec<String>) {
+    let log = RetryLog::default();
+    let subscriber = tracing_subscriber::registry().with(log.clone());
+    let out = future.with_subscriber(subscriber).await;
+    (out, log.messages())
 }
 
 /// The SQLSTATE of a `sqlx::Error`, if it is a database error.

@@ -10,10 +10,7 @@ use sqlx_retry::serializable_retry;
 use sqlx_retry_testkit::{PgReplicaPair, ReplicaSchema};
 use tokio::sync::Notify;
 
-use crate::{code, wait_until, with_retry_log};
-
-/// Held by every test of this file: one of them stops the shared standby.
-static PAIR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::{PAIR, code, wait_until, with_retry_log};
 
 /// A schema on the shared pair with a table `t` of three rows, replayed on the standby.
 async fn setup() -> (ReplicaSchema<'static>, PgPool, PgPool) {

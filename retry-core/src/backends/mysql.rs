@@ -112,6 +112,7 @@ mod tests {
             isolation,
             read_only,
             deferrable,
+            ..TxOptions::default()
         }
     }
 

@@ -166,6 +166,7 @@ mod tests {
             isolation,
             read_only,
             deferrable,
+            ..TxOptions::default()
         };
         use IsolationLevel::*;
         assert_eq!(

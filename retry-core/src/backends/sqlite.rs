@@ -90,6 +90,7 @@ mod tests {
             isolation,
             read_only,
             deferrable,
+            ..TxOptions::default()
         }
     }
 

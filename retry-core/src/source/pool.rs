@@ -51,14 +51,51 @@ pub struct PoolTransaction<DB: Database> {
 impl<DB: Database> PoolTransaction<DB> {
     /// Takes a connection from `pool` and starts a transaction on it with `statement`.
     pub(crate) async fn begin(pool: &Pool<DB>, statement: SqlStr) -> Result<Self, sqlx::Error> {
-        let mut guard = CloseUnlessBegun(Some(pool.acquire().await?));
-        if let Some(conn) = guard.0.as_mut() {
-            DB::TransactionManager::begin(conn, Some(statement)).await?;
-        }
-        match guard.0.take() {
-            Some(conn) => Ok(PoolTransaction { conn, open: true }),
+        let conn = pool.acquire().await?;
+        PoolTransaction::begin_on(conn, statement, |_| false)
+            .await
+            .map_err(|(err, _)| err)
+    }
+
+    /// Starts a transaction with `statement` on `conn`, a connection taken from a pool.
+    ///
+    /// When BEGIN fails, the connection is closed (its state is unknown), unless `keep` says
+    /// the error leaves it idle and usable: it is then handed back with the error.
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn begin_on(
+        conn: PoolConnection<DB>,
+        statement: SqlStr,
+        keep: impl FnOnce(&sqlx::Error) -> bool,
+    ) -> Result<Self, (sqlx::Error, Option<PoolConnection<DB>>)> {
+        let mut guard = CloseUnlessBegun(Some(conn));
+        let began = match guard.0.as_mut() {
+            Some(conn) => DB::TransactionManager::begin(conn, Some(statement)).await,
             None => Err(sqlx::Error::PoolClosed),
+        };
+        match (began, guard.0.take()) {
+            (Ok(()), Some(conn)) => Ok(PoolTransaction { conn, open: true }),
+            (Ok(()), None) => Err((sqlx::Error::PoolClosed, None)),
+            (Err(err), Some(conn)) if keep(&err) => Err((err, Some(conn))),
+            (Err(err), conn) => {
+                // Back in the guard, which closes it.
+                guard.0 = conn;
+                Err((err, None))
+            }
         }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl PoolTransaction<sqlx::Postgres> {
+    /// Commits with `sql`, a simple query that, like [`Backend::commit_pooled`]'s, checks that the
+    /// transaction is not aborted (its first statement is a `SELECT`), commits and opens an empty
+    /// transaction, and may read values along the way: its rows are returned.
+    pub(crate) async fn commit_returning(
+        mut self,
+        sql: &'static str,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        // The empty transaction stays open for sqlx: dropping `self` queues its ROLLBACK.
+        crate::aborted::postgres_commit_pooled_returning(&mut self.conn, sql).await
     }
 }
 
@@ -82,7 +119,7 @@ impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
     }
 
     /// Checks that the transaction is not aborted and commits, in one round trip on PostgreSQL
-    /// (`Backend::commit_pooled`). When that leaves an empty transaction open, the transaction
+    /// (see `aborted.rs`). When that leaves an empty transaction open, the transaction
     /// stays open for sqlx too, and dropping `self` queues its ROLLBACK for the release ping.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
         if !DB::commit_pooled(&mut self.conn).await? {
