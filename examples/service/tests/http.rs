@@ -444,9 +444,7 @@ async fn each_outcome_has_its_documented_status_and_an_unknown_commit_is_resolve
     );
 
     // The COMMIT reaches the server and commits, but its answer is lost with the connection.
-    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains(
-        "COMMIT",
-    )));
+    let cut = proxy.arm(Fault::CutAfterForwarding(Matcher::QueryContains("COMMIT")));
     assert_eq!(
         outcome(transfer("unknown", 30)).await,
         (500, "outcome_unknown".into(), false)
