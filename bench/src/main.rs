@@ -330,6 +330,26 @@ async fn contention_section(
             let (ours, pooled, hand, theirs) =
                 contention_round(plan, opts, pgbench, w, round).await?;
             c.add_round(ours, pooled, hand, theirs);
+            let savepoint = workloads::run_ours(
+                opts,
+                w,
+                &Imp::Plain(Arc::new(
+                    Policy::builder()
+                        .max_attempts(plan.max_tries)
+                        .savepoint(Policy::DEFAULT_SAVEPOINT)
+                        .build()?,
+                )),
+                Conns::Held,
+                plan.contention_clients,
+                plan.contention,
+            )
+            .await?;
+            eprintln!(
+                "  round {} {w:?} ours, savepoint: {}",
+                round + 1,
+                savepoint.summary()
+            );
+            c.add_savepoint_round(savepoint);
         }
         c.violations = workloads::skew_violations(admin).await?;
         rep.contention.push(c);

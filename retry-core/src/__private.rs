@@ -87,7 +87,7 @@ impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
 pub trait Classifiable {}
 
 pub use crate::effects::Scoped;
-pub use crate::run::Attempts;
+pub use crate::run::{Attempts, Next};
 pub use crate::source::OpenTransaction;
 pub use crate::{Backoff, IsolationLevel, Policy, SqlState};
 
@@ -107,6 +107,13 @@ pub const fn attribute_policy(
     Policy::from_attribute(
         max, isolation, read_only, deferrable, backoff, budget, retry_on, idempotent,
     )
+}
+
+/// The policy of an annotated function with `savepoint` (or `savepoint = "name"`): `name` was
+/// checked as a plain SQL identifier at compile time.
+pub fn with_savepoint(mut policy: Policy, name: &'static str) -> Policy {
+    policy.savepoint = Some(std::borrow::Cow::Borrowed(name));
+    policy
 }
 
 /// The policy of an annotated function marked `replica`: `policy`, allowed on a hot standby.

@@ -94,7 +94,7 @@ pub(crate) type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 ///
 /// 5 attempts, `SERIALIZABLE` read-write, [`Backoff::default`] (adaptive full jitter, 5 ms base,
 /// 500 ms cap), no time budget, only `40001` and `40P01` retried, a COMMIT with unknown outcome not
-/// retried.
+/// retried, no savepoint protocol.
 #[derive(Clone)]
 pub struct Policy {
     pub(crate) max_attempts: u32,
@@ -104,11 +104,16 @@ pub struct Policy {
     pub(crate) retry_on: Cow<'static, [SqlState]>,
     pub(crate) idempotent: bool,
     pub(crate) on_retry: Option<RetryHook>,
+    pub(crate) savepoint: Option<Cow<'static, str>>,
 }
 
 impl Policy {
     /// The default number of attempts, 5.
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+    /// The savepoint name CockroachDB's retry protocol uses, and the default of
+    /// [`PolicyBuilder::savepoint`]: `cockroach_restart`.
+    pub const DEFAULT_SAVEPOINT: &'static str = "cockroach_restart";
 
     /// A builder starting from the defaults.
     pub fn builder() -> PolicyBuilder {
@@ -149,6 +154,11 @@ impl Policy {
         self.idempotent
     }
 
+    /// The savepoint of the savepoint protocol, when it is on (see [`PolicyBuilder::savepoint`]).
+    pub fn savepoint(&self) -> Option<&str> {
+        self.savepoint.as_deref()
+    }
+
     /// The policy of an annotated function: what
     /// [`__private::attribute_policy`](crate::__private::attribute_policy) builds.
     #[allow(clippy::too_many_arguments)]
@@ -175,6 +185,7 @@ impl Policy {
             retry_on: Cow::Borrowed(retry_on),
             idempotent,
             on_retry: None,
+            savepoint: None,
         }
     }
 }
@@ -189,6 +200,7 @@ impl Default for Policy {
             retry_on: Cow::Borrowed(&[]),
             idempotent: false,
             on_retry: None,
+            savepoint: None,
         }
     }
 }
@@ -203,6 +215,7 @@ impl fmt::Debug for Policy {
             .field("retry_on", &self.retry_on)
             .field("idempotent", &self.idempotent)
             .field("on_retry", &self.on_retry.as_ref().map(|_| ".."))
+            .field("savepoint", &self.savepoint)
             .finish()
     }
 }
@@ -313,6 +326,51 @@ impl PolicyBuilder {
         self
     }
 
+    /// Runs each transaction under the savepoint protocol of CockroachDB, with the savepoint
+    /// `name` ([`Policy::DEFAULT_SAVEPOINT`], `cockroach_restart`, is the one CockroachDB knows):
+    ///
+    /// ```text
+    /// BEGIN …; SAVEPOINT name; body; RELEASE SAVEPOINT name; COMMIT
+    /// ```
+    ///
+    /// On a retryable error in the body (or at `RELEASE`, where CockroachDB commits) the loop
+    /// sends `ROLLBACK TO SAVEPOINT name` and runs the body again **in the same transaction**,
+    /// at once: CockroachDB keeps the transaction's place in line (its priority rises with each
+    /// restart), and a backoff there would hold the transaction's locks while it waits. If that
+    /// rerun fails with a retryable error again, or `ROLLBACK TO SAVEPOINT` itself fails, the
+    /// loop falls back to a full restart: ROLLBACK, the backoff, BEGIN. So on PostgreSQL, where a
+    /// transaction chosen as a serialization failure's victim stays doomed after `ROLLBACK TO
+    /// SAVEPOINT`, the mode costs one quick rerun and never spins. Every run of the body counts
+    /// towards [`max_attempts`](Self::max_attempts).
+    ///
+    /// `name` is spliced into SQL text, so it must be a plain SQL identifier:
+    /// `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes, not a reserved word; anything else makes
+    /// [`build`](Self::build) fail with [`PolicyError::InvalidSavepoint`]. A joined call (see
+    /// [`Joined`](crate::source::Joined)) runs no protocol of its own.
+    ///
+    /// ```
+    /// use sqlx_retry_core::{Policy, PolicyError};
+    ///
+    /// let policy = Policy::builder().savepoint(Policy::DEFAULT_SAVEPOINT).build()?;
+    /// assert_eq!(policy.savepoint(), Some("cockroach_restart"));
+    /// assert!(matches!(
+    ///     Policy::builder().savepoint("x; DROP TABLE users").build(),
+    ///     Err(PolicyError::InvalidSavepoint(_))
+    /// ));
+    /// # Ok::<(), PolicyError>(())
+    /// ```
+    pub fn savepoint(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        let name = name.into();
+        match check_savepoint_name(&name) {
+            Ok(()) => self.policy.savepoint = Some(name),
+            Err(()) => {
+                self.error
+                    .get_or_insert(PolicyError::InvalidSavepoint(name.into_owned()));
+            }
+        }
+        self
+    }
+
     /// Call `hook` before each retry (after the rollback, before the sleep).
     pub fn on_retry(mut self, hook: impl Fn(&RetryInfo) + Send + Sync + 'static) -> Self {
         self.policy.on_retry = Some(Arc::new(hook));
@@ -377,6 +435,8 @@ pub enum PolicyError {
     },
     /// A time budget of zero would allow no attempt.
     ZeroBudget,
+    /// A savepoint name that is not a plain SQL identifier (see [`PolicyBuilder::savepoint`]).
+    InvalidSavepoint(String),
     /// `replica` without `read_only`: a standby refuses writes (SQLSTATE `25006`).
     ReplicaNeedsReadOnly,
     /// `replica` at `Serializable`: a standby refuses `SERIALIZABLE` transactions (SQLSTATE
@@ -399,6 +459,11 @@ impl fmt::Display for PolicyError {
                 write!(f, "backoff base {base:?} is larger than its cap {cap:?}")
             }
             PolicyError::ZeroBudget => f.write_str("the time budget must be greater than zero"),
+            PolicyError::InvalidSavepoint(name) => write!(
+                f,
+                "savepoint name {name:?} is not a plain SQL identifier: expected \
+                 [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes, not a reserved word"
+            ),
             PolicyError::ReplicaNeedsReadOnly => {
                 f.write_str("replica needs read_only: a standby refuses writes (SQLSTATE 25006)")
             }
@@ -419,9 +484,164 @@ impl std::error::Error for PolicyError {
     }
 }
 
+/// PostgreSQL's keywords that cannot name a savepoint (its "reserved" and "reserved (can be
+/// function or type)" keywords): `SAVEPOINT select` is a syntax error.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// Whether `name` may be spliced into `SAVEPOINT name` as is: `[A-Za-z_][A-Za-z0-9_]*`, at most
+/// 63 bytes (PostgreSQL's identifier limit, beyond which it truncates), not a reserved word.
+pub(crate) fn check_savepoint_name(name: &str) -> Result<(), ()> {
+    let bytes = name.as_bytes();
+    let plain = matches!(bytes.first(), Some(b'A'..=b'Z' | b'a'..=b'z' | b'_'))
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    if plain && !RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn savepoint_names_are_plain_identifiers() {
+        for ok in ["cockroach_restart", "_x", "A1", &"a".repeat(63)] {
+            assert_eq!(check_savepoint_name(ok), Ok(()), "{ok}");
+            let policy = Policy::builder().savepoint(ok.to_owned()).build().unwrap();
+            assert_eq!(policy.savepoint(), Some(ok));
+        }
+        for bad in [
+            "",
+            "1a",
+            "a-b",
+            "a b",
+            "a;b",
+            "x; DROP TABLE users",
+            "\"q\"",
+            "é",
+            "a\0",
+            &"a".repeat(64),
+            "select",
+            "SELECT",
+            "user",
+            "to",
+        ] {
+            assert_eq!(check_savepoint_name(bad), Err(()), "{bad}");
+            let err = Policy::builder()
+                .savepoint(bad.to_owned())
+                .build()
+                .unwrap_err();
+            assert_eq!(err, PolicyError::InvalidSavepoint(bad.to_owned()));
+            assert!(!err.to_string().is_empty());
+        }
+    }
 
     #[test]
     fn builder_rejects_bad_input_without_panicking() {

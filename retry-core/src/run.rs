@@ -14,8 +14,34 @@ use crate::backoff::Delays;
 use crate::effects::{self, Registry, Scoped};
 use crate::error::{Class, CommitUnknown, classify_conflict, event_message};
 use crate::metrics::{self, Outcome};
-use crate::source::{BeginTransaction, OpenTransaction, TransactionSource};
+use crate::source::{BeginTransaction, OpenTransaction, Savepoint, TransactionSource};
 use crate::{ConflictKind, Policy, RetryInfo, SqlState};
+
+/// Whether a COMMIT's error is the server's own `40003` statement_completion_unknown (CockroachDB's
+/// "result is ambiguous"), as opposed to an error of this crate's that carries the same code.
+fn is_completion_unknown(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("40003") && !db.as_error().is::<CommitUnknown>())
+}
+
+/// ROLLBACK, whose failure is logged and never replaces the error that caused it.
+async fn rollback_quietly<X: OpenTransaction>(tx: X, attempt: u32) {
+    if let Err(rollback) = tx.rollback().await {
+        tracing::warn!(
+            attempt,
+            error = %rollback,
+            "ROLLBACK failed; returning or retrying on the error that caused it"
+        );
+    }
+}
+
+/// The step after an attempt that ended without the savepoint protocol's rerun.
+fn next<X, T, E>(ended: Option<Result<T, E>>) -> Next<X, T, E> {
+    match ended {
+        Some(result) => Next::Return(result),
+        None => Next::Begin,
+    }
+}
 
 /// A boxed, `Send` future borrowing for `'a`: what a [`transaction`] body returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -30,6 +56,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     if let Some(result) = attempts.finish(tx, out, chain).await { return result }  // commit or roll back
 /// }
 /// ```
+///
+/// Under a policy's savepoint protocol ([`PolicyBuilder::savepoint`](crate::PolicyBuilder::savepoint))
+/// the body may run again on the same transaction: end the attempt with
+/// [`end_attempt`](Self::end_attempt), whose [`Next::Rerun`] hands the transaction back (the
+/// attribute and [`transaction`] do).
 ///
 /// When the source's transaction is [joined](crate::source::Joined) (an annotated function called with
 /// an outer function's `tx`, or with a `&mut sqlx::Transaction`), the loop makes exactly one
@@ -54,6 +85,22 @@ pub struct Attempts<'p> {
     effects: Option<Arc<Registry>>,
     /// For a joined attempt: the outer attempt's effects, where ours go on success.
     outer_effects: Option<Arc<Registry>>,
+    /// The current transaction runs the savepoint protocol: its savepoint is set.
+    in_savepoint: bool,
+    /// The current run of the body is a rerun inside the savepoint.
+    reran: bool,
+}
+
+/// What the caller does after [`Attempts::end_attempt`].
+#[derive(Debug)]
+pub enum Next<X, T, E> {
+    /// The call is over: return this.
+    Return(Result<T, E>),
+    /// Start the next attempt with [`Attempts::begin`] (which sleeps its backoff first).
+    Begin,
+    /// Savepoint protocol: the transaction was rolled back to its savepoint; run the body again
+    /// on it, at once, in the same transaction.
+    Rerun(X),
 }
 
 impl std::fmt::Debug for Attempts<'_> {
@@ -86,6 +133,8 @@ impl<'p> Attempts<'p> {
             exhausted: false,
             effects: None,
             outer_effects: None,
+            in_savepoint: false,
+            reran: false,
         }
     }
 
@@ -128,11 +177,36 @@ impl<'p> Attempts<'p> {
         }
         self.attempt += 1;
         self.reconnects = source.reconnects();
+        self.in_savepoint = false;
+        self.reran = false;
         match source.begin(self.policy.options).await {
-            Ok(tx) => {
+            Ok(mut tx) => {
                 self.joined = tx.is_joined();
                 if !self.joined {
                     metrics::attempt(self.name);
+                }
+                let policy = self.policy;
+                if let (Some(name), false) = (policy.savepoint.as_deref(), self.joined) {
+                    if let Err(err) = tx.savepoint(Savepoint::Create(name)).await {
+                        // Ends like a failed BEGIN, once the transaction is rolled back.
+                        let (class, kind) = classify_conflict(&err, &policy.retry_on);
+                        if let Err(rollback) = tx.rollback().await {
+                            tracing::warn!(error = %rollback, "ROLLBACK after a failed SAVEPOINT failed");
+                        }
+                        return if self.is_retryable(class)
+                            && self.schedule_retry(class.sqlstate(), kind, &event_message(&err))
+                        {
+                            Ok(None)
+                        } else {
+                            self.end(if self.exhausted {
+                                Outcome::Exhausted
+                            } else {
+                                Outcome::Error
+                            });
+                            Err(err)
+                        };
+                    }
+                    self.in_savepoint = true;
                 }
                 Ok(Some(tx))
             }
@@ -190,15 +264,20 @@ impl<'p> Attempts<'p> {
     ///   [`TransactionAborted`](crate::error::TransactionAborted): retried like a conflict when a joined
     ///   call returned one during the attempt, else classified as `25P02`.
     /// - A COMMIT that fails with a conflict (`40001` at commit under SERIALIZABLE) is retried.
-    /// - A COMMIT whose connection broke has an unknown outcome: the commit-unknown error
+    /// - A COMMIT whose connection broke, or that the server answered with `40003`
+    ///   statement_completion_unknown, has an unknown outcome: the commit-unknown error
     ///   ([`is_commit_unknown`](crate::is_commit_unknown)) is returned, and retried only when the
-    ///   policy is `idempotent`.
+    ///   policy is `idempotent` and the source reconnects (a pool).
     /// - After a successful COMMIT the effects registered with
     ///   [`after_commit`](crate::after_commit) during this attempt run, in order, before
     ///   `Some(Ok(_))` is returned. Any other ending drops them.
     /// - A joined attempt returns `Some(out)` as is: no classification, no retry.
     ///
     /// The future is boxed for the same reason as [`begin`](Self::begin)'s.
+    ///
+    /// Under a policy's savepoint protocol this runs `RELEASE SAVEPOINT` before COMMIT, but
+    /// never reruns the body in place (it cannot hand the transaction back): a retryable error
+    /// restarts the transaction. [`end_attempt`](Self::end_attempt) does both.
     pub fn finish<'a, X, T, E, Chain>(
         &'a mut self,
         tx: X,
@@ -211,7 +290,45 @@ impl<'p> Attempts<'p> {
         E: From<sqlx::Error> + Send + 'a,
         Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
     {
-        Box::pin(self.finish_inner(tx, out, chain))
+        Box::pin(async move {
+            match self.finish_inner(tx, out, chain, false).await {
+                Next::Return(result) => Some(result),
+                Next::Begin | Next::Rerun(_) => None,
+            }
+        })
+    }
+
+    /// [`finish`](Self::finish), and under a policy's savepoint protocol
+    /// ([`PolicyBuilder::savepoint`](crate::PolicyBuilder::savepoint)) the rerun in place: on a
+    /// retryable error it may roll the transaction back to its savepoint and hand it back as
+    /// [`Next::Rerun`], for the caller to run the body on again without a new BEGIN.
+    ///
+    /// ```text
+    /// loop {
+    ///     let Some(mut tx) = attempts.begin(&mut source).await? else { continue };
+    ///     loop {
+    ///         let out = attempts.scope(body(tx.conn())).await;
+    ///         match attempts.end_attempt(tx, out, chain).await {
+    ///             Next::Return(result) => return result,
+    ///             Next::Begin => break,
+    ///             Next::Rerun(again) => tx = again,
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn end_attempt<'a, X, T, E, Chain>(
+        &'a mut self,
+        tx: X,
+        out: Result<T, E>,
+        chain: Chain,
+    ) -> BoxFuture<'a, Next<X, T, E>>
+    where
+        X: OpenTransaction + 'a,
+        T: Send + 'a,
+        E: From<sqlx::Error> + Send + 'a,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)> + Send + 'a,
+    {
+        Box::pin(self.finish_inner(tx, out, chain, true))
     }
 
     async fn finish_inner<X, T, E, Chain>(
@@ -219,7 +336,8 @@ impl<'p> Attempts<'p> {
         tx: X,
         out: Result<T, E>,
         chain: Chain,
-    ) -> Option<Result<T, E>>
+        may_rerun: bool,
+    ) -> Next<X, T, E>
     where
         X: OpenTransaction,
         E: From<sqlx::Error>,
@@ -227,8 +345,29 @@ impl<'p> Attempts<'p> {
     {
         let effects = self.effects.take();
         if self.joined {
-            return Some(self.finish_joined(tx, out, effects, chain).await);
+            return Next::Return(self.finish_joined(tx, out, effects, chain).await);
         }
+        if self.in_savepoint {
+            return self
+                .finish_savepoint(tx, out, chain, effects, may_rerun)
+                .await;
+        }
+        next(self.finish_plain(tx, out, chain, effects).await)
+    }
+
+    /// The end of an attempt without the savepoint protocol.
+    async fn finish_plain<X, T, E, Chain>(
+        &mut self,
+        tx: X,
+        out: Result<T, E>,
+        chain: Chain,
+        effects: Option<Arc<Registry>>,
+    ) -> Option<Result<T, E>>
+    where
+        X: OpenTransaction,
+        E: From<sqlx::Error>,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
+    {
         let mut tx = tx;
         if out.is_ok()
             && let Err(err) = tx.check_not_aborted().await
@@ -256,57 +395,10 @@ impl<'p> Attempts<'p> {
             };
         }
         match out {
-            Ok(value) => match tx.commit().await {
-                Ok(()) => {
-                    if let Some(effects) = effects {
-                        let effects = effects.take();
-                        if !effects.is_empty() {
-                            tracing::debug!(count = effects.len(), "running after-commit effects");
-                        }
-                        for effect in effects {
-                            effect.await;
-                        }
-                    }
-                    self.end(Outcome::Committed);
-                    Some(Ok(value))
-                }
-                Err(err) => match self.classify_end(&err, effects.as_deref()) {
-                    (Class::Conflict(code), kind) => {
-                        if self.schedule_retry(Some(code), kind, &event_message(&err)) {
-                            None
-                        } else {
-                            self.end(Outcome::Exhausted);
-                            Some(Err(E::from(err)))
-                        }
-                    }
-                    (Class::ConnectionLost, _) => {
-                        tracing::warn!(
-                            attempt = self.attempt,
-                            error = %err,
-                            "connection lost while COMMIT was in flight; the outcome is unknown"
-                        );
-                        metrics::commit_unknown(self.name);
-                        let unknown = CommitUnknown::into_sqlx_error(err);
-                        if self.policy.idempotent
-                            && self.reconnects
-                            && self.schedule_retry(None, None, &event_message(&unknown))
-                        {
-                            None
-                        } else {
-                            self.end(if self.exhausted {
-                                Outcome::Exhausted
-                            } else {
-                                Outcome::CommitUnknown
-                            });
-                            Some(Err(E::from(unknown)))
-                        }
-                    }
-                    (Class::Permanent, _) => {
-                        self.end(Outcome::Error);
-                        Some(Err(E::from(err)))
-                    }
-                },
-            },
+            Ok(value) => {
+                let committed = tx.commit().await;
+                self.after_commit(committed, value, effects).await
+            }
             Err(err) => {
                 let cause = chain(&err);
                 let (class, kind) = match cause {
@@ -338,6 +430,207 @@ impl<'p> Attempts<'p> {
                     Some(Err(err))
                 }
             }
+        }
+    }
+
+    /// What COMMIT's result means for the call: on success the after-commit effects run and the
+    /// call returns `value`; a conflict restarts; a lost outcome is commit-unknown.
+    async fn after_commit<T, E: From<sqlx::Error>>(
+        &mut self,
+        committed: Result<(), sqlx::Error>,
+        value: T,
+        effects: Option<Arc<Registry>>,
+    ) -> Option<Result<T, E>> {
+        match committed {
+            Ok(()) => {
+                if let Some(effects) = effects {
+                    let effects = effects.take();
+                    if !effects.is_empty() {
+                        tracing::debug!(count = effects.len(), "running after-commit effects");
+                    }
+                    for effect in effects {
+                        effect.await;
+                    }
+                }
+                self.end(Outcome::Committed);
+                Some(Ok(value))
+            }
+            Err(err) => match self.classify_end(&err, effects.as_deref()) {
+                (Class::Conflict(code), kind) => {
+                    if self.schedule_retry(Some(code), kind, &event_message(&err)) {
+                        None
+                    } else {
+                        self.end(Outcome::Exhausted);
+                        Some(Err(E::from(err)))
+                    }
+                }
+                (Class::ConnectionLost, _) => self.commit_unknown(err),
+                (Class::Permanent, _) if is_completion_unknown(&err) => self.commit_unknown(err),
+                (Class::Permanent, _) => {
+                    self.end(Outcome::Error);
+                    Some(Err(E::from(err)))
+                }
+            },
+        }
+    }
+
+    /// The end of an attempt under the savepoint protocol: `RELEASE SAVEPOINT` then COMMIT on
+    /// success; on a retryable error a rerun in place or a full restart (see
+    /// [`rerun_or_restart`](Self::rerun_or_restart)).
+    ///
+    /// `RELEASE` stands in for the check before COMMIT: in an aborted transaction it fails with
+    /// `25P02`, reported as [`TransactionAborted`](crate::error::TransactionAborted). CockroachDB
+    /// commits at `RELEASE SAVEPOINT cockroach_restart`, so a connection lost during it, or a
+    /// `40003` in answer, is the commit-unknown outcome, as at COMMIT.
+    async fn finish_savepoint<X, T, E, Chain>(
+        &mut self,
+        mut tx: X,
+        out: Result<T, E>,
+        chain: Chain,
+        effects: Option<Arc<Registry>>,
+        may_rerun: bool,
+    ) -> Next<X, T, E>
+    where
+        X: OpenTransaction,
+        E: From<sqlx::Error>,
+        Chain: FnOnce(&E) -> Option<&(dyn StdError + 'static)>,
+    {
+        let name = self.policy.savepoint.as_deref().unwrap_or_default();
+        match out {
+            Ok(value) => match tx.savepoint(Savepoint::Release(name)).await {
+                Ok(()) => {
+                    let committed = tx.commit_released().await;
+                    next(self.after_commit(committed, value, effects).await)
+                }
+                Err(err) => {
+                    let err = if crate::aborted::is_in_failed_transaction(&err) {
+                        crate::aborted::TransactionAborted::sqlx(Some(err))
+                    } else {
+                        err
+                    };
+                    let (class, kind) = self.classify_end(&err, effects.as_deref());
+                    if let Class::Conflict(code) = class {
+                        let message = event_message(&err);
+                        return self
+                            .rerun_or_restart(tx, code, kind, &message, may_rerun, E::from(err))
+                            .await;
+                    }
+                    rollback_quietly(tx, self.attempt).await;
+                    if class == Class::ConnectionLost || is_completion_unknown(&err) {
+                        return next(self.commit_unknown(err));
+                    }
+                    self.end(Outcome::Error);
+                    Next::Return(Err(E::from(err)))
+                }
+            },
+            Err(err) => {
+                let cause = chain(&err);
+                let (class, kind) = match cause {
+                    Some(e) => classify_conflict(e, &self.policy.retry_on),
+                    None => (Class::Permanent, None),
+                };
+                let message = cause
+                    .filter(|_| self.is_retryable(class))
+                    .map(event_message);
+                match (class, message) {
+                    (Class::Conflict(code), Some(message)) => {
+                        self.rerun_or_restart(tx, code, kind, &message, may_rerun, err)
+                            .await
+                    }
+                    (_, message) => {
+                        rollback_quietly(tx, self.attempt).await;
+                        if let Some(message) = message
+                            && self.schedule_retry(class.sqlstate(), kind, &message)
+                        {
+                            Next::Begin
+                        } else {
+                            self.end(if self.exhausted {
+                                Outcome::Exhausted
+                            } else {
+                                Outcome::Error
+                            });
+                            Next::Return(Err(err))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A conflict under the savepoint protocol. The first in a transaction is rerun in place:
+    /// `ROLLBACK TO SAVEPOINT`, no backoff (the transaction holds its locks and, on CockroachDB,
+    /// its place in line while it would wait), the body again. A conflict in that rerun, or a
+    /// failed `ROLLBACK TO SAVEPOINT`, restarts the transaction with ROLLBACK and the backoff:
+    /// a PostgreSQL transaction chosen as a serialization failure's victim stays doomed after
+    /// `ROLLBACK TO SAVEPOINT`, and must not spin there.
+    async fn rerun_or_restart<X: OpenTransaction, T, E>(
+        &mut self,
+        mut tx: X,
+        code: SqlState,
+        kind: Option<ConflictKind>,
+        message: &str,
+        may_rerun: bool,
+        err: E,
+    ) -> Next<X, T, E> {
+        let name = self.policy.savepoint.as_deref().unwrap_or_default();
+        if may_rerun && !self.reran {
+            match tx.savepoint(Savepoint::RollbackTo(name)).await {
+                Ok(()) => {
+                    return if self.schedule(Some(code), kind, message, true) {
+                        self.reran = true;
+                        self.attempt += 1;
+                        metrics::attempt(self.name);
+                        Next::Rerun(tx)
+                    } else {
+                        rollback_quietly(tx, self.attempt).await;
+                        self.end(Outcome::Exhausted);
+                        Next::Return(Err(err))
+                    };
+                }
+                Err(failed) => tracing::warn!(
+                    attempt = self.attempt,
+                    error = %failed,
+                    "ROLLBACK TO SAVEPOINT failed; restarting the transaction"
+                ),
+            }
+        }
+        rollback_quietly(tx, self.attempt).await;
+        if self.schedule_retry(Some(code), kind, message) {
+            Next::Begin
+        } else {
+            self.end(Outcome::Exhausted);
+            Next::Return(Err(err))
+        }
+    }
+
+    /// COMMIT ended without an outcome: the connection broke while it was in flight, or the
+    /// server answered `40003`. The commit-unknown error is returned, or retried when the policy
+    /// is `idempotent` and the source gets a fresh connection for the next attempt (the same rule
+    /// for both causes, so that one policy means one behaviour whichever way the outcome was
+    /// lost).
+    fn commit_unknown<T, E: From<sqlx::Error>>(
+        &mut self,
+        err: sqlx::Error,
+    ) -> Option<Result<T, E>> {
+        tracing::warn!(
+            attempt = self.attempt,
+            error = %err,
+            "COMMIT ended without an outcome; the transaction may or may not have committed"
+        );
+        metrics::commit_unknown(self.name);
+        let unknown = CommitUnknown::into_sqlx_error(err);
+        if self.policy.idempotent
+            && self.reconnects
+            && self.schedule_retry(None, None, &event_message(&unknown))
+        {
+            None
+        } else {
+            self.end(if self.exhausted {
+                Outcome::Exhausted
+            } else {
+                Outcome::CommitUnknown
+            });
+            Some(Err(E::from(unknown)))
         }
     }
 
@@ -424,6 +717,18 @@ impl<'p> Attempts<'p> {
         kind: Option<ConflictKind>,
         message: &str,
     ) -> bool {
+        self.schedule(sqlstate, kind, message, false)
+    }
+
+    /// [`schedule_retry`](Self::schedule_retry), or for a rerun inside the savepoint
+    /// (`in_place`) the same checks and reports with no delay and no step of the backoff.
+    fn schedule(
+        &mut self,
+        sqlstate: Option<SqlState>,
+        kind: Option<ConflictKind>,
+        message: &str,
+        in_place: bool,
+    ) -> bool {
         let code = sqlstate.as_ref().map(SqlState::as_str).unwrap_or("");
         if self.attempt >= self.policy.max_attempts {
             tracing::warn!(
@@ -438,7 +743,12 @@ impl<'p> Attempts<'p> {
         let delays = self
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
-        let Some(delay) = delays.next() else {
+        let next_delay = if in_place {
+            Some(Duration::ZERO)
+        } else {
+            delays.next()
+        };
+        let Some(delay) = next_delay else {
             tracing::warn!(
                 attempts = self.attempt,
                 sqlstate = code,
@@ -467,6 +777,7 @@ impl<'p> Attempts<'p> {
             sqlstate = code,
             conflict = kind.as_ref().map_or("", ConflictKind::as_str),
             delay_ms = delay.as_secs_f64() * 1e3,
+            in_place,
             error = message,
             "retrying transaction"
         );
@@ -480,7 +791,9 @@ impl<'p> Attempts<'p> {
                 delay,
             });
         }
-        self.pending = Some(delay);
+        if !in_place {
+            self.pending = Some(delay);
+        }
         true
     }
 
@@ -574,9 +887,13 @@ where
             let Some(mut tx) = attempts.begin(&mut source).await? else {
                 continue;
             };
-            let out = attempts.scope(body(tx.conn())).await;
-            if let Some(result) = attempts.finish(tx, out, &chain).await {
-                return result;
+            loop {
+                let out = attempts.scope(body(tx.conn())).await;
+                match attempts.end_attempt(tx, out, &chain).await {
+                    Next::Return(result) => return result,
+                    Next::Begin => break,
+                    Next::Rerun(again) => tx = again,
+                }
             }
         }
     }

@@ -22,9 +22,10 @@ mod kw {
     syn::custom_keyword!(retry_on);
     syn::custom_keyword!(idempotent);
     syn::custom_keyword!(keep_signature);
+    syn::custom_keyword!(savepoint);
 }
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "max",
     "isolation",
     "read_only",
@@ -34,9 +35,14 @@ const KEYS: [&str; 11] = [
     "budget",
     "retry_on",
     "idempotent",
+    "savepoint",
     "keep_signature",
     "crate",
 ];
+
+/// The savepoint name of a bare `savepoint`: CockroachDB's, the core crate's
+/// `Policy::DEFAULT_SAVEPOINT`.
+const DEFAULT_SAVEPOINT: &str = "cockroach_restart";
 
 /// The backoff window when `backoff(…)` leaves `base` or `cap` out; the same values as the core
 /// crate's `Backoff::DEFAULT_BASE` and `Backoff::DEFAULT_CAP`, which expansion names. Used here
@@ -105,6 +111,7 @@ pub struct Configuration {
     pub budget: Option<Set<Duration>>,
     pub retry_on: Option<Set<Vec<SqlStateCode>>>,
     pub idempotent: Option<Set<()>>,
+    pub savepoint: Option<Set<String>>,
     pub keep_signature: Option<Set<()>>,
     pub krate: Option<Set<syn::Path>>,
 }
@@ -137,6 +144,8 @@ pub struct Config {
     pub budget: Option<Duration>,
     pub retry_on: Vec<SqlStateCode>,
     pub idempotent: bool,
+    /// The savepoint protocol's name, when it is on.
+    pub savepoint: Option<String>,
     pub keep_signature: bool,
     pub krate: syn::Path,
 }
@@ -155,6 +164,7 @@ impl Config {
             budget: None,
             retry_on: Vec::new(),
             idempotent: false,
+            savepoint: None,
             keep_signature: raw.keep_signature.is_some(),
             krate: krate(raw),
         }
@@ -253,6 +263,10 @@ impl Configuration {
             let key = input.parse::<kw::idempotent>()?.span;
             flag(input, "idempotent")?;
             set_once(&mut self.idempotent, key, "idempotent", ())
+        } else if lookahead.peek(kw::savepoint) {
+            let key = input.parse::<kw::savepoint>()?.span;
+            let name = parse_savepoint(input)?;
+            set_once(&mut self.savepoint, key, "savepoint", name)
         } else if lookahead.peek(kw::keep_signature) {
             let key = input.parse::<kw::keep_signature>()?.span;
             flag(input, "keep_signature")?;
@@ -387,10 +401,149 @@ impl Configuration {
                 .map(|s| s.value.clone())
                 .unwrap_or_default(),
             idempotent: self.idempotent.is_some(),
+            savepoint: self.savepoint.as_ref().map(|s| s.value.clone()),
             keep_signature: self.keep_signature.is_some(),
             krate: krate(self),
         })
     }
+}
+
+/// Nothing (`savepoint`: CockroachDB's `cockroach_restart`) or `= "name"`, a plain SQL
+/// identifier: it is spliced into `SAVEPOINT name`.
+fn parse_savepoint(input: ParseStream<'_>) -> syn::Result<String> {
+    if !input.peek(Token![=]) {
+        return Ok(DEFAULT_SAVEPOINT.to_owned());
+    }
+    let lit = string_value(input, "savepoint", "\"cockroach_restart\"")?;
+    let name = lit.value();
+    if !is_plain_identifier(&name) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "savepoint name {name:?} is not a plain SQL identifier: expected \
+                 [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes, not a reserved word (it is spliced into SQL)"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// PostgreSQL's keywords that cannot name a savepoint; the same list as the core crate's
+/// `PolicyBuilder::savepoint` check.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes, not a reserved word: the same rule as the core
+/// crate's `PolicyBuilder::savepoint`.
+fn is_plain_identifier(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    matches!(bytes.first(), Some(b'A'..=b'Z' | b'a'..=b'z' | b'_'))
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        && !RESERVED.contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// `= N`: a plain integer literal, at least 1.
@@ -772,6 +925,33 @@ mod tests {
         assert!(err(r#"backoff(floor = "1s")"#).contains("unknown backoff argument"));
         assert!(err(r#"backoff(base = "1ms", base = "2ms")"#).contains("`base` set twice"));
         assert!(err("read_only = true").contains("is a flag"));
+    }
+
+    #[test]
+    fn savepoint_names() {
+        assert_eq!(
+            parse_str("savepoint").unwrap().savepoint.as_deref(),
+            Some("cockroach_restart")
+        );
+        assert_eq!(
+            parse_str(r#"savepoint = "my_restart""#)
+                .unwrap()
+                .savepoint
+                .as_deref(),
+            Some("my_restart")
+        );
+        assert_eq!(parse_str("max = 3").unwrap().savepoint, None);
+        for bad in ["", "1a", "a b", "x; DROP TABLE t", "select", "é"] {
+            let src = format!("savepoint = {bad:?}");
+            assert!(err(&src).contains("not a plain SQL identifier"), "{src}");
+        }
+        assert!(
+            err(&format!("savepoint = {:?}", "a".repeat(64)))
+                .contains("not a plain SQL identifier")
+        );
+        assert!(is_plain_identifier(&"a".repeat(63)));
+        assert!(err("savepoint = 5").contains("`savepoint` expects a string"));
+        assert!(err("savepoint, savepoint").contains("`savepoint` set twice"));
     }
 
     #[test]

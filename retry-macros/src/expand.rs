@@ -1,5 +1,5 @@
 //! Code generation: the annotated function becomes a loop over the core crate's
-//! `Attempts::begin` / body / `Attempts::finish` steps.
+//! `Attempts::begin` / body / `Attempts::end_attempt` steps (with the rerun inside a savepoint).
 //!
 //! Expansion never gives up on the function. An argument error was already replaced by the
 //! defaults; a function of the wrong shape is emitted with the signature callers expect and a
@@ -380,7 +380,7 @@ fn expand_body(
         __sqlx_retry_begin_failed(__sqlx_retry_error)
     };
     let finish = quote_spanned! {err_at=>
-        .finish(__sqlx_retry_tx, __sqlx_retry_out, #chain)
+        .end_attempt(__sqlx_retry_tx, __sqlx_retry_out, #chain)
     };
 
     syn::parse_quote! {{
@@ -402,23 +402,34 @@ fn expand_body(
                         ::core::result::Result::Ok(::core::option::Option::None) => continue,
                         ::core::result::Result::Err(__sqlx_retry_error) => return #begin_error,
                     };
-                    // `scope` installs the attempt's after-commit registry while the body runs.
-                    let __sqlx_retry_out: #output = __sqlx_retry_attempts
-                        .scope(#private::attempt::<#output, _>(async {
-                            #tx_binding
-                            #(#each)*
-                            #body
-                        }))
-                        .await;
-                    if let ::core::option::Option::Some(__sqlx_retry_result) = __sqlx_retry_attempts
-                        #finish
-                        .await
-                    {
-                        return __sqlx_retry_result;
+                    loop {
+                        // `scope` installs the attempt's after-commit registry while the body
+                        // runs.
+                        let __sqlx_retry_out: #output = __sqlx_retry_attempts
+                            .scope(#private::attempt::<#output, _>(async {
+                                #tx_binding
+                                #(#each)*
+                                #body
+                            }))
+                            .await;
+                        let __sqlx_retry_next = __sqlx_retry_attempts
+                            #finish
+                            .await;
+                        // Retried (a new transaction, or the same one rolled back to its
+                        // savepoint): `&mut` arguments get their value from before the call
+                        // back, as the database's rows did.
+                        match __sqlx_retry_next {
+                            #private::Next::Return(__sqlx_retry_result) => return __sqlx_retry_result,
+                            #private::Next::Begin => {
+                                #(#retry)*
+                                break;
+                            }
+                            #private::Next::Rerun(__sqlx_retry_again) => {
+                                __sqlx_retry_tx = __sqlx_retry_again;
+                                #(#retry)*
+                            }
+                        }
                     }
-                    // The attempt rolled back and is retried: `&mut` arguments get their value
-                    // from before the call back, as the database's rows did.
-                    #(#retry)*
                 }
             }),
             __sqlx_retry_span,
@@ -839,10 +850,15 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
             #idempotent,
         )
     };
-    if config.replica {
+    let policy = if config.replica {
         quote!(#private::replica(#policy))
     } else {
         policy
+    };
+    match &config.savepoint {
+        // Checked as a plain SQL identifier by the attribute.
+        Some(name) => quote!(#private::with_savepoint(#policy, #name)),
+        None => policy,
     }
 }
 

@@ -518,6 +518,8 @@ struct Shared {
     active: AtomicUsize,
     reject_new: AtomicBool,
     counters: Counters,
+    /// The statements executed, while [`PgProxy::record_statements`] is on.
+    log: Mutex<Option<Vec<String>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -570,6 +572,7 @@ impl PgProxy {
             active: AtomicUsize::new(0),
             reject_new: AtomicBool::new(false),
             counters: Counters::default(),
+            log: Mutex::new(None),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         let options = upstream
@@ -674,6 +677,21 @@ impl PgProxy {
     /// The traffic counters.
     pub fn stats(&self) -> ProxyStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Starts (or restarts, empty) the log of executed statements that
+    /// [`PgProxy::statements`] returns.
+    pub fn record_statements(&self) {
+        *lock(&self.shared.log) = Some(Vec::new());
+    }
+
+    /// The statements executed since [`PgProxy::record_statements`], in the order
+    /// they were forwarded, on every connection: the text of each simple Query (`Q`, as
+    /// sent: one entry even for `SELECT 1; COMMIT`) and, for each Bind (`B`), the text
+    /// of the prepared statement it executes (so a cached statement is logged every time
+    /// it runs). Empty when recording is off.
+    pub fn statements(&self) -> Vec<String> {
+        lock(&self.shared.log).clone().unwrap_or_default()
     }
 
     /// Sets every traffic counter to zero.
@@ -812,6 +830,8 @@ struct ClientSide {
     sync_points: u64,
     statements: usize,
     after_begin: bool,
+    /// Prepared statement name → SQL text, for the statement log.
+    prepared: std::collections::HashMap<Vec<u8>, String>,
 }
 
 enum Frame {
@@ -873,6 +893,28 @@ impl ClientSide {
         }
     }
 
+    /// The SQL text `msg` executes, for the statement log: a simple Query's text, or the
+    /// prepared statement a Bind names (remembered from its Parse).
+    fn executed(&mut self, msg: &FrontendMessage<'_>) -> Option<String> {
+        let cstr = |bytes: &[u8]| bytes.iter().position(|&b| b == 0);
+        match msg.tag {
+            b'Q' => msg.sql().map(str::to_owned),
+            b'P' => {
+                let end = cstr(msg.payload)?;
+                let name = msg.payload[..end].to_vec();
+                self.prepared.insert(name, msg.sql()?.to_owned());
+                None
+            }
+            b'B' => {
+                let portal_end = cstr(msg.payload)?;
+                let rest = &msg.payload[portal_end + 1..];
+                let name = &rest[..cstr(rest)?];
+                self.prepared.get(name).cloned()
+            }
+            _ => None,
+        }
+    }
+
     fn passthrough(&mut self, buf: &[u8], conn: &ConnState) -> Frame {
         self.phase = Phase::Passthrough;
         conn.passthrough.store(true, Ordering::Release);
@@ -926,6 +968,7 @@ async fn client_to_server(
         sync_points: 0,
         statements: 0,
         after_begin: false,
+        prepared: std::collections::HashMap::new(),
     };
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -976,6 +1019,11 @@ async fn client_to_server(
             }
             if matches!(msg.tag, b'Q' | b'S' | b'F') {
                 side.sync_points += 1;
+            }
+            if let Some(sql) = side.executed(&msg)
+                && let Some(log) = lock(&shared.log).as_mut()
+            {
+                log.push(sql);
             }
             shared.counters.count_message(msg.tag, len);
             out.extend_from_slice(bytes);

@@ -104,8 +104,8 @@ async fn a_query_cancelled_by_a_recovery_conflict_is_retried_and_succeeds() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     assert_eq!(retries.len(), 1, "{retries:?}");
     assert_eq!(retries[0].sqlstate, "40001");
-    // Today a recovery conflict (raised in postgres.c) has no kind of its own.
-    assert_eq!(retries[0].conflict, "other", "{retries:?}");
+    // A recovery conflict is raised in postgres.c, which names its kind.
+    assert_eq!(retries[0].conflict, "recovery", "{retries:?}");
 }
 
 /// Counts the rows twice; on its first run parks idle in the transaction between the two, so
@@ -203,7 +203,7 @@ async fn a_session_ended_by_a_recovery_conflict_is_retried_on_a_fresh_pooled_con
     assert_eq!(retries.len(), 1, "{retries:?}");
     assert_eq!(
         (retries[0].sqlstate.as_str(), retries[0].conflict.as_str()),
-        ("40001", "other")
+        ("40001", "recovery")
     );
 }
 

@@ -17,6 +17,7 @@ use crate::error::Class;
 use crate::policy::TxOptions;
 use crate::{ConflictKind, SqlState};
 
+pub(crate) mod distributed;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 pub(crate) mod postgres;
@@ -45,6 +46,22 @@ pub trait Backend: Database {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
         let _ = conn;
         std::future::ready(Ok(()))
+    }
+
+    /// Sends one statement of the savepoint protocol (see
+    /// [`PolicyBuilder::savepoint`](crate::PolicyBuilder::savepoint)) on `conn`, as a simple
+    /// query. The default fails with [`UnsupportedTxOption`]: the protocol is for PostgreSQL and
+    /// the distributed engines on its wire protocol (CockroachDB, YugabyteDB).
+    fn savepoint_statement(
+        conn: &mut Self::Connection,
+        statement: crate::source::Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = (conn, statement);
+        std::future::ready(Err(UnsupportedTxOption::sqlx(
+            "this database",
+            "savepoint",
+            "the savepoint protocol is supported on PostgreSQL and engines on its wire protocol",
+        )))
     }
 
     /// Commits the transaction open on a pooled `conn`, unless the server aborted it: the
@@ -83,9 +100,9 @@ pub(crate) fn classify(db: &dyn DatabaseError, retry_on: &[SqlState]) -> Class {
     }
 }
 
-/// The kind of conflict a database error reports; `None` without a SQLSTATE. Only PostgreSQL
-/// tells kinds apart; other databases' conflicts are [`ConflictKind::Other`] or, for `40P01`,
-/// [`ConflictKind::Deadlock`].
+/// The kind of conflict a database error reports; `None` without a SQLSTATE. PostgreSQL (by its
+/// source file field), CockroachDB and YugabyteDB (by their messages) tell kinds apart; other
+/// databases' conflicts are [`ConflictKind::Other`] or, for `40P01`, [`ConflictKind::Deadlock`].
 pub(crate) fn conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
     postgres::conflict_kind(db)
 }
@@ -113,7 +130,6 @@ pub struct UnsupportedTxOption {
 }
 
 impl UnsupportedTxOption {
-    #[allow(dead_code)] // unused when neither `mysql` nor `sqlite` is enabled
     pub(crate) fn sqlx(
         database: &'static str,
         option: &'static str,

@@ -12,6 +12,7 @@
 //! | `40001` serialization_failure, `40P01` deadlock_detected | the server aborted the transaction for a conflict | [`Class::Conflict`] |
 //! | codes in `retry_on` | the caller's opt-in | [`Class::Conflict`] |
 //! | class `08`; `57P01`, `57P02`, `57P03` (shutdown, crash, start-up); `25P03`, `57P05` (session killed by an idle timeout) | the connection is gone | [`Class::ConnectionLost`], even when listed in `retry_on` |
+//! | `40003` statement_completion_unknown | the server cannot tell whether the statement completed | [`Class::Permanent`], even when listed in `retry_on`; at COMMIT (or the savepoint protocol's `RELEASE`) the retry loop turns it into the commit-unknown error |
 //! | everything else | | [`Class::Permanent`] |
 //!
 //! These rules read only the SQLSTATE, so they also decide for database errors that the MySQL
@@ -23,8 +24,10 @@
 //! PostgreSQL reports both row write conflicts and dependency cycles as `40001`. They are told
 //! apart by the source file the server names in the error (its `file` field) rather than by the
 //! message, which is translated: `predicate.c` holds serializable snapshot isolation (and adds a
-//! `Reason code:` detail), `postgres.c` raises a hot standby's recovery conflicts, and any other
-//! file is a write conflict on a row (`heapam.c`, `nodeModifyTable.c`, …).
+//! `Reason code:` detail), `postgres.c` raises a hot standby's recovery conflicts
+//! ([`ConflictKind::Recovery`]), and any other file is a write conflict on a row (`heapam.c`,
+//! `nodeModifyTable.c`, …). CockroachDB's and YugabyteDB's `40001`s name their cause in the
+//! message instead, which is read first (see `distributed.rs`).
 
 use sqlx::error::DatabaseError;
 
@@ -62,6 +65,15 @@ impl super::Backend for sqlx::Postgres {
         crate::aborted::postgres_check(conn)
     }
 
+    fn savepoint_statement(
+        conn: &mut sqlx::PgConnection,
+        statement: crate::source::Savepoint<'_>,
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send {
+        // The name was checked as a plain identifier when the policy was built.
+        let sql = sqlx::AssertSqlSafe(statement.to_string());
+        async move { sqlx::raw_sql(sql).execute(conn).await.map(drop) }
+    }
+
     /// `SELECT 1; COMMIT; BEGIN` as one simple query: no round trip more than COMMIT alone (see
     /// `aborted.rs`).
     fn commit_pooled(
@@ -77,6 +89,11 @@ pub(crate) fn classify(code: SqlState, retry_on: &[SqlState]) -> Class {
     // the outcome is unknown, and only `idempotent` may retry that.
     if is_connection_lost(code) {
         return Class::ConnectionLost;
+    }
+    // An outcome the server could not determine is never a conflict: rerunning after it may
+    // apply the transaction twice. At COMMIT the loop reports it as commit-unknown.
+    if code == SqlState::STATEMENT_COMPLETION_UNKNOWN {
+        return Class::Permanent;
     }
     if code == SqlState::SERIALIZATION_FAILURE
         || code == SqlState::DEADLOCK_DETECTED
@@ -107,17 +124,36 @@ pub(crate) fn conflict_kind(db: &dyn DatabaseError) -> Option<ConflictKind> {
     if code != SqlState::SERIALIZATION_FAILURE {
         return Some(ConflictKind::Other);
     }
+    if let Some(kind) = super::distributed::conflict_kind(db.message()) {
+        return Some(kind);
+    }
+    let (detail, file) = detail_and_file(db);
+    let ssi = detail.is_some_and(|d| d.starts_with("Reason code:"));
+    Some(match file {
+        Some("predicate.c") => ConflictKind::Dependency,
+        _ if ssi => ConflictKind::Dependency,
+        Some("postgres.c") => ConflictKind::Recovery,
+        None => ConflictKind::Other,
+        Some(_) => ConflictKind::RowWrite,
+    })
+}
+
+/// The DETAIL and source file fields of a PostgreSQL error (or of a simulated one); `None` for
+/// errors that carry neither.
+fn detail_and_file(db: &dyn DatabaseError) -> (Option<&str>, Option<&str>) {
     #[cfg(feature = "postgres")]
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        let ssi = pg.detail().is_some_and(|d| d.starts_with("Reason code:"));
-        return Some(match pg.file() {
-            Some("predicate.c") => ConflictKind::Dependency,
-            _ if ssi => ConflictKind::Dependency,
-            Some("postgres.c") | None => ConflictKind::Other,
-            Some(_) => ConflictKind::RowWrite,
-        });
+        return (pg.detail(), pg.file());
     }
-    Some(ConflictKind::Other)
+    #[cfg(any(test, feature = "mock"))]
+    if let Some(sim) = db
+        .as_error()
+        .downcast_ref::<crate::simulated::SimulatedDbError>()
+    {
+        return (sim.detail_field(), sim.file_field());
+    }
+    let _ = db;
+    (None, None)
 }
 
 #[cfg(test)]

@@ -107,6 +107,16 @@ impl OpenTransaction for ClusterTransaction {
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         self.tx.rollback()
     }
+
+    /// The savepoint protocol runs on the pooled transaction; its COMMIT stays this type's
+    /// (`commit_released` is `commit`: a cluster's servers are PostgreSQL, where the check
+    /// riding with COMMIT is harmless after `RELEASE`).
+    fn savepoint(
+        &mut self,
+        statement: crate::source::Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.tx.savepoint(statement)
+    }
 }
 
 /// `&cluster`: `replica` calls on a standby that is up and not lagging, every other call on the

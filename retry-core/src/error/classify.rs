@@ -181,6 +181,58 @@ mod tests {
     }
 
     #[test]
+    fn statement_completion_unknown_is_never_a_conflict() {
+        let extra = [SqlState::STATEMENT_COMPLETION_UNKNOWN];
+        assert_eq!(classify(&db("40003"), &[]), Class::Permanent);
+        assert_eq!(classify(&db("40003"), &extra), Class::Permanent);
+        // A server's own 40003 is not this crate's commit-unknown error: only the loop, at
+        // COMMIT, turns it into one.
+        assert!(!is_commit_unknown(&db("40003")));
+    }
+
+    #[test]
+    fn conflict_kinds_from_the_source_file_and_the_message() {
+        let kind = |err: SimulatedDbError| classify_conflict(&err.into_sqlx(), &[]).1;
+        let s = |message: &str| SimulatedDbError::new(SqlState::SERIALIZATION_FAILURE, message);
+        assert_eq!(
+            kind(s("could not serialize access due to concurrent update").file("heapam.c")),
+            Some(ConflictKind::RowWrite)
+        );
+        assert_eq!(
+            kind(
+                s("could not serialize access")
+                    .detail("Reason code: Canceled on conflict out to pivot 1, during read.")
+            ),
+            Some(ConflictKind::Dependency)
+        );
+        assert_eq!(
+            kind(s("canceling statement due to conflict with recovery").file("postgres.c")),
+            Some(ConflictKind::Recovery)
+        );
+        assert_eq!(kind(s("no file")), Some(ConflictKind::Other));
+        // CockroachDB names a Go file; the message decides.
+        assert_eq!(
+            kind(
+                s("restart transaction: TransactionRetryWithProtoRefreshError: TransactionRetryError: retry txn (RETRY_WRITE_TOO_OLD - WriteTooOld flag converted to WriteTooOldError)")
+                    .file("replica_evaluate.go")
+            ),
+            Some(ConflictKind::WriteTooOld)
+        );
+        assert_eq!(
+            kind(s("restart transaction: something new").file("txn_coord_sender.go")),
+            Some(ConflictKind::Other)
+        );
+        // Not a conflict: no kind.
+        assert_eq!(
+            kind(SimulatedDbError::new(
+                SqlState::STATEMENT_COMPLETION_UNKNOWN,
+                "result is ambiguous"
+            )),
+            None
+        );
+    }
+
+    #[test]
     fn retry_on_opts_in_extra_codes() {
         let extra = [SqlState::UNIQUE_VIOLATION, SqlState::LOCK_NOT_AVAILABLE];
         assert_eq!(

@@ -1,4 +1,5 @@
-//! The error of a COMMIT whose outcome is unknown: the connection broke while it was in flight.
+//! The error of a COMMIT whose outcome is unknown: the connection broke while it was in flight,
+//! or the server itself answered that it cannot tell (`40003`).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -8,14 +9,20 @@ use sqlx::error::{DatabaseError, ErrorKind};
 
 use super::chain::chain;
 
-/// Returns `true` if `err` (or an error in its source chain) says that the connection was lost
-/// while COMMIT was in flight, so the transaction may or may not have committed.
+/// Returns `true` if `err` (or an error in its source chain) says that the transaction may or may
+/// not have committed: the connection was lost while COMMIT was in flight, or the server answered
+/// COMMIT (or, in savepoint mode, `RELEASE SAVEPOINT`) with `40003` statement_completion_unknown,
+/// as CockroachDB does when it cannot tell whether its distributed commit landed ("result is
+/// ambiguous").
 ///
 /// The retry loop returns this error instead of retrying (unless the function is marked
-/// `idempotent`), because running the transaction again could apply it twice. It is a
-/// [`sqlx::Error::Database`] with SQLSTATE `40003` (statement_completion_unknown), so code that
-/// matches on SQLSTATEs sees it too. The error that broke the connection is
-/// [`CommitUnknown::cause`], reachable with [`find_commit_unknown`].
+/// `idempotent` and its source can reconnect, as a pool can), because running the transaction
+/// again could apply it twice. It is a [`sqlx::Error::Database`] with SQLSTATE `40003`, so code
+/// that matches on SQLSTATEs sees it too. The error that broke the connection, or the server's
+/// own `40003`, is [`CommitUnknown::cause`], reachable with [`find_commit_unknown`].
+///
+/// A `40003` that a statement of the body returns is not this error: COMMIT was not sent, the
+/// loop rolls back, and nothing committed. It is returned as is after one attempt.
 ///
 /// What to do with it: check in the database whether the work landed (e.g. by an idempotency
 /// key), or make the transaction idempotent and opt into retrying with `idempotent`.
@@ -46,32 +53,39 @@ pub fn find_commit_unknown<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a 
     })
 }
 
-/// The error behind [`is_commit_unknown`]: the connection broke while COMMIT was in flight.
+/// The error behind [`is_commit_unknown`]: the connection broke while COMMIT was in flight, or
+/// the server answered it with `40003`.
 #[derive(Debug)]
 pub struct CommitUnknown {
     cause: sqlx::Error,
 }
 
 impl CommitUnknown {
-    /// Wraps the error that broke the connection during COMMIT into a [`sqlx::Error`] with
-    /// SQLSTATE `40003`.
+    /// Wraps the error that ended COMMIT without an outcome (the one that broke the connection, or
+    /// the server's `40003`) into a [`sqlx::Error`] with SQLSTATE `40003`.
     pub fn into_sqlx_error(cause: sqlx::Error) -> sqlx::Error {
         sqlx::Error::Database(Box::new(CommitUnknown { cause }))
     }
 
-    /// The error that broke the connection.
+    /// The error that broke the connection, or the server's `40003`.
     pub fn cause(&self) -> &sqlx::Error {
         &self.cause
     }
+
+    /// Whether the server said so itself (a `40003` in answer to COMMIT), rather than the
+    /// connection breaking.
+    fn is_server_sent(&self) -> bool {
+        matches!(&self.cause, sqlx::Error::Database(db) if db.code().as_deref() == Some("40003"))
+    }
 }
+
+const LOST: &str =
+    "connection lost while COMMIT was in flight; the transaction may or may not have committed";
+const AMBIGUOUS: &str = "the server could not tell whether COMMIT completed; the transaction may or may not have committed";
 
 impl fmt::Display for CommitUnknown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "connection lost while COMMIT was in flight; the transaction may or may not have committed: {}",
-            self.cause
-        )
+        write!(f, "{}: {}", self.message(), self.cause)
     }
 }
 
@@ -83,7 +97,11 @@ impl StdError for CommitUnknown {
 
 impl DatabaseError for CommitUnknown {
     fn message(&self) -> &str {
-        "connection lost while COMMIT was in flight; the transaction may or may not have committed"
+        if self.is_server_sent() {
+            AMBIGUOUS
+        } else {
+            LOST
+        }
     }
 
     fn code(&self) -> Option<Cow<'_, str>> {

@@ -26,14 +26,42 @@ pub enum ConflictKind {
     Dependency,
     /// `40P01` deadlock_detected.
     Deadlock,
-    /// Anything else that is retried: a code from `retry_on`, another database's conflict, a
-    /// hot standby's recovery conflict, or a `40001` that does not say where it came from.
+    /// A PostgreSQL hot standby cancelled the query (or ended the session) because replaying
+    /// the primary's changes needed what it held: `40001` "canceling statement due to conflict
+    /// with recovery", raised in `postgres.c`. Nothing concurrent on the standby is to blame;
+    /// the next attempt usually runs after replay moved on.
+    Recovery,
+    /// CockroachDB `RETRY_WRITE_TOO_OLD`: the attempt wrote a row that a transaction ordered
+    /// after it had already written and committed (a write-write conflict).
+    WriteTooOld,
+    /// CockroachDB `RETRY_SERIALIZABLE`: the transaction's timestamp was pushed and its reads
+    /// could not be refreshed to the new timestamp (a read/write conflict).
+    ReadRefresh,
+    /// A read met a write whose timestamp lies within the clock uncertainty window, so the
+    /// engine cannot order the two: CockroachDB `ReadWithinUncertaintyIntervalError`,
+    /// YugabyteDB `Restart read required`.
+    Uncertainty,
+    /// CockroachDB `RETRY_ASYNC_WRITE_FAILURE`: one of the transaction's writes failed to
+    /// replicate (a lease transfer, a network partition). An internal state error in
+    /// CockroachDB's terms: the cluster may need attention.
+    AsyncWriteFailure,
+    /// CockroachDB `RETRY_COMMIT_DEADLINE_EXCEEDED`: the transaction was pushed past its
+    /// deadline, typically because it runs long; CockroachDB's docs warn that it is likely to
+    /// fail again. An internal state error.
+    CommitDeadline,
+    /// CockroachDB `TransactionAbortedError(ABORT_REASON_…)`: another transaction, or the
+    /// cluster, aborted this one (a higher-priority push, a coordinator thought dead, a new
+    /// lease, a timestamp cache rejection). An internal state error.
+    Aborted,
+    /// Anything else that is retried: a code from `retry_on`, another database's conflict, or a
+    /// `40001` that does not say where it came from.
     Other,
 }
 
 impl ConflictKind {
     /// The kind as the retry event's `conflict` field shows it: `row_write`, `dependency`,
-    /// `deadlock` or `other`.
+    /// `deadlock`, `recovery`, `write_too_old`, `read_refresh`, `uncertainty`,
+    /// `async_write_failure`, `commit_deadline`, `aborted` or `other`.
     ///
     /// ```
     /// # use sqlx_retry_core::ConflictKind;
@@ -44,6 +72,13 @@ impl ConflictKind {
             ConflictKind::RowWrite => "row_write",
             ConflictKind::Dependency => "dependency",
             ConflictKind::Deadlock => "deadlock",
+            ConflictKind::Recovery => "recovery",
+            ConflictKind::WriteTooOld => "write_too_old",
+            ConflictKind::ReadRefresh => "read_refresh",
+            ConflictKind::Uncertainty => "uncertainty",
+            ConflictKind::AsyncWriteFailure => "async_write_failure",
+            ConflictKind::CommitDeadline => "commit_deadline",
+            ConflictKind::Aborted => "aborted",
             ConflictKind::Other => "other",
         }
     }
@@ -57,8 +92,11 @@ impl ConflictKind {
 /// PostgreSQL reports both row write conflicts and dependency cycles as `40001`. They are told
 /// apart by the source file the server names in the error (`predicate.c` holds serializable
 /// snapshot isolation, and adds a `Reason code:` detail) rather than by the message, which is
-/// translated. A `40001` from `postgres.c` is a hot standby's recovery conflict; one without a
-/// source file (from another database, or built by hand) is [`ConflictKind::Other`].
+/// translated. A `40001` from `postgres.c` is a hot standby's recovery conflict
+/// ([`ConflictKind::Recovery`]). CockroachDB and YugabyteDB name the cause of a `40001` in its
+/// message (`… RETRY_WRITE_TOO_OLD …`, `Restart read required …`), which is read before the
+/// source file. A `40001` that says neither (from another database, or built by hand) is
+/// [`ConflictKind::Other`].
 ///
 /// ```
 /// # use sqlx_retry_core::ConflictKind;
@@ -78,6 +116,11 @@ impl ConflictKind {
 /// assert_eq!(conflict_kind(&deadlock), Some(ConflictKind::Deadlock));
 /// let simulated = SimulatedDbError::sqlx(SqlState::SERIALIZATION_FAILURE, "conflict");
 /// assert_eq!(conflict_kind(&simulated), Some(ConflictKind::Other));
+/// let cockroach = SimulatedDbError::sqlx(
+///     SqlState::SERIALIZATION_FAILURE,
+///     "restart transaction: TransactionRetryWithProtoRefreshError: ReadWithinUncertaintyIntervalError: …",
+/// );
+/// assert_eq!(conflict_kind(&cockroach), Some(ConflictKind::Uncertainty));
 /// # }
 /// ```
 pub fn conflict_kind(err: &(dyn StdError + 'static)) -> Option<ConflictKind> {

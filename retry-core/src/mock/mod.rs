@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::SqlState;
-use crate::source::{BeginTransaction, Joined, OpenTransaction, TxOptions};
+use crate::source::{BeginTransaction, Joined, OpenTransaction, Savepoint, TxOptions};
 
 pub use crate::simulated::SimulatedDbError;
 
@@ -69,6 +69,10 @@ pub enum Phase {
     Statement(u32),
     /// COMMIT fails.
     Commit,
+    /// `RELEASE SAVEPOINT` fails (with a policy's savepoint protocol; CockroachDB commits
+    /// there). A [`Fault::CommitReplyLost`] here applies the transaction, as CockroachDB's
+    /// RELEASE would.
+    Release,
     /// ROLLBACK fails (the error that caused the rollback must survive it).
     Rollback,
 }
@@ -279,6 +283,8 @@ pub struct MockTx<S> {
     aborted: bool,
     wrote: bool,
     begin_version: u64,
+    /// The state at the savepoint protocol's `SAVEPOINT`, while it is set.
+    savepoint: Option<S>,
 }
 
 impl<S> MockTx<S> {
@@ -351,11 +357,86 @@ impl<S> MockTx<S> {
     }
 }
 
-impl<S: Send> OpenTransaction for MockTx<S> {
+impl<S: Clone> MockTx<S> {
+    /// A statement of the savepoint protocol: `SAVEPOINT` keeps a copy of the working state,
+    /// `ROLLBACK TO SAVEPOINT` restores it (and clears an abort, as on PostgreSQL), `RELEASE`
+    /// fails like the server would: `25P02` in an aborted transaction, or a scripted
+    /// [`Phase::Release`] fault.
+    fn savepoint_step(&mut self, statement: Savepoint<'_>) -> Result<(), sqlx::Error> {
+        let label = statement.to_string();
+        let mut db = lock(&self.db);
+        let fail = |db: &mut Inner<S>, fault: &str, err: sqlx::Error| {
+            db.events.push(MockEvent::Failed {
+                step: label.clone(),
+                fault: fault.to_owned(),
+            });
+            Err(err)
+        };
+        if self.broken {
+            let fault = Fault::ConnectionLost;
+            return fail(&mut db, &fault.label(), fault.error());
+        }
+        match statement {
+            Savepoint::Create(_) | Savepoint::Release(_) if self.aborted => {
+                let err = SimulatedDbError::sqlx(
+                    SqlState::new("25P02").unwrap_or(SqlState::INTERNAL_ERROR),
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                );
+                return fail(&mut db, "25P02", err);
+            }
+            Savepoint::Create(_) => self.savepoint = Some(self.state.clone()),
+            Savepoint::RollbackTo(_) => match &self.savepoint {
+                Some(saved) => {
+                    self.state = saved.clone();
+                    self.aborted = false;
+                    self.statements = 0;
+                }
+                None => {
+                    let err = SimulatedDbError::sqlx(
+                        SqlState::new("3B001").unwrap_or(SqlState::INTERNAL_ERROR),
+                        "savepoint does not exist",
+                    );
+                    return fail(&mut db, "3B001", err);
+                }
+            },
+            Savepoint::Release(_) => {
+                if let Some(fault) = db.take_fault(self.attempt, Phase::Release) {
+                    match &fault {
+                        Fault::CommitReplyLost => {
+                            db.version += u64::from(self.wrote);
+                            db.state = self.state.clone();
+                            self.broken = true;
+                        }
+                        Fault::ConnectionLost => self.broken = true,
+                        Fault::Sqlstate(code)
+                            if code.class() == "08" || code.as_str().starts_with("57P") =>
+                        {
+                            self.broken = true
+                        }
+                        Fault::Sqlstate(_) => self.aborted = true,
+                    }
+                    return fail(&mut db, &fault.label(), fault.error());
+                }
+                self.savepoint = None;
+            }
+        }
+        db.events.push(MockEvent::Statement(label));
+        Ok(())
+    }
+}
+
+impl<S: Clone + Send> OpenTransaction for MockTx<S> {
     type Conn = MockTx<S>;
 
     fn conn(&mut self) -> &mut MockTx<S> {
         self
+    }
+
+    fn savepoint(
+        &mut self,
+        statement: Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        std::future::ready(self.savepoint_step(statement))
     }
 
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
@@ -471,6 +552,7 @@ impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &MockDb<S> {
                         aborted: false,
                         wrote: false,
                         begin_version: db.version,
+                        savepoint: None,
                     })
                 }
             }

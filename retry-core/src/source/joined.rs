@@ -126,6 +126,13 @@ impl<DB: Backend> OpenTransaction for MaybeJoined<'_, DB> {
         }
     }
 
+    async fn savepoint(&mut self, statement: super::Savepoint<'_>) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => OpenTransaction::savepoint(tx, statement).await,
+            MaybeJoined::Joined(joined) => joined.savepoint(statement).await,
+        }
+    }
+
     fn is_joined(&self) -> bool {
         matches!(self, MaybeJoined::Joined(_))
     }

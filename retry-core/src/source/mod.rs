@@ -27,7 +27,7 @@ pub use joined::{Joined, MaybeJoined};
 pub use pool::PoolTransaction;
 pub(crate) use timer::TIMER_TICK;
 pub use timer::timer_sleep;
-pub use traits::{BeginTransaction, OpenTransaction, TransactionSource};
+pub use traits::{BeginTransaction, OpenTransaction, Savepoint, TransactionSource};
 
 pub use crate::policy::TxOptions;
 pub use crate::run::BoxFuture;

@@ -128,6 +128,20 @@ impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
         Ok(())
     }
 
+    fn savepoint(
+        &mut self,
+        statement: super::Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        DB::savepoint_statement(&mut self.conn, statement)
+    }
+
+    /// A plain COMMIT: `RELEASE SAVEPOINT` already proved the transaction not aborted.
+    async fn commit_released(mut self) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::commit(&mut self.conn).await?;
+        self.ended();
+        Ok(())
+    }
+
     async fn rollback(mut self) -> Result<(), sqlx::Error> {
         DB::TransactionManager::rollback(&mut self.conn).await?;
         self.ended();

@@ -34,6 +34,32 @@ pub trait OpenTransaction: Send {
     /// Sends COMMIT.
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Sends a statement of the savepoint protocol (see
+    /// [`PolicyBuilder::savepoint`](crate::PolicyBuilder::savepoint)). The default fails with
+    /// [`UnsupportedTxOption`](crate::error::UnsupportedTxOption): a source of your own supports
+    /// the protocol by sending `statement`'s text (its `Display`) as one statement.
+    fn savepoint(
+        &mut self,
+        statement: Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = statement;
+        std::future::ready(Err(crate::error::UnsupportedTxOption::sqlx(
+            "this transaction source",
+            "savepoint",
+            "its transactions do not implement `OpenTransaction::savepoint`",
+        )))
+    }
+
+    /// Sends COMMIT after the savepoint protocol's `RELEASE SAVEPOINT` succeeded, which already
+    /// proved the transaction not aborted, and after which CockroachDB accepts nothing but
+    /// COMMIT. The default is [`commit`](Self::commit).
+    fn commit_released(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send
+    where
+        Self: Sized,
+    {
+        self.commit()
+    }
+
     /// Sends ROLLBACK.
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
@@ -97,6 +123,28 @@ impl<S, Conn: ?Sized> TransactionSource<Conn> for S where
 {
 }
 
+/// A statement of the savepoint protocol, on a name checked as a plain SQL identifier: what
+/// [`OpenTransaction::savepoint`] sends. Its `Display` is the SQL text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Savepoint<'a> {
+    /// `SAVEPOINT name`, right after BEGIN.
+    Create(&'a str),
+    /// `ROLLBACK TO SAVEPOINT name`, before the body runs again in the same transaction.
+    RollbackTo(&'a str),
+    /// `RELEASE SAVEPOINT name`, before COMMIT (CockroachDB commits here).
+    Release(&'a str),
+}
+
+impl std::fmt::Display for Savepoint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Savepoint::Create(name) => write!(f, "SAVEPOINT {name}"),
+            Savepoint::RollbackTo(name) => write!(f, "ROLLBACK TO SAVEPOINT {name}"),
+            Savepoint::Release(name) => write!(f, "RELEASE SAVEPOINT {name}"),
+        }
+    }
+}
+
 impl<DB: Backend> OpenTransaction for Transaction<'_, DB> {
     type Conn = DB::Connection;
 
@@ -110,6 +158,13 @@ impl<DB: Backend> OpenTransaction for Transaction<'_, DB> {
 
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         Transaction::commit(self)
+    }
+
+    fn savepoint(
+        &mut self,
+        statement: Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        DB::savepoint_statement(self, statement)
     }
 
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {

@@ -141,6 +141,45 @@ async fn idempotent_retries_a_commit_whose_connection_broke() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_server_sent_40003_at_commit_is_commit_unknown_after_one_attempt() {
+    let db = MockDb::new(0_i64).fail(1, Phase::Commit, Fault::sqlstate("40003"));
+    let err = bump(&db, 1).await.unwrap_err();
+    assert!(is_commit_unknown(&err), "{err}");
+    let cause = sqlx_retry::error::find_commit_unknown(&err).map(|c| sqlstate(c.cause()));
+    assert_eq!(cause, Some(Some(SqlState::STATEMENT_COMPLETION_UNKNOWN)));
+    assert_eq!(db.attempts(), 1);
+    assert_eq!(db.script(), [BEGIN, "bump", "COMMIT -> 40003"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_retries_a_server_sent_40003_at_commit() {
+    let db = MockDb::new(0_i64).fail(1, Phase::Commit, Fault::sqlstate("40003"));
+    assert_eq!(bump_idempotent(&db).await.unwrap(), 1);
+    assert_eq!(
+        script(&db),
+        [
+            BEGIN,
+            "bump",
+            "COMMIT -> 40003",
+            SLEEP,
+            BEGIN,
+            "bump",
+            "COMMIT"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_40003_in_the_body_is_an_ordinary_error_even_when_idempotent() {
+    let db = MockDb::new(0_i64).fail(1, Phase::Body, Fault::sqlstate("40003"));
+    let err = bump_idempotent(&db).await.unwrap_err();
+    assert!(!is_commit_unknown(&err), "{err}");
+    assert_eq!(sqlstate(&err), Some(SqlState::STATEMENT_COMPLETION_UNKNOWN));
+    assert_eq!(db.attempts(), 1);
+    assert_eq!(db.state(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn idempotent_means_the_transaction_may_be_applied_twice() {
     // The documented meaning of `idempotent`: when the first COMMIT landed but its reply was
     // lost, the retry applies the transaction again. Only for transactions safe to apply twice.
