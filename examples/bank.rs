@@ -7,14 +7,11 @@
 //! is unchanged and no balance is negative.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 use sqlx_retry::{SqlState, serializable_retry};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
 
 const ACCOUNTS: i64 = 16;
 const INITIAL: i64 = 1_000;
@@ -51,48 +48,9 @@ async fn transfer(
     Ok(true)
 }
 
-/// Counts the retry loop's "retrying transaction" events by their `sqlstate` field.
-#[derive(Default)]
-struct RetryCounter(Mutex<BTreeMap<String, u64>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for &'static RetryCounter {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        struct Fields {
-            message: String,
-            sqlstate: String,
-        }
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                if field.name() == "sqlstate" {
-                    self.sqlstate = value.to_owned();
-                }
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.message = format!("{value:?}");
-                }
-            }
-        }
-        let mut fields = Fields {
-            message: String::new(),
-            sqlstate: String::new(),
-        };
-        event.record(&mut fields);
-        if fields.message == "retrying transaction" {
-            let key = if fields.sqlstate.is_empty() {
-                "connection lost".to_owned()
-            } else {
-                fields.sqlstate
-            };
-            *self.0.lock().unwrap().entry(key).or_default() += 1;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let counter: &'static RetryCounter = Box::leak(Box::default());
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter))?;
+    let retries = sqlx_retry_testkit::global_retries();
 
     let seconds: u64 = std::env::var("BANK_SECONDS")
         .ok()
@@ -151,7 +109,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let calls = committed + declined + exhausted + failed;
     let attempts = attempts.load(Ordering::Relaxed);
-    let retries = counter.0.lock().unwrap().clone();
+    // A lost connection has no SQLSTATE.
+    let retries: BTreeMap<String, u64> = retries
+        .by_sqlstate("transfer")
+        .into_iter()
+        .map(|(code, n)| {
+            (
+                if code.is_empty() {
+                    "connection lost".into()
+                } else {
+                    code
+                },
+                n,
+            )
+        })
+        .collect();
     let (total, negative): (i64, i64) = sqlx::query_as(
         "SELECT sum(balance)::bigint, count(*) FILTER (WHERE balance < 0) FROM accounts",
     )

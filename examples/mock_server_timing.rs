@@ -5,7 +5,7 @@
 //!   checked, on the paused clock;
 //! - **throwaway PostgreSQL**: a fresh schema, the table and two rows, the transfer, the balances
 //!   checked, the schema dropped (the server itself starts once, timed apart);
-//! - **`MockDb`**: the trait-based pattern of `tests/mock_pattern.rs`, the same fault, paused clock.
+//! - **`MockDb`**: the trait-based pattern of `tests/mock/pattern.rs`, the same fault, paused clock.
 //!
 //! Prints figures and asserts nothing: `cargo run --example mock_server_timing --features
 //! mock-server [-- RUNS]`.

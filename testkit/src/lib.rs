@@ -16,6 +16,8 @@
 //!   one per process, with replay pause/resume/wait and a standby that can be stopped.
 //! * [`PgBouncer`]: a real pgbouncer (transaction pooling by default) in front of the test
 //!   server, with its admin console and a way to kill its server connections.
+//! * [`global_retries`] / [`with_retry_log`]: the retry loop's "retrying transaction" events,
+//!   captured for the whole process or for one future, to count retries by SQLSTATE.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sqlx::Error> {
@@ -40,6 +42,7 @@ mod pgbouncer;
 mod process;
 mod proxy;
 mod replica;
+mod retries;
 mod schema;
 mod server;
 
@@ -53,6 +56,7 @@ pub use proxy::{
     ProxyStats, Upstream,
 };
 pub use replica::{PgReplicaPair, ReplicaSchema, STANDBY_MAX_DELAY};
+pub use retries::{Retry, RetryLog, global_retries, with_event_log, with_retry_log};
 pub use schema::{
     Isolated, connect_options, drop_schema, isolated_pool, isolated_pool_via, isolated_schema,
     quote_ident, schema_options, with_search_path,

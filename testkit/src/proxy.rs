@@ -254,6 +254,9 @@ pub struct ProxyStats {
     pub bytes_to_server: u64,
     /// Bytes received from the server (relayed to clients unless a fault cut them).
     pub bytes_to_client: u64,
+    /// NoticeResponse (`N`) messages from the server, such as the warning "there is no
+    /// transaction in progress".
+    pub notices: u64,
 }
 
 impl ProxyStats {
@@ -270,6 +273,7 @@ impl ProxyStats {
             messages: self.messages.saturating_sub(earlier.messages),
             bytes_to_server: self.bytes_to_server.saturating_sub(earlier.bytes_to_server),
             bytes_to_client: self.bytes_to_client.saturating_sub(earlier.bytes_to_client),
+            notices: self.notices.saturating_sub(earlier.notices),
         }
     }
 }
@@ -285,10 +289,11 @@ struct Counters {
     messages: AtomicU64,
     bytes_to_server: AtomicU64,
     bytes_to_client: AtomicU64,
+    notices: AtomicU64,
 }
 
 impl Counters {
-    fn all(&self) -> [&AtomicU64; 9] {
+    fn all(&self) -> [&AtomicU64; 10] {
         [
             &self.connections,
             &self.simple_queries,
@@ -299,6 +304,7 @@ impl Counters {
             &self.messages,
             &self.bytes_to_server,
             &self.bytes_to_client,
+            &self.notices,
         ]
     }
 
@@ -334,6 +340,7 @@ impl Counters {
             messages: get(&self.messages),
             bytes_to_server: get(&self.bytes_to_server),
             bytes_to_client: get(&self.bytes_to_client),
+            notices: get(&self.notices),
         }
     }
 }
@@ -1089,6 +1096,9 @@ async fn server_to_client(
                 break;
             }
             let total = len + 1;
+            if rest[0] == b'N' {
+                Counters::add(&shared.counters.notices, 1);
+            }
             let swallow = target != 0 && ready_seen + 1 >= target;
             if !swallow {
                 out.extend_from_slice(&rest[..total]);

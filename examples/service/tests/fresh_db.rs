@@ -3,7 +3,7 @@
 //! from that database's pool, retry loop included.
 //!
 //! To unit-test the same logic without any database, the mock pattern of the library's
-//! `tests/mock_pattern.rs` applies: a repository trait implemented for `PgConnection` and for
+//! `tests/mock/pattern.rs` applies: a repository trait implemented for `PgConnection` and for
 //! `sqlx_retry::mock::MockTx`, with failures scripted per attempt.
 //!
 //! `#[sqlx::test]` creates its databases on the server named by `DATABASE_URL`, with a role

@@ -10,18 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection, SqlitePool};
 use sqlx_retry::error::UnsupportedTxOption;
 use sqlx_retry::serializable_retry;
+use sqlx_retry_testkit::global_retries;
 use tokio::sync::Barrier;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt as _};
-use tracing_subscriber::registry::LookupSpan;
 
 /// A database file in the temporary directory, deleted (with its WAL files) on drop.
 struct TempDb {
@@ -80,70 +78,10 @@ impl Drop for TempDb {
     }
 }
 
-/// Counts the retry loop's "retrying transaction" events by (function, SQLSTATE). BEGIN
-/// failures never reach the body, so the body cannot count them itself.
-#[derive(Default)]
-struct RetryCounter(Mutex<BTreeMap<(String, String), u32>>);
-
-impl<S> tracing_subscriber::Layer<S> for &'static RetryCounter
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        #[derive(Default)]
-        struct Fields {
-            message: String,
-            sqlstate: String,
-        }
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                if field.name() == "sqlstate" {
-                    self.sqlstate = value.to_owned();
-                }
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.message = format!("{value:?}");
-                }
-            }
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        if fields.message != "retrying transaction" {
-            return;
-        }
-        let function = ctx
-            .event_scope(event)
-            .and_then(|scope| scope.from_root().next().map(|span| span.name().to_owned()))
-            .unwrap_or_default();
-        *self
-            .0
-            .lock()
-            .unwrap()
-            .entry((function, fields.sqlstate))
-            .or_default() += 1;
-    }
-}
-
-fn retries() -> &'static RetryCounter {
-    static COUNTER: OnceLock<&'static RetryCounter> = OnceLock::new();
-    COUNTER.get_or_init(|| {
-        let counter: &'static RetryCounter = Box::leak(Box::default());
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter))
-            .expect("no other global subscriber in this test binary");
-        counter
-    })
-}
-
-fn retries_of(function: &str) -> BTreeMap<String, u32> {
-    retries()
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|((f, _), _)| f == function)
-        .map(|((_, code), n)| (code.clone(), *n))
-        .collect()
+/// Retries of `function` by SQLSTATE: BEGIN failures never reach the body, so the body cannot
+/// count them itself.
+fn retries_of(function: &str) -> BTreeMap<String, u64> {
+    global_retries().by_sqlstate(function)
 }
 
 /// The extended result code of a SQLite error, e.g. `"517"`.
@@ -185,7 +123,7 @@ async fn sqlite_increment(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_busy_is_retried_and_every_increment_lands_once() {
-    retries();
+    global_retries();
     const TASKS: usize = 8;
     const EACH: usize = 10;
     let db = TempDb::new();

@@ -3,14 +3,11 @@
 //! is whole and usable, and nothing of the cancelled work is committed (except for a COMMIT that
 //! had already been sent: its outcome is the server's, as with a commit-unknown error).
 
-#[path = "common/reliability.rs"]
-mod reliability;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reliability::{eventually, idle_in_transaction, unique_app};
+use crate::common::{eventually, idle_in_transaction, unique_app};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use sqlx_retry::{Backoff, Policy, serializable_retry, transaction};

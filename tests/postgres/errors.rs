@@ -829,30 +829,6 @@ async fn method_with_self_is_retried() {
 // Retry events carry no row data
 // ---------------------------------------------------------------------------------------------
 
-/// The fields of every "retrying transaction" event on this thread, as ` name=value` text.
-#[derive(Clone, Default)]
-struct RetryEvents(Arc<Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RetryEvents {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        struct Text(String);
-        impl tracing::field::Visit for Text {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0 += &format!(" {}={value:?}", field.name());
-            }
-        }
-        let mut text = Text(String::new());
-        event.record(&mut text);
-        if text.0.contains("retrying transaction") {
-            self.0.lock().unwrap().push(text.0);
-        }
-    }
-}
-
 #[serializable_retry(retry_on = ["23505"], max = 2, backoff(none))]
 async fn register(
     tx: &mut PgConnection,
@@ -870,8 +846,9 @@ async fn register(
 /// event names the SQLSTATE and the server's message, never the DETAIL.
 #[tokio::test]
 async fn retry_events_carry_no_detail() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-
+    // The process-wide log: a subscriber scoped to this thread can miss events while other
+    // tests of the binary register the same callsites concurrently.
+    let log = sqlx_retry_testkit::global_retries();
     let (pool, _schema) = isolated_pool(2).await;
     sqlx::raw_sql(
         "CREATE TABLE users_now (email text UNIQUE);
@@ -891,9 +868,7 @@ async fn retry_events_carry_no_detail() {
             2,
         ),
     ] {
-        let events = RetryEvents::default();
-        let _guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        let before = log.retries().len();
         let bodies_ok = AtomicU32::new(0);
         let err = register(&pool, insert, "taken@example.com", &bodies_ok)
             .await
@@ -908,7 +883,11 @@ async fn retry_events_carry_no_detail() {
         let detail = pg.detail().unwrap_or_else(|| panic!("{table}: no DETAIL"));
         assert!(detail.contains("taken@example.com"), "{table}: {detail}");
 
-        let events = events.0.lock().unwrap().clone();
+        let events: Vec<String> = log.retries()[before..]
+            .iter()
+            .filter(|r| r.function == "register")
+            .map(|r| r.fields.clone())
+            .collect();
         assert_eq!(events.len(), 1, "{table}: {events:?}");
         let event = &events[0];
         assert!(event.contains(r#"sqlstate="23505""#), "{table}: {event}");

@@ -301,7 +301,6 @@ async fn one_statement(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 /// check, COMMIT (three before the check existed); on a pool, three.
 #[tokio::test]
 async fn the_check_is_one_round_trip() {
-    notices();
     let (_pool, schema) = setup().await;
     let proxy = PgProxy::for_test_db().await;
     let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
@@ -329,62 +328,15 @@ async fn the_check_is_one_round_trip() {
         let delta = settle(&proxy).await.since(&before);
         assert_eq!(delta.simple_queries, 4, "{delta:?}");
     }
-    // The connection is back in the pool, outside any transaction, and the server never said
-    // "there is no transaction in progress": each ROLLBACK ended the empty transaction.
+    // The connection is back in the pool, outside any transaction, and the server never sent a
+    // notice such as "there is no transaction in progress": each ROLLBACK ended the empty
+    // transaction.
     let mut conn = pool.acquire().await.unwrap();
     assert_outside_transaction(&mut conn).await;
-    assert_eq!(notices().no_transaction(), 0);
+    assert_eq!(proxy.stats().notices, 0);
     // The counter does see that warning: a stray ROLLBACK draws it.
     sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
-    assert_eq!(notices().no_transaction(), 1);
-}
-
-/// Counts the server's notices that sqlx logs (target `sqlx::postgres::notice`), process-wide.
-#[derive(Default)]
-struct Notices(std::sync::Mutex<Vec<String>>);
-
-impl Notices {
-    fn no_transaction(&self) -> usize {
-        let all = self.0.lock().unwrap();
-        all.iter()
-            .filter(|m| m.contains("no transaction in progress"))
-            .count()
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for &'static Notices {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_str(&mut self, _: &tracing::field::Field, value: &str) {
-                self.0.push_str(value);
-            }
-            fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{value:?}"));
-            }
-        }
-        if event
-            .metadata()
-            .target()
-            .starts_with("sqlx::postgres::notice")
-        {
-            let mut message = Message(String::new());
-            event.record(&mut message);
-            self.0.lock().unwrap().push(message.0);
-        }
-    }
-}
-
-/// Installs the notice counter as the process's subscriber once.
-fn notices() -> &'static Notices {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    static NOTICES: std::sync::OnceLock<&'static Notices> = std::sync::OnceLock::new();
-    NOTICES.get_or_init(|| {
-        let notices: &'static Notices = Box::leak(Box::default());
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(notices))
-            .expect("no other subscriber in this test binary");
-        notices
-    })
+    assert_eq!(proxy.stats().notices, 1);
 }
 
 /// Waits until the proxy has seen no message for 50 ms and returns its counters.

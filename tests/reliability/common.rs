@@ -1,84 +1,17 @@
-//! Helpers shared by the reliability tests: retry counting by SQLSTATE (from the retry loop's
-//! `tracing` events, keyed by the function's span name), latency summaries and session checks.
+//! Helpers shared by the reliability tests: retry counting by SQLSTATE (the testkit's retry
+//! log), latency summaries and session checks.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use sqlx_retry_testkit::{RetryLog, global_retries};
 
-/// Retries counted from the "retrying transaction" events, by (span name, SQLSTATE). A lost
-/// connection has no SQLSTATE and is counted as `"conn"`.
-#[derive(Default)]
-pub struct RetryCounter(Mutex<BTreeMap<(String, String), u64>>);
-
-impl<S> tracing_subscriber::Layer<S> for &'static RetryCounter
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        #[derive(Default)]
-        struct Fields {
-            message: String,
-            sqlstate: String,
-        }
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                if field.name() == "sqlstate" {
-                    self.sqlstate = value.to_owned();
-                }
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.message = format!("{value:?}");
-                }
-            }
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        if fields.message != "retrying transaction" {
-            return;
-        }
-        let span = ctx
-            .event_span(event)
-            .map(|s| s.name().to_owned())
-            .unwrap_or_default();
-        let code = if fields.sqlstate.is_empty() {
-            "conn".to_owned()
-        } else {
-            fields.sqlstate
-        };
-        *self.0.lock().unwrap().entry((span, code)).or_default() += 1;
-    }
-}
-
-/// Installs the process-wide subscriber once and returns the counter.
-pub fn retries() -> &'static RetryCounter {
-    static COUNTER: OnceLock<&'static RetryCounter> = OnceLock::new();
-    COUNTER.get_or_init(|| {
-        let counter: &'static RetryCounter = Box::leak(Box::default());
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(counter))
-            .expect("the reliability tests install the only global subscriber");
-        counter
-    })
-}
-
-impl RetryCounter {
-    /// Retries of the function (span) `name`, by SQLSTATE.
-    pub fn of(&self, name: &str) -> BTreeMap<String, u64> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((span, _), _)| span == name)
-            .map(|((_, code), n)| (code.clone(), *n))
-            .collect()
-    }
+/// The process-wide retry log: retries by function and SQLSTATE (`""` for a lost connection).
+pub fn retries() -> &'static RetryLog {
+    global_retries()
 }
 
 /// Duration of a stress run: `SQLX_RETRY_STRESS_SECS`, default `default_secs`.

@@ -4,13 +4,10 @@
 //! Short by default (2 s per workload); `SQLX_RETRY_STRESS_SECS=60` for the long form. Run with
 //! `--nocapture` to see the one-line summary of each workload.
 
-#[path = "common/reliability.rs"]
-mod reliability;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reliability::{Tally, code_of, retries, stress_secs};
+use crate::common::{Tally, code_of, retries, stress_secs};
 use sqlx::{PgConnection, PgPool};
 use sqlx_retry::serializable_retry;
 
@@ -143,7 +140,7 @@ async fn stress_bank_total_conserved_no_negative() {
             TASKS,
             secs,
             attempts,
-            &counter.of("stress_transfer"),
+            &counter.by_sqlstate("stress_transfer"),
             &extra
         )
     );
@@ -242,7 +239,7 @@ async fn stress_doctors_every_shift_keeps_one_on_call() {
             TASKS,
             secs,
             attempts,
-            &counter.of("stress_on_call"),
+            &counter.by_sqlstate("stress_on_call"),
             &extra
         )
     );
@@ -301,7 +298,7 @@ async fn stress_counter_equals_ok_count() {
             TASKS,
             secs,
             attempts,
-            &counter.of("stress_increment"),
+            &counter.by_sqlstate("stress_increment"),
             &extra
         )
     );
@@ -364,7 +361,10 @@ async fn never_clearing_conflict_gives_up_after_exactly_max_attempts() {
         .unwrap();
     assert_eq!(rows, 0, "nothing of a failed attempt is committed");
     // 8 calls x 2 retries each.
-    assert_eq!(counter.of("always_conflicts").get("40001"), Some(&16));
+    assert_eq!(
+        counter.by_sqlstate("always_conflicts").get("40001"),
+        Some(&16)
+    );
     schema.drop_schema().await.unwrap();
 }
 
@@ -412,7 +412,7 @@ async fn stress_max_one_on_hot_counter_nothing_half_applied() {
             TASKS,
             secs,
             attempts,
-            &counter.of("hot_counter_once"),
+            &counter.by_sqlstate("hot_counter_once"),
             &extra
         )
     );
@@ -425,7 +425,7 @@ async fn stress_max_one_on_hot_counter_nothing_half_applied() {
     assert_eq!(n, m, "half-applied transaction");
     // max = 1: one attempt per call, never a retry.
     assert_eq!(attempts.load(Ordering::Relaxed), tally.calls);
-    assert!(counter.of("hot_counter_once").is_empty());
+    assert!(counter.by_sqlstate("hot_counter_once").is_empty());
     assert_eq!(tally.calls, tally.ok + tally.exhausted);
     schema.drop_schema().await.unwrap();
 }

@@ -2,14 +2,11 @@
 //! terminated backend, a restart in the middle of a stress run) and timeouts on a real
 //! PostgreSQL.
 
-#[path = "common/reliability.rs"]
-mod reliability;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reliability::{code_of, retries, stress_secs};
+use crate::common::{code_of, retries, stress_secs};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use sqlx_retry::error::Class;
@@ -400,7 +397,7 @@ async fn server_restart_mid_stress_pool_recovers_and_invariants_hold() {
         all.connection,
         all.commit_unknown,
         all.other.len(),
-        counter.of("restart_transfer"),
+        counter.by_sqlstate("restart_transfer"),
     );
     assert!(
         all.other.is_empty(),

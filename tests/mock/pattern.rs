@@ -1,7 +1,7 @@
 //! # Unit-testing a service that uses `#[serializable_retry]`, without a database
 //!
 //! This file is the pattern the README links to. It is an ordinary integration test, so every
-//! line of it compiles and runs (`cargo test --features mock --test mock_pattern`).
+//! line of it compiles and runs (`cargo test --features mock --test mock -- pattern::`).
 //!
 //! The idea in four steps:
 //!
