@@ -25,6 +25,42 @@ pub(crate) fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The PostgreSQL program `name` from `bin`, run as the `postgres` user when `as_postgres`, in
+/// `dir` (the postgres user may not be allowed into the test's working directory), with no input.
+pub(crate) fn pg_command(bin: &Path, dir: &Path, as_postgres: bool, name: &str) -> Command {
+    let exe = bin.join(name);
+    let mut cmd = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.current_dir(dir).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to its end with stdout and stderr appended to `log`; the error says what failed.
+pub(crate) fn run_logged(mut cmd: Command, log: &Path) -> Result<(), String> {
+    let open = || fs::OpenOptions::new().create(true).append(true).open(log);
+    let (out, err) = match (open(), open()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(format!("could not create {}: {e}", log.display()));
+        }
+    };
+    let status = cmd
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .status()
+        .map_err(|e| format!("could not run {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
 /// A random `u64` from the standard library's per-process random hasher keys.
 pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher as _, Hasher as _};

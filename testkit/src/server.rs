@@ -6,7 +6,7 @@ use std::fs::{self};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -315,42 +315,12 @@ impl Cluster {
     }
 
     fn tool(&self, name: &str) -> Command {
-        let exe = self.bin.join(name);
-        let mut cmd = if self.as_postgres_user {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        // The postgres user may not be allowed into the test's working directory.
-        cmd.current_dir(&self.root).stdin(Stdio::null());
-        cmd
+        crate::process::pg_command(&self.bin, &self.root, self.as_postgres_user, name)
     }
 
     /// Runs `cmd` with stdout and stderr appended to `<root>/<log_name>`.
-    fn run_logged(&self, mut cmd: Command, log_name: &str) -> Result<(), ServerError> {
-        let log = self.root.join(log_name);
-        let open = || fs::OpenOptions::new().create(true).append(true).open(&log);
-        let (out, err) = match (open(), open()) {
-            (Ok(o), Ok(e)) => (o, e),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(ServerError::new(format!(
-                    "could not create {}: {e}",
-                    log.display()
-                )));
-            }
-        };
-        let status = cmd
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .status()
-            .map_err(|e| self.error(format!("could not run {:?}: {e}", cmd.get_program())))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(self.error(format!("{cmd:?} failed with {status}")))
-        }
+    fn run_logged(&self, cmd: Command, log_name: &str) -> Result<(), ServerError> {
+        crate::process::run_logged(cmd, &self.root.join(log_name)).map_err(|e| self.error(e))
     }
 
     fn initdb(&self) -> Result<(), ServerError> {
