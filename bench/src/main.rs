@@ -1128,7 +1128,9 @@ async fn count_round_trips(
         }
         // Let the pool's release ping of the last transaction land before counting.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        *per_tx = proxy.stats().since(&before).round_trips as f64 / n as f64;
+        let delta = proxy.stats().since(&before);
+        // A bare ROLLBACK is sent without waiting for its answer (see `ProxyStats::rollbacks`).
+        *per_tx = (delta.round_trips - delta.rollbacks) as f64 / n as f64;
     }
     ph.close().await?;
     Ok(round_trips)

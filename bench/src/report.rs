@@ -397,7 +397,8 @@ impl Report {
              ours is faster. The goals are judged on the block ratio: the median over blocks \
              of ours' block time over theirs (each pair ran back to back), with a 95 % \
              bootstrap interval over blocks; the ratio of median latencies is shown beside it. \
-             Round trips are counted at a TCP proxy in front of the server.\n\n\
+             Round trips are counted at a TCP proxy in front of the server: simple queries and \
+             Syncs, less the bare `ROLLBACK`s that sqlx sends without waiting for their answer.\n\n\
              The four configurations differ in the round trips sqlx's pool adds on its own, \
              which both sides pay alike: it pings every connection when it is returned \
              (`PoolConnection::return_to_pool` in sqlx-core 0.9, unconditionally), and with \

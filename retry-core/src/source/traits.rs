@@ -25,8 +25,8 @@ pub trait OpenTransaction: Send {
     /// PostgreSQL would answer with `ROLLBACK`, not an error) is not sent: the retry loop calls it
     /// before [`commit`](Self::commit) and treats its error as the attempt's (see
     /// [`TransactionAborted`](crate::error::TransactionAborted)). The default does nothing; on
-    /// PostgreSQL a `&mut PgConnection` source sends one statement, and a pooled transaction
-    /// checks within its COMMIT instead.
+    /// PostgreSQL a `sqlx::Transaction` sends one statement, while the transactions of this
+    /// crate's pool and connection sources check within their COMMIT instead.
     fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         std::future::ready(Ok(()))
     }
