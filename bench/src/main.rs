@@ -8,10 +8,11 @@
 //! ```
 //!
 //! `--out DIR` writes the report and chart to `DIR` instead; `--only SECTION[,SECTION…]` runs only
-//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling` (for working on one). The server is `DATABASE_URL` when set,
+//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling`, `replicas` (for working on one). The server is `DATABASE_URL` when set,
 //! otherwise a throwaway cluster from the testkit.
 
 mod cpu;
+mod replicas;
 mod report;
 mod workloads;
 
@@ -66,6 +67,15 @@ pub struct Plan {
     pub contention_clients: usize,
     /// Maximum attempts (ours) and `--max-tries` (pgbench).
     pub max_tries: u32,
+    /// Duration of each run of the read-replica section's mixed workload.
+    pub replicas: Duration,
+    /// Rounds of the read-replica section: each runs every configuration once, in an order
+    /// rotated per round; the figures add up over rounds.
+    pub replica_rounds: usize,
+    /// Blocks of the read-replica section's per-call comparison.
+    pub replica_micro_blocks: usize,
+    /// Reads per variant per block of that comparison.
+    pub replica_micro_per_block: usize,
 }
 
 impl Plan {
@@ -85,6 +95,10 @@ impl Plan {
                 clients: vec![1, 16],
                 contention_clients: 16,
                 max_tries: 50,
+                replicas: Duration::from_millis(300),
+                replica_rounds: 1,
+                replica_micro_blocks: 2,
+                replica_micro_per_block: 20,
             }
         } else if quick {
             Plan {
@@ -101,6 +115,10 @@ impl Plan {
                 clients: vec![1, 4, 16, 64],
                 contention_clients: 16,
                 max_tries: 50,
+                replicas: Duration::from_millis(1500),
+                replica_rounds: 2,
+                replica_micro_blocks: 12,
+                replica_micro_per_block: 50,
             }
         } else {
             Plan {
@@ -117,6 +135,10 @@ impl Plan {
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
                 max_tries: 50,
+                replicas: Duration::from_secs(5),
+                replica_rounds: 3,
+                replica_micro_blocks: 120,
+                replica_micro_per_block: 20,
             }
         }
     }
@@ -179,6 +201,9 @@ async fn run() -> Res<()> {
     if args.runs("scaling") {
         scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
+    if args.runs("replicas") {
+        replicas_section(&plan, &mut rep).await?;
+    }
     rep.load.push(("end", report::loadavg()));
     rep.elapsed = started.elapsed();
 
@@ -196,7 +221,14 @@ async fn run() -> Res<()> {
 }
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
+const SECTIONS: [&str; 6] = [
+    "profile",
+    "overhead",
+    "contention",
+    "strategies",
+    "scaling",
+    "replicas",
+];
 
 /// The command line.
 struct Args {
@@ -508,6 +540,16 @@ async fn scaling_section(
         rep.scaling.push((c, ours, adapt, theirs));
     }
 
+    Ok(())
+}
+
+/// Section 5: a read-mostly workload on a primary + hot standby pair of its own, through
+/// `&PgPool`, `&cluster` and sessions, and a session read's cost per call; a note instead when
+/// the pair can't start.
+async fn replicas_section(plan: &Plan, rep: &mut report::Report) -> Res<()> {
+    eprintln!("[replicas]");
+    rep.load.push(("replicas", report::loadavg()));
+    rep.replicas = Some(replicas::run(plan).await?);
     Ok(())
 }
 
