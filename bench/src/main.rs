@@ -345,6 +345,14 @@ async fn overhead_section(
     Ok(())
 }
 
+/// The wait before a rerun inside the savepoint that section 2 sets against the default
+/// ([`Policy::DEFAULT_SAVEPOINT_BACKOFF`]): exponential full jitter with the default backoff's
+/// base and cap (5 ms, 500 ms). The same bounds as the adaptive default without its contention
+/// estimate, which would learn from reruns a few hundred microseconds long: the row measures
+/// where the wait happens, not what an estimate made of it.
+const SAVEPOINT_BACKOFF_INSIDE: Backoff =
+    Backoff::exponential(Backoff::DEFAULT_BASE, Backoff::DEFAULT_CAP);
+
 /// Section 2: ours (the attribute, default backoff) against pgbench on every contended workload,
 /// in rounds; then each workload's write-skew invariant.
 async fn contention_section(
@@ -362,26 +370,47 @@ async fn contention_section(
             let (ours, pooled, hand, theirs) =
                 contention_round(plan, opts, pgbench, w, round).await?;
             c.add_round(ours, pooled, hand, theirs);
-            let savepoint = workloads::run_ours(
-                opts,
-                w,
-                &Imp::Plain(Arc::new(
-                    Policy::builder()
-                        .max_attempts(plan.max_tries)
-                        .savepoint(Policy::DEFAULT_SAVEPOINT)
-                        .build()?,
-                )),
-                Conns::Held,
-                plan.contention_clients,
-                plan.contention,
-            )
-            .await?;
-            eprintln!(
-                "  round {} {w:?} ours, savepoint: {}",
-                round + 1,
-                savepoint.summary()
-            );
-            c.add_savepoint_round(savepoint);
+            // The savepoint protocol with no wait before the rerun inside the savepoint (the
+            // default) and with one, in an order alternating by round.
+            let mut savepoint = None;
+            let mut inside = None;
+            for at_once in [round % 2 == 0, round % 2 == 1] {
+                let (label, builder) = if at_once {
+                    ("savepoint", Policy::builder())
+                } else {
+                    (
+                        "savepoint, backoff inside",
+                        Policy::builder().savepoint_backoff(SAVEPOINT_BACKOFF_INSIDE),
+                    )
+                };
+                let policy = builder
+                    .max_attempts(plan.max_tries)
+                    .savepoint(Policy::DEFAULT_SAVEPOINT)
+                    .build()?;
+                let run = workloads::run_ours(
+                    opts,
+                    w,
+                    &Imp::Plain(Arc::new(policy)),
+                    Conns::Held,
+                    plan.contention_clients,
+                    plan.contention,
+                )
+                .await?;
+                eprintln!(
+                    "  round {} {w:?} ours, {label}: {}",
+                    round + 1,
+                    run.summary()
+                );
+                if at_once {
+                    savepoint = Some(run);
+                } else {
+                    inside = Some(run);
+                }
+            }
+            if let (Some(savepoint), Some(inside)) = (savepoint, inside) {
+                c.add_savepoint_round(savepoint);
+                c.add_savepoint_inside_round(inside);
+            }
         }
         c.violations = workloads::skew_violations(admin).await?;
         rep.contention.push(c);

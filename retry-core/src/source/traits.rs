@@ -63,6 +63,15 @@ pub trait OpenTransaction: Send {
     /// Sends ROLLBACK.
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Waits before the savepoint protocol reruns the body inside this transaction (see
+    /// [`PolicyBuilder::savepoint_backoff`](crate::PolicyBuilder::savepoint_backoff)): the
+    /// counterpart of [`BeginTransaction::sleep`] for the wait that happens while the transaction
+    /// is open. The default is the same timer; the mock's transaction records the sleep in its
+    /// script.
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
+        timer_sleep(delay)
+    }
+
     /// Whether this "transaction" is a transaction that was already open when the call started
     /// (see [`Joined`](super::Joined)). The retry loop then runs the body exactly once, sends no COMMIT or
     /// ROLLBACK of its own (both are no-ops here) and returns the body's result as is, every
