@@ -173,7 +173,8 @@ impl<DB: Backend> OpenTransaction for HeldTransaction<'_, DB> {
 /// answer: polls sqlx's flush once and drops it. sqlx's reads and writes are cancel-safe (a
 /// message is consumed only once whole, and unwritten bytes stay in its buffer), so whatever was
 /// not written, and the answer, are handled at the connection's next use, exactly as if nothing
-/// had been sent early.
+/// had been sent early. (`Connection::flush` is public in sqlx 0.9 but hidden from its docs; the
+/// workspace pins sqlx to 0.9, and the tests check the ROLLBACK's timing through a proxy.)
 fn send_queued<C: sqlx::Connection>(conn: &mut C) {
     let mut flush = pin!(conn.flush());
     let _ = flush.as_mut().poll(&mut Context::from_waker(Waker::noop()));
