@@ -8,10 +8,11 @@
 //! ```
 //!
 //! `--out DIR` writes the report and chart to `DIR` instead; `--only SECTION[,SECTION…]` runs only
-//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling` (for working on one). The server is `DATABASE_URL` when set,
+//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling`, `fairness` (for working on one). The server is `DATABASE_URL` when set,
 //! otherwise a throwaway cluster from the testkit.
 
 mod cpu;
+mod fairness;
 mod report;
 mod workloads;
 
@@ -179,6 +180,9 @@ async fn run() -> Res<()> {
     if args.runs("scaling") {
         scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
+    if args.runs("fairness") {
+        fairness::section(&plan, &opts, &mut rep).await?;
+    }
     rep.load.push(("end", report::loadavg()));
     rep.elapsed = started.elapsed();
 
@@ -196,7 +200,14 @@ async fn run() -> Res<()> {
 }
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
+const SECTIONS: [&str; 6] = [
+    "profile",
+    "overhead",
+    "contention",
+    "strategies",
+    "scaling",
+    "fairness",
+];
 
 /// The command line.
 struct Args {

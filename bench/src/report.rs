@@ -69,6 +69,8 @@ pub struct Report {
     pub strategies: Vec<(String, Workload, RunResult)>,
     /// Section 4: clients, ours (attribute, default backoff), ours (adaptive), pgbench.
     pub scaling: Vec<(usize, RunResult, RunResult, Option<RunResult>)>,
+    /// Section 5, when it ran.
+    pub fairness: Option<crate::fairness::Fairness>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
     /// `pgbench --version`, when found.
@@ -185,6 +187,7 @@ impl Report {
             contention: Vec::new(),
             strategies: Vec::new(),
             scaling: Vec::new(),
+            fairness: None,
             elapsed: Duration::ZERO,
             pgbench: None,
             load: Vec::new(),
@@ -249,6 +252,7 @@ impl Report {
             self.contention_section(),
             self.strategies_section(),
             self.scaling_section(chart),
+            crate::fairness::markdown(self.fairness.as_ref()),
         ]
         .concat()
     }
