@@ -8,10 +8,12 @@
 //! ```
 //!
 //! `--out DIR` writes the report and chart to `DIR` instead; `--only SECTION[,SECTION…]` runs only
-//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling`, `replicas` (for working on one). The server is `DATABASE_URL` when set,
-//! otherwise a throwaway cluster from the testkit.
+//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling`, `fairness`, `replicas`
+//! (for working on one). The server is `DATABASE_URL` when set, otherwise a throwaway cluster from
+//! the testkit.
 
 mod cpu;
+mod fairness;
 mod replicas;
 mod report;
 mod workloads;
@@ -201,6 +203,9 @@ async fn run() -> Res<()> {
     if args.runs("scaling") {
         scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
     }
+    if args.runs("fairness") {
+        fairness::section(&plan, &opts, &mut rep).await?;
+    }
     if args.runs("replicas") {
         replicas_section(&plan, &mut rep).await?;
     }
@@ -221,12 +226,13 @@ async fn run() -> Res<()> {
 }
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "profile",
     "overhead",
     "contention",
     "strategies",
     "scaling",
+    "fairness",
     "replicas",
 ];
 

@@ -1,4 +1,4 @@
-//! Section 5: a read-mostly workload on a primary + hot standby pair (the testkit's
+//! Section 6: a read-mostly workload on a primary + hot standby pair (the testkit's
 //! [`PgReplicaPair`]), through `&PgPool` of the primary, through `&cluster`, and through a
 //! session per client; then what a session's read costs per call beside a plain `replica` read.
 
@@ -220,7 +220,7 @@ pub struct MicroRun {
     pub n: usize,
 }
 
-/// Section 5's figures.
+/// Section 6's figures.
 #[derive(Debug, Clone)]
 pub struct Replicas {
     /// The mixed workload, per configuration in [`Via::ALL`] order, summed over rounds.
@@ -235,7 +235,7 @@ pub struct Replicas {
     pub version: String,
 }
 
-/// Runs section 5 on a private pair, started here and stopped at the end; `Err` with the reason
+/// Runs section 6 on a private pair, started here and stopped at the end; `Err` with the reason
 /// when the pair can't start (no PostgreSQL binaries, say), which the report shows as a note.
 pub async fn run(plan: &Plan) -> Res<Result<Replicas, String>> {
     let pair = match tokio::task::spawn_blocking(PgReplicaPair::start).await? {

@@ -70,13 +70,15 @@ pub struct Report {
     pub strategies: Vec<(String, Workload, RunResult)>,
     /// Section 4: clients, ours (attribute, default backoff), ours (adaptive), pgbench.
     pub scaling: Vec<(usize, RunResult, RunResult, Option<RunResult>)>,
+    /// Section 5, when it ran.
+    pub fairness: Option<crate::fairness::Fairness>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
     /// `pgbench --version`, when found.
     pub pgbench: Option<String>,
     /// `/proc/loadavg` (1-minute) when each section started and at the end.
     pub load: Vec<(&'static str, f64)>,
-    /// Section 5, or why it was skipped; `None` when it did not run.
+    /// Section 6, or why it was skipped; `None` when it did not run.
     pub replicas: Option<Result<Replicas, String>>,
 }
 
@@ -197,6 +199,7 @@ impl Report {
             contention: Vec::new(),
             strategies: Vec::new(),
             scaling: Vec::new(),
+            fairness: None,
             elapsed: Duration::ZERO,
             pgbench: None,
             load: Vec::new(),
@@ -262,6 +265,7 @@ impl Report {
             self.contention_section(),
             self.strategies_section(),
             self.scaling_section(chart),
+            crate::fairness::markdown(self.fairness.as_ref()),
             self.replicas_section(),
         ]
         .concat()
@@ -899,13 +903,13 @@ impl Report {
         m
     }
 
-    /// Section 5: read replicas; a note when the pair could not start, empty when not run.
+    /// Section 6: read replicas; a note when the pair could not start, empty when not run.
     fn replicas_section(&self) -> String {
         let Some(result) = &self.replicas else {
             return String::new();
         };
         let mut m = String::new();
-        let _ = writeln!(m, "## 5. Read replicas\n");
+        let _ = writeln!(m, "## 6. Read replicas\n");
         let rep = match result {
             Ok(rep) => rep,
             Err(why) => {
@@ -986,7 +990,7 @@ impl Report {
     }
 }
 
-/// Section 5's CPU table: where the CPU time of each configuration went.
+/// Section 6's CPU table: where the CPU time of each configuration went.
 fn replica_cpu_table(runs: &[MixRun]) -> String {
     if runs
         .iter()
@@ -1038,7 +1042,7 @@ fn times(x: f64) -> String {
     }
 }
 
-/// Section 5's reading of the figures, from the data.
+/// Section 6's reading of the figures, from the data.
 fn replica_findings(rep: &Replicas, cpus: usize) -> String {
     let find = |v: Via| rep.runs.iter().find(|r| r.via == v);
     let (Some(pool), Some(cluster), Some(session)) =
@@ -1162,7 +1166,7 @@ fn opt_us(v: Option<f64>) -> String {
     v.map_or("–".to_string(), |v| format!("{v:.0}"))
 }
 
-/// Section 5's per-call comparison of a session read with a plain `replica` read.
+/// Section 6's per-call comparison of a session read with a plain `replica` read.
 fn replica_micro(rep: &Replicas) -> String {
     if rep.micro.is_empty() {
         return String::new();
@@ -1717,7 +1721,7 @@ mod tests {
         }
     }
 
-    /// Section 5: the cluster slower than the pool and dearer per call, most of its reads on
+    /// Section 6: the cluster slower than the pool and dearer per call, most of its reads on
     /// the standby, some missing the client's transfer; sessions missing none.
     fn replicas_data() -> Replicas {
         let micro = |m: replicas::Micro, us: f64, ratio: f64, rt: Option<f64>| replicas::MicroRun {

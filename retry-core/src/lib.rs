@@ -15,6 +15,7 @@ mod backoff;
 pub mod cluster;
 mod effects;
 pub mod error;
+mod fairness;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fairness::Priority;
 use crate::sqlstate::InvalidSqlState;
 use crate::{Backoff, ConflictKind, SqlState};
 
@@ -107,6 +108,7 @@ pub struct Policy {
     pub(crate) on_retry: Option<RetryHook>,
     pub(crate) savepoint: Option<Cow<'static, str>>,
     pub(crate) savepoint_backoff: Backoff,
+    pub(crate) priority: Option<Priority>,
 }
 
 impl Policy {
@@ -173,6 +175,12 @@ impl Policy {
         &self.savepoint_backoff
     }
 
+    /// The failed attempts after which a call's next attempt runs with no other attempt of this
+    /// policy beside it, when priority turns are on (see [`PolicyBuilder::priority_after`]).
+    pub fn priority_after(&self) -> Option<u32> {
+        self.priority.as_ref().map(|p| p.after)
+    }
+
     /// The policy of an annotated function: what
     /// [`__private::attribute_policy`](crate::__private::attribute_policy) builds.
     #[allow(clippy::too_many_arguments)]
@@ -201,6 +209,7 @@ impl Policy {
             on_retry: None,
             savepoint: None,
             savepoint_backoff: Policy::DEFAULT_SAVEPOINT_BACKOFF,
+            priority: None,
         }
     }
 }
@@ -217,6 +226,7 @@ impl Default for Policy {
             on_retry: None,
             savepoint: None,
             savepoint_backoff: Policy::DEFAULT_SAVEPOINT_BACKOFF,
+            priority: None,
         }
     }
 }
@@ -233,6 +243,7 @@ impl fmt::Debug for Policy {
             .field("on_retry", &self.on_retry.as_ref().map(|_| ".."))
             .field("savepoint", &self.savepoint)
             .field("savepoint_backoff", &self.savepoint_backoff)
+            .field("priority_after", &self.priority_after())
             .finish()
     }
 }
@@ -423,6 +434,43 @@ impl PolicyBuilder {
         self
     }
 
+    /// Priority turns against starvation: a call whose first `after` attempts failed runs its
+    /// next attempt with no other attempt of this policy beside it. `None` turns them off.
+    ///
+    /// Every attempt of the policy (and of its clones, which share the state, like the adaptive
+    /// backoff's) takes a shared turn before BEGIN and gives it back when its transaction ends.
+    /// A call that has failed `after` times asks for a turn alone instead: the policy's new
+    /// attempts wait until it is done, the ones already running finish first, and starving
+    /// calls are served in the order they asked. So a call that keeps losing meets, in its
+    /// priority attempt, only transactions from other code or other processes. With no call
+    /// starving, a shared turn costs an atomic operation, and never a round trip.
+    ///
+    /// A call waits only between attempts, when it holds no transaction, and never while it is
+    /// nested in another attempt's body or joins an open transaction; and at most one second, or
+    /// what is left of its [`budget`](Self::budget): after that it runs its attempt without a
+    /// turn. A dropped call gives its turn back. `after` must be at least 1; an `after` of
+    /// [`max_attempts`](Self::max_attempts) or more never grants priority.
+    ///
+    /// ```
+    /// use sqlx_retry_core::Policy;
+    ///
+    /// let policy = Policy::builder().max_attempts(10).priority_after(3).build()?;
+    /// assert_eq!(policy.priority_after(), Some(3));
+    /// let off = Policy::builder().priority_after(None).build()?;
+    /// assert_eq!(off.priority_after(), None);
+    /// # Ok::<(), sqlx_retry_core::PolicyError>(())
+    /// ```
+    pub fn priority_after(mut self, after: impl Into<Option<u32>>) -> Self {
+        match after.into() {
+            Some(0) => {
+                self.error.get_or_insert(PolicyError::ZeroPriorityAfter);
+            }
+            Some(after) => self.policy.priority = Some(Priority::new(after)),
+            None => self.policy.priority = None,
+        }
+        self
+    }
+
     /// Call `hook` before each retry (after the rollback, before the sleep).
     pub fn on_retry(mut self, hook: impl Fn(&RetryInfo) + Send + Sync + 'static) -> Self {
         self.policy.on_retry = Some(Arc::new(hook));
@@ -492,6 +540,8 @@ pub enum PolicyError {
     InvalidSavepoint(String),
     /// `replica` without `read_only`: a standby refuses writes (SQLSTATE `25006`).
     ReplicaNeedsReadOnly,
+    /// `priority_after(0)`: every attempt would run alone (see [`PolicyBuilder::priority_after`]).
+    ZeroPriorityAfter,
     /// `replica` at `Serializable`: a standby refuses `SERIALIZABLE` transactions (SQLSTATE
     /// `0A000`); use `RepeatableRead` (`isolation = "repeatable_read"`).
     ReplicaSerializable,
@@ -516,6 +566,9 @@ impl fmt::Display for PolicyError {
                 f,
                 "savepoint name {name:?} is not a plain SQL identifier: expected \
                  [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes, not a reserved word"
+            ),
+            PolicyError::ZeroPriorityAfter => f.write_str(
+                "priority_after must be at least 1: priority goes to calls whose attempts failed",
             ),
             PolicyError::ReplicaNeedsReadOnly => {
                 f.write_str("replica needs read_only: a standby refuses writes (SQLSTATE 25006)")

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::backoff::Delays;
 use crate::effects::{self, Registry, Scoped};
 use crate::error::{Class, CommitUnknown, classify_conflict, event_message};
+use crate::fairness::{Turn, WAIT_LIMIT};
 use crate::metrics::{self, Outcome};
 use crate::source::{BeginTransaction, OpenTransaction, Savepoint, TransactionSource};
 use crate::{ConflictKind, Policy, RetryInfo, SqlState};
@@ -91,6 +92,9 @@ pub struct Attempts<'p> {
     in_savepoint: bool,
     /// The current run of the body is a rerun inside the savepoint.
     reran: bool,
+    /// The current attempt's turn under the policy's priority turns (see
+    /// [`PolicyBuilder::priority_after`](crate::PolicyBuilder::priority_after)).
+    turn: Option<Turn>,
 }
 
 /// What the caller does after [`Attempts::end_attempt`].
@@ -139,6 +143,7 @@ impl<'p> Attempts<'p> {
             outer_effects: None,
             in_savepoint: false,
             reran: false,
+            turn: None,
         }
     }
 
@@ -176,8 +181,21 @@ impl<'p> Attempts<'p> {
         &mut self,
         source: &'s mut S,
     ) -> Result<Option<S::Tx>, sqlx::Error> {
+        self.turn = None;
         if let Some(delay) = self.pending.take() {
             source.sleep(delay).await;
+        }
+        if let Some(priority) = &self.policy.priority
+            && !source.joins()
+            && effects::current().is_none()
+        {
+            let limit = match self.policy.budget {
+                Some(budget) => budget
+                    .saturating_sub(self.started.elapsed())
+                    .min(WAIT_LIMIT),
+                None => WAIT_LIMIT,
+            };
+            self.turn = priority.turn(self.attempt, limit).await;
         }
         self.attempt += 1;
         self.reconnects = source.reconnects();
@@ -445,6 +463,8 @@ impl<'p> Attempts<'p> {
         value: T,
         effects: Option<Arc<Registry>>,
     ) -> Option<Result<T, E>> {
+        // The transaction is over: the effects run without holding up the policy's other calls.
+        self.turn = None;
         match committed {
             Ok(()) => {
                 if let Some(effects) = effects {
@@ -705,8 +725,9 @@ impl<'p> Attempts<'p> {
         result
     }
 
-    /// Records the end of the call.
-    fn end(&self, outcome: Outcome) {
+    /// Records the end of the call, and gives its turn back.
+    fn end(&mut self, outcome: Outcome) {
+        self.turn = None;
         metrics::call(self.name, outcome, self.started.elapsed());
     }
 
@@ -815,6 +836,7 @@ impl<'p> Attempts<'p> {
         }
         if in_place.is_none() {
             self.pending = Some(delay);
+            self.turn = None;
         }
         true
     }

@@ -6,6 +6,7 @@ mod adapters;
 mod backoff_props;
 mod classify_props;
 mod effects;
+mod fairness;
 mod metrics;
 mod pattern;
 mod savepoint;

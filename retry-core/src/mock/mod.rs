@@ -604,4 +604,8 @@ impl<'s, S: Clone + Send + 'static> BeginTransaction<'s> for &mut MockTx<S> {
     fn reconnects(&self) -> bool {
         false
     }
+
+    fn joins(&self) -> bool {
+        true
+    }
 }

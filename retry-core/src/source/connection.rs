@@ -45,6 +45,10 @@ macro_rules! connection_source {
             fn reconnects(&self) -> bool {
                 false
             }
+
+            fn joins(&self) -> bool {
+                sqlx::Connection::is_in_transaction(&**self)
+            }
         }
     };
 }
@@ -82,6 +86,10 @@ impl<'s, DB: Database> BeginTransaction<'s> for &mut Transaction<'_, DB> {
 
     fn reconnects(&self) -> bool {
         false
+    }
+
+    fn joins(&self) -> bool {
+        true
     }
 }
 

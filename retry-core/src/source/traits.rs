@@ -116,6 +116,15 @@ pub trait BeginTransaction<'s>: Send {
     /// Whether a later attempt gets a fresh connection after this one's broke. A pool does; a
     /// single connection does not, so a lost connection is final for it.
     fn reconnects(&self) -> bool;
+
+    /// Whether [`begin`](Self::begin) will join a transaction that is already open (see
+    /// [`Joined`](super::Joined)) rather than start one. The retry loop asks before BEGIN, so that
+    /// a call inside someone else's transaction never waits for a
+    /// [priority turn](crate::PolicyBuilder::priority_after) while that transaction holds its
+    /// locks. The default is `false`; a source that joins returns `true` here.
+    fn joins(&self) -> bool {
+        false
+    }
 }
 
 /// What callers pass in place of an annotated function's transaction parameter: a source of

@@ -1,0 +1,432 @@
+//! Section 5: the tail, and whether any call runs out of attempts, with and without priority
+//! turns (`PolicyBuilder::priority_after`), on the reliability suite's stress workloads.
+//!
+//! Every run goes through `sqlx_retry::transaction` on a pool, 10 attempts, adaptive backoff
+//! 2–100 ms, as the stress tests' `#[serializable_retry(max = 10, backoff(base = "2ms", cap =
+//! "100ms"))]`; the variants differ only in `priority_after`, each with a policy of its own, and
+//! run in an order rotated per round.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgConnection, PgPool};
+use sqlx_retry::{Backoff, Policy, transaction};
+
+use crate::{Plan, Res, report, workloads};
+
+/// Accounts of the bank workload.
+const ACCOUNTS: i64 = 16;
+/// Shifts and doctors per shift of the on-call workload.
+const SHIFTS: i64 = 6;
+const DOCTORS: i64 = 4;
+/// Attempts per call, as in the stress tests.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// The workloads, as in `tests/reliability/stress.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// Transfers between 16 accounts, locking the two rows in random order (so deadlocks too).
+    Bank,
+    /// One hot counter row.
+    Counter,
+    /// Doctors going off call if at least two of the shift are on call (write skew).
+    Doctors,
+}
+
+impl Load {
+    const ALL: [Load; 3] = [Load::Bank, Load::Counter, Load::Doctors];
+
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Bank => "bank transfers",
+            Load::Counter => "hot counter",
+            Load::Doctors => "doctors on call",
+        }
+    }
+}
+
+/// What one variant measured on one workload at one client count, summed over rounds.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    /// `None`: priority turns off; else `priority_after`.
+    pub after: Option<u32>,
+    /// Calls that committed.
+    pub committed: u64,
+    /// Calls that returned the conflict after all 10 attempts.
+    pub exhausted: u64,
+    /// Calls that failed otherwise.
+    pub other: u64,
+    /// Attempts of all calls.
+    pub attempts: u64,
+    /// The most attempts one call made.
+    pub max_attempts: u32,
+    /// Wall time of the runs.
+    pub elapsed: Duration,
+    /// Latency of every call (committed or not), µs, sorted.
+    pub lat_us: Vec<f64>,
+}
+
+impl Row {
+    fn absorb(&mut self, other: Row) {
+        self.committed += other.committed;
+        self.exhausted += other.exhausted;
+        self.other += other.other;
+        self.attempts += other.attempts;
+        self.max_attempts = self.max_attempts.max(other.max_attempts);
+        self.elapsed += other.elapsed;
+        self.lat_us.extend(other.lat_us);
+        self.lat_us.sort_by(f64::total_cmp);
+    }
+
+    /// Committed calls per second.
+    pub fn tps(&self) -> f64 {
+        self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A latency percentile, ms.
+    pub fn pct_ms(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat_us.len() as f64 * p) as usize).min(self.lat_us.len() - 1);
+        self.lat_us[i] / 1e3
+    }
+
+    fn calls(&self) -> u64 {
+        self.committed + self.exhausted + self.other
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{:.0} commits/s, exhausted {}, other {}, attempts/call {:.2}, max attempts {}, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+            self.tps(),
+            self.exhausted,
+            self.other,
+            self.attempts as f64 / self.calls().max(1) as f64,
+            self.max_attempts,
+            self.pct_ms(0.5),
+            self.pct_ms(0.99),
+            self.lat_us.last().copied().unwrap_or(0.0) / 1e3,
+        )
+    }
+}
+
+/// The section's figures: per workload and client count, one row per variant.
+#[derive(Debug, Clone, Default)]
+pub struct Fairness {
+    /// Seconds per run, and rounds.
+    pub run: Duration,
+    pub rounds: usize,
+    pub results: Vec<(Load, usize, Vec<Row>)>,
+}
+
+/// The plan of the section, from the bench's mode.
+fn shape(plan: &Plan) -> (Duration, usize, Vec<usize>, Vec<Option<u32>>) {
+    match plan.mode {
+        "smoke" => (Duration::from_millis(300), 1, vec![32], vec![None, Some(3)]),
+        "quick" => (
+            Duration::from_secs(3),
+            2,
+            vec![32],
+            vec![None, Some(3), Some(5)],
+        ),
+        _ => (
+            Duration::from_secs(5),
+            2,
+            vec![32, 64],
+            vec![None, Some(3), Some(5)],
+        ),
+    }
+}
+
+/// Runs the section.
+pub async fn section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
+    eprintln!("[fairness]");
+    rep.load.push(("fairness", report::loadavg()));
+    let (run, rounds, clients, variants) = shape(plan);
+    let mut out = Fairness {
+        run,
+        rounds,
+        results: Vec::new(),
+    };
+    for &n in &clients {
+        for load in Load::ALL {
+            let mut rows: Vec<Row> = variants
+                .iter()
+                .map(|&after| Row {
+                    after,
+                    ..Row::default()
+                })
+                .collect();
+            // One policy per variant for the whole section, as an annotated function has.
+            let policies: Vec<Arc<Policy>> = variants
+                .iter()
+                .map(|&after| {
+                    Policy::builder()
+                        .max_attempts(MAX_ATTEMPTS)
+                        .backoff(Backoff::adaptive(
+                            Duration::from_millis(2),
+                            Duration::from_millis(100),
+                        ))
+                        .priority_after(after)
+                        .build()
+                        .map(Arc::new)
+                })
+                .collect::<Result<_, _>>()?;
+            for round in 0..rounds {
+                for k in 0..variants.len() {
+                    let i = (k + round) % variants.len();
+                    let r = run_load(opts, load, &policies[i], n, run).await?;
+                    eprintln!(
+                        "  round {} {} {n} clients, priority_after {:?}: {}",
+                        round + 1,
+                        load.name(),
+                        variants[i],
+                        r.summary()
+                    );
+                    rows[i].absorb(r);
+                }
+            }
+            out.results.push((load, n, rows));
+        }
+    }
+    rep.fairness = Some(out);
+    Ok(())
+}
+
+/// Recreates the workload's table.
+async fn reset(pool: &PgPool, load: Load) -> Res<()> {
+    let sql = match load {
+        Load::Bank => {
+            "DROP TABLE IF EXISTS fair_accounts;
+             CREATE TABLE fair_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO fair_accounts SELECT g, 1000 FROM generate_series(1, 16) g;
+             ANALYZE fair_accounts;"
+        }
+        Load::Counter => {
+            "DROP TABLE IF EXISTS fair_counter;
+             CREATE TABLE fair_counter (id int PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO fair_counter VALUES (1, 0);
+             ANALYZE fair_counter;"
+        }
+        Load::Doctors => {
+            "DROP TABLE IF EXISTS fair_doctors;
+             CREATE TABLE fair_doctors (shift bigint, doctor bigint, on_call bool NOT NULL,
+                                        PRIMARY KEY (shift, doctor));
+             INSERT INTO fair_doctors SELECT s, d, true
+               FROM generate_series(1, 6) s, generate_series(1, 4) d;
+             ANALYZE fair_doctors;"
+        }
+    };
+    sqlx::raw_sql(sql).execute(pool).await?;
+    Ok(())
+}
+
+async fn bank(tx: &mut PgConnection, from: i64, to: i64, amount: i64) -> Result<(), sqlx::Error> {
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM fair_accounts WHERE id = $1")
+        .bind(from)
+        .fetch_one(&mut *tx)
+        .await?;
+    if balance < amount {
+        return Ok(());
+    }
+    sqlx::query("UPDATE fair_accounts SET balance = balance - $1 WHERE id = $2")
+        .bind(amount)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE fair_accounts SET balance = balance + $1 WHERE id = $2")
+        .bind(amount)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn counter(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE fair_counter SET n = n + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn doctors(
+    tx: &mut PgConnection,
+    shift: i64,
+    doctor: i64,
+    go_off: bool,
+) -> Result<(), sqlx::Error> {
+    if go_off {
+        let on_call: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM fair_doctors WHERE shift = $1 AND on_call")
+                .bind(shift)
+                .fetch_one(&mut *tx)
+                .await?;
+        if on_call < 2 {
+            return Ok(());
+        }
+    }
+    sqlx::query("UPDATE fair_doctors SET on_call = $3 WHERE shift = $1 AND doctor = $2")
+        .bind(shift)
+        .bind(doctor)
+        .bind(!go_off)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// One call of `load` under `policy`; returns its result and its attempts.
+async fn call(pool: &PgPool, load: Load, policy: &Policy) -> (Result<(), sqlx::Error>, u32) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = &attempts;
+    let result = match load {
+        Load::Bank => {
+            let from = fastrand::i64(1..=ACCOUNTS);
+            let mut to = fastrand::i64(1..ACCOUNTS);
+            if to >= from {
+                to += 1;
+            }
+            let amount = fastrand::i64(1..=300);
+            transaction(pool, policy, |tx| {
+                let a = a.clone();
+                Box::pin(async move {
+                    a.fetch_add(1, Ordering::Relaxed);
+                    bank(tx, from, to, amount).await
+                })
+            })
+            .await
+        }
+        Load::Counter => {
+            transaction(pool, policy, |tx| {
+                let a = a.clone();
+                Box::pin(async move {
+                    a.fetch_add(1, Ordering::Relaxed);
+                    counter(tx).await
+                })
+            })
+            .await
+        }
+        Load::Doctors => {
+            let (shift, doctor) = (fastrand::i64(1..=SHIFTS), fastrand::i64(1..=DOCTORS));
+            let go_off = fastrand::u8(0..10) < 7;
+            transaction(pool, policy, |tx| {
+                let a = a.clone();
+                Box::pin(async move {
+                    a.fetch_add(1, Ordering::Relaxed);
+                    doctors(tx, shift, doctor, go_off).await
+                })
+            })
+            .await
+        }
+    };
+    (result, attempts.load(Ordering::Relaxed))
+}
+
+/// `clients` tasks calling `load` through a pool of `clients + 4` connections for `dur`, on a
+/// fresh table.
+async fn run_load(
+    opts: &PgConnectOptions,
+    load: Load,
+    policy: &Arc<Policy>,
+    clients: usize,
+    dur: Duration,
+) -> Res<Row> {
+    let pool = workloads::pool(opts.clone(), clients as u32 + 4, false).await?;
+    reset(&pool, load).await?;
+    let deadline = Instant::now() + dur;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (pool, policy) = (pool.clone(), policy.clone());
+        set.spawn(async move {
+            let mut row = Row::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let (result, attempts) = call(&pool, load, &policy).await;
+                row.lat_us.push(t.elapsed().as_secs_f64() * 1e6);
+                row.attempts += u64::from(attempts);
+                row.max_attempts = row.max_attempts.max(attempts);
+                match result {
+                    Ok(()) => row.committed += 1,
+                    Err(e)
+                        if sqlx_retry::error::sqlstate(&e)
+                            .is_some_and(|c| matches!(c.as_str(), "40001" | "40P01")) =>
+                    {
+                        row.exhausted += 1
+                    }
+                    Err(e) => {
+                        if row.other == 0 {
+                            eprintln!("    a call failed: {e}");
+                        }
+                        row.other += 1;
+                    }
+                }
+            }
+            row
+        });
+    }
+    let mut row = Row::default();
+    while let Some(r) = set.join_next().await {
+        let r = r?;
+        row.committed += r.committed;
+        row.exhausted += r.exhausted;
+        row.other += r.other;
+        row.attempts += r.attempts;
+        row.max_attempts = row.max_attempts.max(r.max_attempts);
+        row.lat_us.extend(r.lat_us);
+    }
+    row.elapsed = started.elapsed();
+    row.lat_us.sort_by(f64::total_cmp);
+    pool.close().await;
+    Ok(row)
+}
+
+/// The section's Markdown; empty when the section did not run.
+pub fn markdown(f: Option<&Fairness>) -> String {
+    let Some(f) = f else {
+        return String::new();
+    };
+    let mut m = String::new();
+    let _ = writeln!(m, "## 5. Tail and fairness: priority turns\n");
+    let _ = writeln!(
+        m,
+        "The reliability suite's stress workloads (bank transfers between 16 accounts, one hot \
+         counter, doctors on call), each call through `sqlx_retry::transaction` on a pool with \
+         `max_attempts(10)` and `Backoff::adaptive(2 ms, 100 ms)`, with priority turns off and \
+         with `priority_after(k)` (a call whose first *k* attempts failed runs its next attempt \
+         with no other attempt of its policy beside it). Each variant has a policy of its own; \
+         {} round(s) of {:.1} s per variant, the order rotated per round, figures summed over \
+         rounds. Latency and the attempt counts cover every call, committed or not. \
+         \"Exhausted\": calls that got the conflict back after all 10 attempts.\n",
+        f.rounds,
+        f.run.as_secs_f64()
+    );
+    let _ = writeln!(
+        m,
+        "| workload | clients | priority turns | commits/s | exhausted | attempts/call | max attempts | p50 ms | p99 ms | max ms |"
+    );
+    let _ = writeln!(m, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+    for (load, clients, rows) in &f.results {
+        for r in rows {
+            let _ = writeln!(
+                m,
+                "| {} | {clients} | {} | {:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
+                load.name(),
+                r.after.map_or("off".to_string(), |k| format!("after {k}")),
+                r.tps(),
+                r.exhausted,
+                r.attempts as f64 / r.calls().max(1) as f64,
+                r.max_attempts,
+                r.pct_ms(0.5),
+                r.pct_ms(0.99),
+                r.lat_us.last().copied().unwrap_or(0.0) / 1e3,
+            );
+        }
+    }
+    m.push('\n');
+    m
+}

@@ -1,0 +1,261 @@
+//! Priority turns (`PolicyBuilder::priority_after`) against the mock source: a call whose first
+//! k attempts failed runs its next attempt with no other attempt of its policy beside it; the
+//! calls it held back go on afterwards; a dropped call gives its turn back; the time budget
+//! still ends the wait; nested calls never wait.
+//!
+//! Every call has a mock database of its own (its faults are scripted per attempt), and they
+//! share one policy, which is what the turns belong to. The tests run on tokio's paused clock
+//! on one thread, and move the calls forward by yielding, so nothing depends on timing.
+#![cfg(feature = "mock")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx_retry::mock::{Fault, MockDb, Phase};
+use sqlx_retry::{Backoff, Policy};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn policy(after: Option<u32>) -> Arc<Policy> {
+    Arc::new(
+        Policy::builder()
+            .max_attempts(5)
+            .backoff(Backoff::none())
+            .priority_after(after)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A database whose first `failures` attempts conflict in the body.
+fn db(failures: u32) -> MockDb<i64> {
+    (1..=failures).fold(MockDb::new(0), |db, n| {
+        db.fail(n, Phase::Body, Fault::sqlstate("40001"))
+    })
+}
+
+/// Spawns one call named `name` under `policy` on `db`: each attempt logs `name<n>` when its body
+/// starts and `name<n> end` when it ends, and waits for a permit of `hold` (if any) in between.
+fn spawn_call(
+    name: &'static str,
+    policy: &Arc<Policy>,
+    db: MockDb<i64>,
+    log: &Log,
+    hold: Option<Arc<Semaphore>>,
+) -> JoinHandle<Result<(), sqlx::Error>> {
+    let (policy, log) = (policy.clone(), log.clone());
+    tokio::spawn(async move {
+        sqlx_retry::transaction(&db, &policy, |tx| {
+            let (log, hold) = (log.clone(), hold.clone());
+            Box::pin(async move {
+                let attempt = tx.attempt();
+                log.lock().unwrap().push(format!("{name}{attempt}"));
+                if let Some(hold) = hold {
+                    hold.acquire().await.unwrap().forget();
+                }
+                tx.execute("bump")?;
+                log.lock().unwrap().push(format!("{name}{attempt} end"));
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .await
+    })
+}
+
+/// Lets every spawned task run until it waits.
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn logged(log: &Log) -> Vec<String> {
+    log.lock().unwrap().clone()
+}
+
+/// B's attempt is running (held); A fails twice and asks for priority; C is a new call.
+/// Returns the handles and the hold on B.
+async fn starving_scene(
+    policy: &Arc<Policy>,
+    log: &Log,
+) -> (Arc<Semaphore>, [JoinHandle<Result<(), sqlx::Error>>; 3]) {
+    let hold = Arc::new(Semaphore::new(0));
+    let b = spawn_call("B", policy, db(0), log, Some(hold.clone()));
+    settle().await;
+    let a = spawn_call("A", policy, db(2), log, None);
+    settle().await;
+    let c = spawn_call("C", policy, db(0), log, None);
+    settle().await;
+    (hold, [a, b, c])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_after_k_failures_runs_alone_then_the_others_resume() {
+    let policy = policy(Some(2));
+    let log = Log::default();
+    let started = Instant::now();
+    let (hold, [a, b, c]) = starving_scene(&policy, &log).await;
+    // A's third attempt waits for B's attempt to end; C, new, waits behind A.
+    assert_eq!(logged(&log), ["B1", "A1", "A2"]);
+    hold.add_permits(1);
+    for h in [a, b, c] {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        logged(&log),
+        ["B1", "A1", "A2", "B1 end", "A3", "A3 end", "C1", "C1 end"]
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "nobody waited for a timeout"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_priority_turns_nobody_waits() {
+    let policy = policy(None);
+    let log = Log::default();
+    let (hold, [a, b, c]) = starving_scene(&policy, &log).await;
+    assert_eq!(
+        logged(&log),
+        ["B1", "A1", "A2", "A3", "A3 end", "C1", "C1 end"]
+    );
+    hold.add_permits(1);
+    for h in [a, b, c] {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(logged(&log).last().map(String::as_str), Some("B1 end"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_leaves_the_queue() {
+    let policy = policy(Some(2));
+    let log = Log::default();
+    let (hold, [a, b, c]) = starving_scene(&policy, &log).await;
+    assert_eq!(logged(&log), ["B1", "A1", "A2"]);
+    // A is cancelled while it waits for its turn: C passes at once, B still running.
+    a.abort();
+    settle().await;
+    assert_eq!(logged(&log), ["B1", "A1", "A2", "C1", "C1 end"]);
+    c.await.unwrap().unwrap();
+    hold.add_permits(1);
+    b.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_gives_its_priority_turn_back() {
+    let policy = policy(Some(1));
+    let log = Log::default();
+    let started = Instant::now();
+    // A fails once, then holds its priority attempt (held in the body); B, new, waits behind it.
+    let hold = Arc::new(Semaphore::new(0));
+    let a = {
+        let (policy, log, hold) = (policy.clone(), log.clone(), hold.clone());
+        tokio::spawn(async move {
+            sqlx_retry::transaction(&db(1), &policy, |tx| {
+                let (log, hold) = (log.clone(), hold.clone());
+                Box::pin(async move {
+                    let attempt = tx.attempt();
+                    log.lock().unwrap().push(format!("A{attempt}"));
+                    tx.execute("bump")?;
+                    hold.acquire().await.unwrap().forget();
+                    Ok::<_, sqlx::Error>(())
+                })
+            })
+            .await
+        })
+    };
+    settle().await;
+    let b = spawn_call("B", &policy, db(0), &log, None);
+    settle().await;
+    assert_eq!(logged(&log), ["A1", "A2"]);
+    a.abort();
+    settle().await;
+    assert_eq!(logged(&log), ["A1", "A2", "B1", "B1 end"]);
+    b.await.unwrap().unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_ends_the_wait_for_a_turn() {
+    let budget = Duration::from_millis(50);
+    let policy = Arc::new(
+        Policy::builder()
+            .max_attempts(5)
+            .backoff(Backoff::none())
+            .budget(budget)
+            .priority_after(1)
+            .build()
+            .unwrap(),
+    );
+    let log = Log::default();
+    let hold = Arc::new(Semaphore::new(0));
+    let b = spawn_call("B", &policy, db(0), &log, Some(hold.clone()));
+    settle().await;
+    let started = Instant::now();
+    // A fails once and asks for priority; B never ends its attempt, so A's wait runs out at its
+    // budget and its attempt runs without the turn.
+    spawn_call("A", &policy, db(1), &log, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() <= budget, "{:?}", started.elapsed());
+    assert_eq!(logged(&log), ["B1", "A1", "A2", "A2 end"]);
+    hold.add_permits(1);
+    b.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_nested_in_an_attempt_never_waits_for_a_turn() {
+    let policy = policy(Some(1));
+    let log = Log::default();
+    let started = Instant::now();
+    // B's attempt waits until A has asked for priority, then makes a call of the same policy.
+    let hold = Arc::new(Semaphore::new(0));
+    let b = {
+        let (policy, log, hold) = (policy.clone(), log.clone(), hold.clone());
+        tokio::spawn(async move {
+            let inner_policy = policy.clone();
+            sqlx_retry::transaction(&db(0), &policy, |tx| {
+                let (log, hold, inner_policy) = (log.clone(), hold.clone(), inner_policy.clone());
+                Box::pin(async move {
+                    hold.acquire().await.unwrap().forget();
+                    sqlx_retry::transaction(&db(0), &inner_policy, |inner| {
+                        let log = log.clone();
+                        Box::pin(async move {
+                            log.lock().unwrap().push("nested".to_owned());
+                            inner.execute("bump")
+                        })
+                    })
+                    .await?;
+                    tx.execute("bump")
+                })
+            })
+            .await
+        })
+    };
+    settle().await;
+    let a = spawn_call("A", &policy, db(1), &log, None);
+    settle().await;
+    assert_eq!(logged(&log), ["A1"]);
+    hold.add_permits(1);
+    b.await.unwrap().unwrap();
+    a.await.unwrap().unwrap();
+    assert_eq!(logged(&log), ["A1", "nested", "A2", "A2 end"]);
+    assert_eq!(started.elapsed(), Duration::ZERO, "the nested call waited");
+}
+
+#[test]
+fn priority_after_zero_is_refused() {
+    assert_eq!(
+        Policy::builder().priority_after(0).build().unwrap_err(),
+        sqlx_retry::PolicyError::ZeroPriorityAfter
+    );
+    let p = Policy::builder().priority_after(3).build().unwrap();
+    assert_eq!(p.priority_after(), Some(3));
+    assert_eq!(p.clone().priority_after(), Some(3));
+}
