@@ -11,6 +11,7 @@
 //! some of `profile`, `overhead`, `contention`, `strategies`, `scaling` (for working on one). The server is `DATABASE_URL` when set,
 //! otherwise a throwaway cluster from the testkit.
 
+mod counters;
 mod cpu;
 mod report;
 mod workloads;
