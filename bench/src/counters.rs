@@ -1,11 +1,13 @@
-//! Context switches and write system calls from Linux's `/proc`, for section 4's account of
-//! where a transaction's time goes: the client process's threads (ours, or pgbench's) and the
-//! server backends of one run.
+//! Context switches from Linux's `/proc`, for section 4's account of where a transaction's time
+//! goes: of the client process's threads (ours, or pgbench's) and of the server backends of one
+//! run.
 //!
 //! A voluntary context switch is a thread blocking (on a socket, a futex, `epoll_wait`) and
 //! being woken again later, so it counts wake-ups; an involuntary one is a thread preempted
-//! while it still had work. A backend's write system calls are the replies it flushed to its
-//! client, each of which ends a round trip.
+//! while it still had work. A backend blocks when it waits for its client's next message, once
+//! per round trip, and when it waits for a lock; so its wake-ups count the round trips and the
+//! lock waits. (Its socket sends would count round trips exactly, but `/proc/PID/io` counts
+//! `write` calls only, not `send`.)
 //!
 //! Where `/proc` is missing, or the server runs on another machine, the figures are `None` and
 //! the report leaves them out.
@@ -22,13 +24,6 @@ pub struct Switches {
     pub voluntary: u64,
     /// The thread was preempted.
     pub involuntary: u64,
-}
-
-impl Switches {
-    /// Both kinds.
-    pub fn total(self) -> u64 {
-        self.voluntary + self.involuntary
-    }
 }
 
 impl std::ops::Add for Switches {
@@ -48,8 +43,6 @@ pub struct Tally {
     pub client: Option<Switches>,
     /// The run's server backends.
     pub server: Option<Switches>,
-    /// Write system calls of the run's server backends: the replies they flushed.
-    pub server_writes: Option<u64>,
     /// The stretch of the run the counters cover.
     pub over: Duration,
 }
@@ -60,7 +53,6 @@ impl Tally {
         let add = |a: Option<Switches>, b: Option<Switches>| Some(a? + b?);
         self.client = add(self.client, o.client);
         self.server = add(self.server, o.server);
-        self.server_writes = self.server_writes.zip(o.server_writes).map(|(a, b)| a + b);
         self.over += o.over;
     }
 }
@@ -80,15 +72,6 @@ fn parse_status(status: &str) -> Option<Switches> {
         voluntary: field("voluntary_ctxt_switches:")?,
         involuntary: field("nonvoluntary_ctxt_switches:")?,
     })
-}
-
-/// Reads `syscw` from the text of a `/proc/PID/io`.
-fn parse_io(io: &str) -> Option<u64> {
-    io.lines()
-        .find_map(|l| l.strip_prefix("syscw:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The context switches of each live thread of process `pid`, by thread id.
@@ -111,8 +94,8 @@ fn threads(pid: u32) -> Option<HashMap<u32, Switches>> {
 #[derive(Debug, Clone)]
 pub struct Reading {
     client: Option<HashMap<u32, Switches>>,
-    /// Per backend: its context switches (a backend has one thread) and write calls.
-    backends: HashMap<u32, (Switches, u64)>,
+    /// Per backend (a backend has one thread).
+    backends: HashMap<u32, Switches>,
     at: Instant,
 }
 
@@ -120,56 +103,48 @@ impl Reading {
     /// Reads the threads of process `client` and the backends `backends`; backends that have
     /// exited are left out.
     pub fn take(client: u32, backends: &[u32]) -> Reading {
-        let mut b = HashMap::new();
-        for &pid in backends {
-            let switches = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .as_deref()
-                .and_then(parse_status);
-            let writes = std::fs::read_to_string(format!("/proc/{pid}/io"))
-                .ok()
-                .as_deref()
-                .and_then(parse_io);
-            if let (Some(s), Some(w)) = (switches, writes) {
-                b.insert(pid, (s, w));
-            }
-        }
+        let read = |pid: &u32| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            Some((*pid, parse_status(&status)?))
+        };
         Reading {
             client: threads(client),
-            backends: b,
+            backends: backends.iter().filter_map(read).collect(),
             at: Instant::now(),
         }
+    }
+
+    /// Whether this reading saw every thread and backend that `earlier` saw: a later reading
+    /// of a process that has begun to exit would lose some.
+    pub fn covers(&self, earlier: &Reading) -> bool {
+        let threads = |r: &Reading| r.client.as_ref().map_or(0, HashMap::len);
+        threads(self) >= threads(earlier) && self.backends.len() >= earlier.backends.len()
     }
 
     /// What happened between `earlier` and this reading, counting the threads and backends
     /// present in both (a thread that exited in between is lost).
     pub fn since(&self, earlier: &Reading, with_server: bool) -> Tally {
-        let diff = |a: Switches, b: Switches| Switches {
+        let diff = |a: &Switches, b: &Switches| Switches {
             voluntary: a.voluntary.saturating_sub(b.voluntary),
             involuntary: a.involuntary.saturating_sub(b.involuntary),
+        };
+        let sum = |now: &HashMap<u32, Switches>, then: &HashMap<u32, Switches>| {
+            let mut both = now
+                .iter()
+                .filter_map(|(id, s)| then.get(id).map(|t| diff(s, t)))
+                .peekable();
+            both.peek()
+                .is_some()
+                .then(|| both.fold(Switches::default(), |a, b| a + b))
         };
         let client = self
             .client
             .as_ref()
             .zip(earlier.client.as_ref())
-            .map(|(now, then)| {
-                now.iter()
-                    .filter_map(|(tid, s)| then.get(tid).map(|t| diff(*s, *t)))
-                    .fold(Switches::default(), |a, b| a + b)
-            });
-        let (mut server, mut writes, mut any) = (Switches::default(), 0, false);
-        for (pid, (s, w)) in &self.backends {
-            if let Some((s0, w0)) = earlier.backends.get(pid) {
-                server = server + diff(*s, *s0);
-                writes += w.saturating_sub(*w0);
-                any = true;
-            }
-        }
-        let server_side = with_server && any;
+            .and_then(|(now, then)| sum(now, then));
         Tally {
             client,
-            server: server_side.then_some(server),
-            server_writes: server_side.then_some(writes),
+            server: sum(&self.backends, &earlier.backends).filter(|_| with_server),
             over: self.at.saturating_duration_since(earlier.at),
         }
     }
@@ -195,7 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_and_io_fields_are_read() {
+    fn status_fields_are_read() {
         let status =
             "Name:\tpostgres\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
         assert_eq!(
@@ -206,11 +181,6 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name:\tx\n"), None);
-        assert_eq!(
-            parse_io("rchar: 10\nwchar: 5\nsyscr: 3\nsyscw: 42\n"),
-            Some(42)
-        );
-        assert_eq!(parse_io("syscr: 3\n"), None);
     }
 
     #[test]

@@ -683,8 +683,12 @@ impl PgBench {
             }
             if backends.len() >= clients {
                 let now = counters::Reading::take(pid, &backends);
-                first.get_or_insert_with(|| now.clone());
-                last = Some(now);
+                match &first {
+                    None => first = Some(now),
+                    Some(f) if now.covers(f) => last = Some(now),
+                    // pgbench has begun to disconnect: keep the reading before.
+                    Some(_) => {}
+                }
             }
         };
         if let Some(c) = asker {
