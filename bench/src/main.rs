@@ -99,7 +99,7 @@ impl Plan {
                 strategy: Duration::from_secs(2),
                 strategy_rounds: 1,
                 scaling: Duration::from_secs(1),
-                clients: vec![1, 4, 16, 64],
+                clients: vec![1, 2, 4, 16, 64],
                 contention_clients: 16,
                 max_tries: 50,
             }
@@ -114,7 +114,7 @@ impl Plan {
                 contention_rounds: 3,
                 strategy: Duration::from_secs(6),
                 strategy_rounds: 3,
-                scaling: Duration::from_secs(5),
+                scaling: Duration::from_secs(4),
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
                 max_tries: 50,
@@ -454,7 +454,8 @@ async fn strategies_section(
     Ok(())
 }
 
-/// Section 4: goodput and p99 of the hot row against the number of clients.
+/// Section 4: every contended workload against the number of clients, ours and the
+/// hand-written loop each on held connections and through the pool, and pgbench.
 async fn scaling_section(
     plan: &Plan,
     opts: &PgConnectOptions,
@@ -463,52 +464,38 @@ async fn scaling_section(
 ) -> Res<()> {
     eprintln!("[scaling]");
     rep.load.push(("scaling", report::loadavg()));
-    let adaptive = Arc::new(
-        Policy::builder()
-            .max_attempts(plan.max_tries)
-            .backoff(Backoff::adaptive(
-                Backoff::DEFAULT_BASE,
-                Backoff::DEFAULT_CAP,
-            ))
-            .build()?,
-    );
-    for &c in &plan.clients {
-        let ours = workloads::run_ours(
-            opts,
-            Workload::Hot,
-            &Imp::Attribute,
-            Conns::Held,
-            c,
-            plan.scaling,
-        )
-        .await?;
-        let adapt = workloads::run_ours(
-            opts,
-            Workload::Hot,
-            &Imp::Plain(adaptive.clone()),
-            Conns::Held,
-            c,
-            plan.scaling,
-        )
-        .await?;
-        let theirs = match pgbench {
-            Some(pb) => Some(
-                pb.run(opts, Workload::Hot, c, plan.scaling, plan.max_tries)
-                    .await?,
-            ),
-            None => None,
-        };
-        eprintln!(
-            "  {c:>2} clients: ours {:.0} tx/s, adaptive {:.0} tx/s, pgbench {}",
-            ours.tps(),
-            adapt.tps(),
-            theirs
-                .as_ref()
-                .map_or("-".into(), |t| format!("{:.0} tx/s", t.tps()))
-        );
-        rep.scaling.push((c, ours, adapt, theirs));
+    let mut k = 0;
+    for w in workloads::CONTENDED {
+        for &c in &plan.clients {
+            let mut point = report::ScalePoint::new(w, c);
+            // The order rotates from point to point, so that no implementation always runs
+            // first, or right after the same one, on a host whose load drifts.
+            for i in 0..report::SCALING_IMPS.len() {
+                let which = report::SCALING_IMPS[(k + i) % report::SCALING_IMPS.len()];
+                let t = Instant::now();
+                let run = match (which.imp(plan.max_tries), pgbench) {
+                    (Some((imp, conns)), _) => {
+                        Some(workloads::run_ours(opts, w, &imp, conns, c, plan.scaling).await?)
+                    }
+                    (None, Some(pb)) => {
+                        Some(pb.run(opts, w, c, plan.scaling, plan.max_tries).await?)
+                    }
+                    (None, None) => None,
+                };
+                if let Some(r) = run {
+                    eprintln!(
+                        "  {w:?} {c:>2} clients, {}: {} ({:.1} s)",
+                        which.label(),
+                        r.summary(),
+                        t.elapsed().as_secs_f64()
+                    );
+                    point.set(which, r);
+                }
+            }
+            k += 1;
+            rep.scaling.push(point);
+        }
     }
-
     Ok(())
 }
 
