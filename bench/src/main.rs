@@ -178,7 +178,7 @@ async fn run() -> Res<()> {
         strategies_section(&plan, &opts, &mut rep).await?;
     }
     if args.runs("scaling") {
-        scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
+        scaling_section(&plan, &opts, iso.schema(), pgbench.as_ref(), &mut rep).await?;
     }
     rep.load.push(("end", report::loadavg()));
     rep.elapsed = started.elapsed();
@@ -459,11 +459,14 @@ async fn strategies_section(
 async fn scaling_section(
     plan: &Plan,
     opts: &PgConnectOptions,
+    schema: &str,
     pgbench: Option<&PgBench>,
     rep: &mut report::Report,
 ) -> Res<()> {
     eprintln!("[scaling]");
     rep.load.push(("scaling", report::loadavg()));
+    let proxy = PgProxy::start(opts.clone()).await;
+    let proxied = proxy.schema_options(schema);
     let mut k = 0;
     for w in workloads::CONTENDED {
         for &c in &plan.clients {
@@ -492,8 +495,51 @@ async fn scaling_section(
                     point.set(which, r);
                 }
             }
+            if report::ScalePoint::broken_down(w, c) {
+                scaling_round_trips(plan, &proxied, &proxy, pgbench, &mut point, k).await?;
+            }
             k += 1;
             rep.scaling.push(point);
+        }
+    }
+    Ok(())
+}
+
+/// Round trips per committed transaction of each implementation at `point`, in one more short
+/// run of each through `proxy` (`opts` leads through it): the proxy counts what the clients
+/// send, at the price of a hop that slows every round trip, so these runs count and time
+/// nothing else.
+async fn scaling_round_trips(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    proxy: &PgProxy,
+    pgbench: Option<&PgBench>,
+    point: &mut report::ScalePoint,
+    k: usize,
+) -> Res<()> {
+    let (w, c) = (point.workload, point.clients);
+    let dur = plan.scaling.min(Duration::from_secs(1));
+    for i in 0..report::SCALING_IMPS.len() {
+        let which = report::SCALING_IMPS[(k + i) % report::SCALING_IMPS.len()];
+        let run = match (which.imp(plan.max_tries), pgbench) {
+            (Some((imp, conns)), _) => {
+                Some(workloads::run_ours_via(opts, w, &imp, conns, c, dur, Some(proxy)).await?)
+            }
+            (None, Some(pb)) => Some(
+                pb.run_via(opts, w, c, dur, plan.max_tries, Some(proxy))
+                    .await?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(r) = run {
+            let per_tx = r.round_trips_per_commit();
+            eprintln!(
+                "  {w:?} {c:>2} clients, {}, through a proxy: {:.2} round trips per commit, {:.3} retries/commit",
+                which.label(),
+                per_tx.unwrap_or(0.0),
+                r.retries_per_commit()
+            );
+            point.round_trips[which as usize] = per_tx.map(|t| (t, r.retries_per_commit()));
         }
     }
     Ok(())

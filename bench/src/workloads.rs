@@ -10,6 +10,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use sqlx_retry::{Policy, TransactionSource, serializable_retry, transaction};
+use sqlx_retry_testkit::PgProxy;
 
 use crate::{Res, bump_counter, counters, cpu};
 
@@ -346,9 +347,11 @@ pub struct RunResult {
     /// The most attempts any one call needed, failed calls included (pgbench: the retries of
     /// its per-transaction log, plus one); `None` where unknown.
     pub max_attempts: Option<u64>,
-    /// Context switches and the server's replies over the run (see [`counters`]); `None` where
-    /// not counted.
+    /// Context switches over the run (see [`counters`]); `None` where not counted.
     pub counted: Option<counters::Tally>,
+    /// Round trips (simple queries and Syncs) of the run, counted by a proxy it went through;
+    /// `None` without one.
+    pub round_trips: Option<u64>,
 }
 
 impl RunResult {
@@ -372,6 +375,7 @@ impl RunResult {
             .max_attempts
             .zip(other.max_attempts)
             .map(|(a, b)| a.max(b));
+        self.round_trips = self.round_trips.zip(other.round_trips).map(|(a, b)| a + b);
         self.counted = self.counted.zip(other.counted).map(|(mut a, b)| {
             a.absorb(b);
             a
@@ -409,6 +413,11 @@ impl RunResult {
             Some(tps) if tps > 0.0 => Duration::from_secs_f64(self.committed as f64 / tps),
             _ => self.elapsed,
         }
+    }
+
+    /// Round trips per committed transaction, where a proxy counted them.
+    pub fn round_trips_per_commit(&self) -> Option<f64> {
+        Some(self.round_trips? as f64 / self.committed.max(1) as f64)
     }
 
     /// Committed transactions per second.
@@ -465,6 +474,20 @@ pub async fn run_ours(
     clients: usize,
     dur: Duration,
 ) -> Res<RunResult> {
+    run_ours_via(opts, w, imp, conns, clients, dur, None).await
+}
+
+/// [`run_ours`], with `opts` leading through `proxy` when given: the run then records the
+/// round trips of its measured stretch ([`RunResult::round_trips`]).
+pub async fn run_ours_via(
+    opts: &PgConnectOptions,
+    w: Workload,
+    imp: &Imp,
+    conns: Conns,
+    clients: usize,
+    dur: Duration,
+    proxy: Option<&PgProxy>,
+) -> Res<RunResult> {
     let server = reset(opts).await?;
     let pool = pool(
         opts.clone().options(w.settings().iter().copied()),
@@ -483,9 +506,17 @@ pub async fn run_ours(
     let mut meter = cpu::Meter::start(cpu::own, server);
     meter.watch(backends.clone());
     let reading = counters::Reading::take(std::process::id(), &backends);
+    let proxied = proxy.map(PgProxy::stats);
     let start = Instant::now();
     let per_task = run_tasks(&pool, w, imp, conns, clients, dur).await;
     let elapsed = start.elapsed();
+    if proxy.is_some() {
+        // Let the pool's release pings of the last calls land.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let round_trips = proxy
+        .zip(proxied)
+        .map(|(p, before)| p.stats().since(&before).round_trips);
     let cpu_client = meter.client();
     let counted =
         counters::Reading::take(std::process::id(), &backends).since(&reading, server.is_some());
@@ -496,6 +527,7 @@ pub async fn run_ours(
         cpu_server: meter.server(opts).await,
         max_attempts: Some(0),
         counted: Some(counted),
+        round_trips,
         ..RunResult::default()
     };
     let mut attempts = 0;
@@ -645,6 +677,21 @@ impl PgBench {
         dur: Duration,
         max_tries: u32,
     ) -> Res<RunResult> {
+        self.run_via(opts, w, clients, dur, max_tries, None).await
+    }
+
+    /// [`PgBench::run`], with `opts` leading through `proxy` when given: the run then records
+    /// pgbench's round trips, its connections' set-up included, and counts no context
+    /// switches (their probe would go through the proxy too).
+    pub async fn run_via(
+        &self,
+        opts: &PgConnectOptions,
+        w: Workload,
+        clients: usize,
+        dur: Duration,
+        max_tries: u32,
+        proxy: Option<&PgProxy>,
+    ) -> Res<RunResult> {
         let server = reset(opts).await?;
         let dir = std::env::temp_dir().join(format!(
             "sqlx-retry-pgbench-{}-{}",
@@ -658,6 +705,7 @@ impl PgBench {
         let mut cmd = self.command(opts, w, clients, secs, max_tries, &dir);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut meter = cpu::Meter::start(cpu::children, server);
+        let proxied = proxy.map(PgProxy::stats);
         let child = cmd.spawn()?;
         let pid = child.id();
         let out = child.wait_with_output();
@@ -665,8 +713,8 @@ impl PgBench {
         // pgbench's threads and backends are counted while it runs, from when all its clients
         // are connected to the last reading before it exits (every 20 ms): an exited process
         // can no longer be read.
-        let mut asker = match (server, pid) {
-            (Some(_), Some(_)) => <PgConnection as Connection>::connect_with(opts).await.ok(),
+        let mut asker = match (server, pid, proxy) {
+            (Some(_), Some(_), None) => <PgConnection as Connection>::connect_with(opts).await.ok(),
             _ => None,
         };
         let (mut first, mut last, mut backends) = (None, None, Vec::new());
@@ -691,6 +739,9 @@ impl PgBench {
                 }
             }
         };
+        let round_trips = proxy
+            .zip(proxied)
+            .map(|(p, before)| p.stats().since(&before).round_trips);
         if let Some(c) = asker {
             let _ = c.close().await;
         }
@@ -706,6 +757,7 @@ impl PgBench {
         (r.lat_us, r.max_attempts) = latencies(&dir)?;
         r.elapsed = Duration::from_secs(secs);
         r.counted = first.zip(last).map(|(a, b)| b.since(&a, true));
+        r.round_trips = round_trips;
         r.cpu_client = cpu_client;
         r.cpu_server = cpu_server;
         let _ = std::fs::remove_dir_all(&dir);
