@@ -166,6 +166,73 @@ impl Server {
     }
 }
 
+/// CPU time of a whole server: its postmaster, the processes it reaped, and those still
+/// running (a pool's backends, the WAL sender, and on a standby the startup process that replays
+/// WAL), read at one instant; counting the live ones too lets a run be measured while its
+/// connections stay open. A live process counted once and reaped later moves into the reaped
+/// total with the same time, so differences of two readings stay right.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tree {
+    /// Every process of the server.
+    pub total: Duration,
+    /// Of which the WAL replay: a standby's startup process and WAL receiver.
+    pub replay: Duration,
+}
+
+impl Tree {
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &Tree) -> Tree {
+        Tree {
+            total: self.total.saturating_sub(earlier.total),
+            replay: self.replay.saturating_sub(earlier.replay),
+        }
+    }
+}
+
+impl Server {
+    /// The CPU time of the whole server so far; `None` where `/proc` can't be read.
+    pub fn tree(&self) -> Option<Tree> {
+        let mut tree = Tree {
+            total: self.total()?,
+            replay: Duration::ZERO,
+        };
+        let parent = self.postmaster.to_string();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            if parent_pid(&stat) != Some(parent.as_str()) {
+                continue;
+            }
+            let Some((own, _)) = parse_stat(&stat) else {
+                continue;
+            };
+            tree.total += own;
+            // A backend shows its role in its command line: "postgres: startup recovering …".
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.starts_with("postgres: startup")
+                || cmdline.starts_with("postgres: walreceiver")
+            {
+                tree.replay += own;
+            }
+        }
+        Some(tree)
+    }
+}
+
+/// The parent's pid (field 4) in the text of a `/proc/PID/stat`.
+fn parent_pid(stat: &str) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +244,7 @@ mod tests {
         assert_eq!(own, Duration::from_secs(3));
         assert_eq!(children, Duration::from_millis(100));
         assert_eq!(parse_stat("4242 (short) S 1 2"), None);
+        assert_eq!(parent_pid(stat), Some("1"));
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //! ```
 //!
 //! `--out DIR` writes the report and chart to `DIR` instead; `--only SECTION[,SECTION…]` runs only
-//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling` (for working on one). The server is `DATABASE_URL` when set,
+//! some of `profile`, `overhead`, `contention`, `strategies`, `scaling`, `replicas` (for working on one). The server is `DATABASE_URL` when set,
 //! otherwise a throwaway cluster from the testkit.
 
 mod counters;
 mod cpu;
+mod replicas;
 mod report;
 mod workloads;
 
@@ -67,6 +68,15 @@ pub struct Plan {
     pub contention_clients: usize,
     /// Maximum attempts (ours) and `--max-tries` (pgbench).
     pub max_tries: u32,
+    /// Duration of each run of the read-replica section's mixed workload.
+    pub replicas: Duration,
+    /// Rounds of the read-replica section: each runs every configuration once, in an order
+    /// rotated per round; the figures add up over rounds.
+    pub replica_rounds: usize,
+    /// Blocks of the read-replica section's per-call comparison.
+    pub replica_micro_blocks: usize,
+    /// Reads per variant per block of that comparison.
+    pub replica_micro_per_block: usize,
 }
 
 impl Plan {
@@ -86,6 +96,10 @@ impl Plan {
                 clients: vec![1, 16],
                 contention_clients: 16,
                 max_tries: 50,
+                replicas: Duration::from_millis(300),
+                replica_rounds: 1,
+                replica_micro_blocks: 2,
+                replica_micro_per_block: 20,
             }
         } else if quick {
             Plan {
@@ -102,6 +116,10 @@ impl Plan {
                 clients: vec![1, 2, 4, 16, 64],
                 contention_clients: 16,
                 max_tries: 50,
+                replicas: Duration::from_millis(1500),
+                replica_rounds: 2,
+                replica_micro_blocks: 12,
+                replica_micro_per_block: 50,
             }
         } else {
             Plan {
@@ -118,6 +136,10 @@ impl Plan {
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
                 max_tries: 50,
+                replicas: Duration::from_secs(5),
+                replica_rounds: 3,
+                replica_micro_blocks: 120,
+                replica_micro_per_block: 20,
             }
         }
     }
@@ -180,6 +202,9 @@ async fn run() -> Res<()> {
     if args.runs("scaling") {
         scaling_section(&plan, &opts, iso.schema(), pgbench.as_ref(), &mut rep).await?;
     }
+    if args.runs("replicas") {
+        replicas_section(&plan, &mut rep).await?;
+    }
     rep.load.push(("end", report::loadavg()));
     rep.elapsed = started.elapsed();
 
@@ -197,7 +222,14 @@ async fn run() -> Res<()> {
 }
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 5] = ["profile", "overhead", "contention", "strategies", "scaling"];
+const SECTIONS: [&str; 6] = [
+    "profile",
+    "overhead",
+    "contention",
+    "strategies",
+    "scaling",
+    "replicas",
+];
 
 /// The command line.
 struct Args {
@@ -314,6 +346,14 @@ async fn overhead_section(
     Ok(())
 }
 
+/// The wait before a rerun inside the savepoint that section 2 sets against the default
+/// ([`Policy::DEFAULT_SAVEPOINT_BACKOFF`]): exponential full jitter with the default backoff's
+/// base and cap (5 ms, 500 ms). The same bounds as the adaptive default without its contention
+/// estimate, which would learn from reruns a few hundred microseconds long: the row measures
+/// where the wait happens, not what an estimate made of it.
+const SAVEPOINT_BACKOFF_INSIDE: Backoff =
+    Backoff::exponential(Backoff::DEFAULT_BASE, Backoff::DEFAULT_CAP);
+
 /// Section 2: ours (the attribute, default backoff) against pgbench on every contended workload,
 /// in rounds; then each workload's write-skew invariant.
 async fn contention_section(
@@ -331,26 +371,47 @@ async fn contention_section(
             let (ours, pooled, hand, theirs) =
                 contention_round(plan, opts, pgbench, w, round).await?;
             c.add_round(ours, pooled, hand, theirs);
-            let savepoint = workloads::run_ours(
-                opts,
-                w,
-                &Imp::Plain(Arc::new(
-                    Policy::builder()
-                        .max_attempts(plan.max_tries)
-                        .savepoint(Policy::DEFAULT_SAVEPOINT)
-                        .build()?,
-                )),
-                Conns::Held,
-                plan.contention_clients,
-                plan.contention,
-            )
-            .await?;
-            eprintln!(
-                "  round {} {w:?} ours, savepoint: {}",
-                round + 1,
-                savepoint.summary()
-            );
-            c.add_savepoint_round(savepoint);
+            // The savepoint protocol with no wait before the rerun inside the savepoint (the
+            // default) and with one, in an order alternating by round.
+            let mut savepoint = None;
+            let mut inside = None;
+            for at_once in [round % 2 == 0, round % 2 == 1] {
+                let (label, builder) = if at_once {
+                    ("savepoint", Policy::builder())
+                } else {
+                    (
+                        "savepoint, backoff inside",
+                        Policy::builder().savepoint_backoff(SAVEPOINT_BACKOFF_INSIDE),
+                    )
+                };
+                let policy = builder
+                    .max_attempts(plan.max_tries)
+                    .savepoint(Policy::DEFAULT_SAVEPOINT)
+                    .build()?;
+                let run = workloads::run_ours(
+                    opts,
+                    w,
+                    &Imp::Plain(Arc::new(policy)),
+                    Conns::Held,
+                    plan.contention_clients,
+                    plan.contention,
+                )
+                .await?;
+                eprintln!(
+                    "  round {} {w:?} ours, {label}: {}",
+                    round + 1,
+                    run.summary()
+                );
+                if at_once {
+                    savepoint = Some(run);
+                } else {
+                    inside = Some(run);
+                }
+            }
+            if let (Some(savepoint), Some(inside)) = (savepoint, inside) {
+                c.add_savepoint_round(savepoint);
+                c.add_savepoint_inside_round(inside);
+            }
         }
         c.violations = workloads::skew_violations(admin).await?;
         rep.contention.push(c);
@@ -542,6 +603,16 @@ async fn scaling_round_trips(
             point.round_trips[which as usize] = per_tx.map(|t| (t, r.retries_per_commit()));
         }
     }
+    Ok(())
+}
+
+/// Section 5: a read-mostly workload on a primary + hot standby pair of its own, through
+/// `&PgPool`, `&cluster` and sessions, and a session read's cost per call; a note instead when
+/// the pair can't start.
+async fn replicas_section(plan: &Plan, rep: &mut report::Report) -> Res<()> {
+    eprintln!("[replicas]");
+    rep.load.push(("replicas", report::loadavg()));
+    rep.replicas = Some(replicas::run(plan).await?);
     Ok(())
 }
 
@@ -1162,7 +1233,9 @@ async fn count_round_trips(
         }
         // Let the pool's release ping of the last transaction land before counting.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        *per_tx = proxy.stats().since(&before).round_trips as f64 / n as f64;
+        let delta = proxy.stats().since(&before);
+        // A bare ROLLBACK is sent without waiting for its answer (see `ProxyStats::rollbacks`).
+        *per_tx = (delta.round_trips - delta.rollbacks) as f64 / n as f64;
     }
     ph.close().await?;
     Ok(round_trips)

@@ -12,6 +12,7 @@ pub const DEFAULT_STRATEGY: &str = "adaptive 5ms/500ms (default)";
 
 use sqlx::PgConnection;
 
+use crate::replicas::{self, MixRun, Replicas, Via};
 use crate::workloads::{Conns, Imp, RunResult, Workload};
 use crate::{Allocs, OVERHEAD_IMPS, OverheadRun, Plan, Profile, Res};
 
@@ -75,6 +76,8 @@ pub struct Report {
     pub pgbench: Option<String>,
     /// `/proc/loadavg` (1-minute) when each section started and at the end.
     pub load: Vec<(&'static str, f64)>,
+    /// Section 5, or why it was skipped; `None` when it did not run.
+    pub replicas: Option<Result<Replicas, String>>,
 }
 
 /// Section 2's figures for one workload, summed over rounds.
@@ -94,6 +97,9 @@ pub struct Contention {
     /// Ours with the savepoint protocol (`Policy::builder().savepoint(…)`, otherwise the
     /// defaults), held connections, all rounds; not shown while `None`.
     pub savepoint: Option<RunResult>,
+    /// The same with a wait before the rerun inside the savepoint
+    /// (`savepoint_backoff(SAVEPOINT_BACKOFF_INSIDE)`), all rounds; not shown while `None`.
+    pub savepoint_inside: Option<RunResult>,
     /// Goodput ours / pgbench of each round.
     pub round_ratios: Vec<f64>,
     /// Write-skew invariant violations after the runs.
@@ -110,6 +116,7 @@ impl Contention {
             hand: None,
             theirs: None,
             savepoint: None,
+            savepoint_inside: None,
             round_ratios: Vec::new(),
             violations: 0,
         }
@@ -137,6 +144,11 @@ impl Contention {
     /// Adds a round of the savepoint protocol's run.
     pub fn add_savepoint_round(&mut self, run: RunResult) {
         RunResult::accumulate(&mut self.savepoint, run);
+    }
+
+    /// Adds a round of the savepoint protocol's run with a backoff inside the savepoint.
+    pub fn add_savepoint_inside_round(&mut self, run: RunResult) {
+        RunResult::accumulate(&mut self.savepoint_inside, run);
     }
 }
 
@@ -294,6 +306,7 @@ impl Report {
             elapsed: Duration::ZERO,
             pgbench: None,
             load: Vec::new(),
+            replicas: None,
         }
     }
 
@@ -355,6 +368,7 @@ impl Report {
             self.contention_section(),
             self.strategies_section(),
             self.scaling_section(chart),
+            self.replicas_section(),
         ]
         .concat()
     }
@@ -503,7 +517,8 @@ impl Report {
              ours is faster. The goals are judged on the block ratio: the median over blocks \
              of ours' block time over theirs (each pair ran back to back), with a 95 % \
              bootstrap interval over blocks; the ratio of median latencies is shown beside it. \
-             Round trips are counted at a TCP proxy in front of the server.\n\n\
+             Round trips are counted at a TCP proxy in front of the server: simple queries and \
+             Syncs, less the bare `ROLLBACK`s that sqlx sends without waiting for their answer.\n\n\
              The four configurations differ in the round trips sqlx's pool adds on its own, \
              which both sides pay alike: it pings every connection when it is returned \
              (`PoolConnection::return_to_pool` in sqlx-core 0.9, unconditionally), and with \
@@ -642,9 +657,14 @@ impl Report {
                 .savepoint
                 .as_ref()
                 .map(|r| ("sqlx-retry, savepoint", Some(r)));
+            let inside = c
+                .savepoint_inside
+                .as_ref()
+                .map(|r| ("sqlx-retry, savepoint, backoff inside", Some(r)));
             for (who, r) in [
                 Some(("sqlx-retry", c.ours.as_ref())),
                 savepoint,
+                inside,
                 Some(("sqlx-retry, pooled", c.pooled.as_ref())),
                 Some(("hand-written sqlx", c.hand.as_ref())),
                 Some(("pgbench", c.theirs.as_ref())),
@@ -677,6 +697,7 @@ impl Report {
                  PostgreSQL serialization victim's does. Its retries count both."
             );
         }
+        m.push_str(&self.savepoint_choice());
         let _ = writeln!(
             m,
             "\nCPU time is read from `/proc` around each run: the client column is our whole \
@@ -688,6 +709,73 @@ impl Report {
             cpus()
         );
         let _ = writeln!(m);
+        m
+    }
+
+    /// Section 2's savepoint rows side by side: the default (no wait before the rerun inside
+    /// the savepoint) against a backoff there, per workload, and the default the code has; empty
+    /// unless both were measured.
+    fn savepoint_choice(&self) -> String {
+        let pairs: Vec<(Workload, &RunResult, &RunResult)> = self
+            .contention
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.workload,
+                    c.savepoint.as_ref()?,
+                    c.savepoint_inside.as_ref()?,
+                ))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return String::new();
+        }
+        let better = |none: f64, inside: f64, higher_wins: bool| {
+            if none == inside {
+                "a tie"
+            } else if (inside > none) == higher_wins {
+                "backoff inside"
+            } else {
+                "none"
+            }
+        };
+        let mut m = String::new();
+        let _ = writeln!(
+            m,
+            "\n\"sqlx-retry, savepoint, backoff inside\" is the same with \
+             `savepoint_backoff({:?})`: after `ROLLBACK TO SAVEPOINT` it sleeps before the rerun, \
+             the transaction still open. The better of the two, no wait (\"none\") or the wait, \
+             per workload:\n",
+            crate::SAVEPOINT_BACKOFF_INSIDE
+        );
+        let mut wins = 0;
+        for (w, none, inside) in &pairs {
+            let (tps_none, tps_inside) = (none.tps(), inside.tps());
+            let (p99_none, p99_inside) = (none.pct_ms(0.99), inside.pct_ms(0.99));
+            if tps_inside > tps_none * NOISE {
+                wins += 1;
+            }
+            let _ = writeln!(
+                m,
+                "- {}: goodput {tps_none:.0} vs {tps_inside:.0} tx/s (better: {}), p99 \
+                 {p99_none:.2} vs {p99_inside:.2} ms (better: {}), retries per committed tx \
+                 {:.3} vs {:.3}.",
+                w.name(),
+                better(tps_none, tps_inside, true),
+                better(p99_none, p99_inside, false),
+                none.retries_per_commit(),
+                inside.retries_per_commit(),
+            );
+        }
+        let _ = writeln!(
+            m,
+            "\nThe default, `Policy::DEFAULT_SAVEPOINT_BACKOFF`, is `{:?}`. The wait inside the \
+             savepoint beat it on goodput by more than the noise ({:.0} %) on {wins} of {} \
+             workloads.",
+            sqlx_retry::Policy::DEFAULT_SAVEPOINT_BACKOFF,
+            (NOISE - 1.0) * 100.0,
+            pairs.len()
+        );
         m
     }
 
@@ -1044,6 +1132,92 @@ impl Report {
         }
         m
     }
+
+    /// Section 5: read replicas; a note when the pair could not start, empty when not run.
+    fn replicas_section(&self) -> String {
+        let Some(result) = &self.replicas else {
+            return String::new();
+        };
+        let mut m = String::new();
+        let _ = writeln!(m, "## 5. Read replicas\n");
+        let rep = match result {
+            Ok(rep) => rep,
+            Err(why) => {
+                let _ = writeln!(
+                    m,
+                    "Not measured: the primary + standby pair did not start ({}). The section \
+                     starts a pair of its own from the PostgreSQL binaries on this machine; a \
+                     server given by `DATABASE_URL` can't be given a standby.\n",
+                    why.trim_end_matches('.')
+                );
+                return m;
+            }
+        };
+        let p = &self.plan;
+        let _ = writeln!(
+            m,
+            "A primary and one hot standby of their own (PostgreSQL {}, the testkit's \
+             `PgReplicaPair`: a `pg_basebackup` of the primary streaming its WAL, asynchronous, \
+             `fsync=off`). {} clients; each call is, with probability {:.2}, a `replica` read \
+             (`#[serializable_retry(read_only, isolation = \"repeatable_read\", replica)]`: one \
+             account's balance by primary key, and `pg_is_in_recovery()` in the same query to \
+             tell where it ran), else a transfer at the default isolation (SERIALIZABLE: read \
+             both balances, update both) among {} accounts. A read right after the client's own \
+             transfer reads the account it debited and counts as having missed the transfer \
+             when it sees an older version of the row. Pools of {} connections per server; \
+             `max_lag` {} ms. {} × {:.1} s per configuration, the order rotated per round, \
+             figures summed over rounds. The standby runs and replays the primary's WAL in \
+             every configuration: the `&PgPool` baseline is a primary whose standby takes none \
+             of its reads.\n",
+            rep.version,
+            replicas::CLIENTS,
+            replicas::READ_SHARE,
+            replicas::ACCOUNTS,
+            replicas::CLIENTS,
+            rep.max_lag.as_millis(),
+            p.replica_rounds,
+            p.replicas.as_secs_f64(),
+        );
+        let _ = writeln!(
+            m,
+            "Both servers run on this machine's {} CPUs, beside the clients: a standby adds no \
+             capacity here. It moves the reads' work to another server on the same CPUs, and \
+             replaying the primary's WAL costs CPU of its own; on a machine of its own its CPU \
+             would add to the primary's instead.\n",
+            cpus()
+        );
+        let _ = writeln!(
+            m,
+            "| configuration | reads/s | transfers/s | reads p50 / p99 ms | transfers p50 / p99 ms | failed | retries (reads / transfers) | reads on the standby | reads after own transfer | of which missed it | their p50 / p99 ms |"
+        );
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &rep.runs {
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} / {} | {:.1} % | {} | {} | {:.2} / {:.2} |",
+                r.via.title(),
+                r.reads_per_s(),
+                r.writes_per_s(),
+                r.reads.pct_ms(0.5),
+                r.reads.pct_ms(0.99),
+                r.writes.pct_ms(0.5),
+                r.writes.pct_ms(0.99),
+                r.reads.failed + r.writes.failed,
+                r.reads.retries,
+                r.writes.retries,
+                r.standby_share() * 100.0,
+                r.after_write.ok,
+                r.stale,
+                r.after_write.pct_ms(0.5),
+                r.after_write.pct_ms(0.99),
+            );
+        }
+        let _ = writeln!(m);
+        m.push_str(&replica_cpu_table(&rep.runs));
+        m.push_str(&replica_findings(rep, cpus()));
+        m.push_str(&replica_micro(rep));
+        m
+    }
 }
 
 /// Section 4's table of one workload.
@@ -1185,6 +1359,247 @@ fn breakdown_sentence(s: &ScalePoint) -> Option<String> {
         );
     }
     Some(line)
+}
+
+/// Section 5's CPU table: where the CPU time of each configuration went.
+fn replica_cpu_table(runs: &[MixRun]) -> String {
+    if runs
+        .iter()
+        .all(|r| r.cpu_primary.is_none() && r.cpu_standby.is_none())
+    {
+        return String::new();
+    }
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "CPU time per second of the run (1000 ms/s = one CPU busy), read from `/proc` for the \
+         benchmark process (the clients) and for every process of each server; the standby's \
+         WAL replay (its startup process and WAL receiver) is also shown apart. Per call: both \
+         servers' CPU over reads and transfers together.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| configuration | clients ms/s | primary ms/s | standby ms/s | of which WAL replay ms/s | all ms/s | servers µs per call |"
+    );
+    let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
+    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+    for r in runs {
+        let servers = (|| Some(r.cpu_primary? + r.cpu_standby?))();
+        let all = (|| Some(servers? + r.cpu_client?))();
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.via.title(),
+            cell(r.per_s_ms(r.cpu_client)),
+            cell(r.per_s_ms(r.cpu_primary)),
+            cell(r.per_s_ms(r.cpu_standby)),
+            cell(r.per_s_ms(r.cpu_replay)),
+            cell(r.per_s_ms(all)),
+            cell(r.per_call_us(servers)),
+        );
+    }
+    let _ = writeln!(m);
+    m
+}
+
+/// How `x` compares with a baseline of 1: "1.08× (8 % more)", within 3 % "about the same".
+fn times(x: f64) -> String {
+    if (x - 1.0).abs() < 0.03 {
+        format!("{x:.2}× (about the same)")
+    } else if x > 1.0 {
+        format!("{x:.2}× ({:.0} % more)", (x - 1.0) * 100.0)
+    } else {
+        format!("{x:.2}× ({:.0} % less)", (1.0 - x) * 100.0)
+    }
+}
+
+/// Section 5's reading of the figures, from the data.
+fn replica_findings(rep: &Replicas, cpus: usize) -> String {
+    let find = |v: Via| rep.runs.iter().find(|r| r.via == v);
+    let (Some(pool), Some(cluster), Some(session)) =
+        (find(Via::Pool), find(Via::Cluster), find(Via::Session))
+    else {
+        return String::new();
+    };
+    let mut m = String::new();
+    let calls = |r: &MixRun| r.reads_per_s() + r.writes_per_s();
+    let base = calls(pool).max(1e-9);
+    let _ = writeln!(
+        m,
+        "- **Throughput.** Calls per second (reads and transfers): `&cluster` {}, sessions {} \
+         the `&PgPool` baseline's {:.0}; reads/s {} and {}, transfers/s {} and {}.",
+        times(calls(cluster) / base),
+        times(calls(session) / base),
+        base,
+        times(cluster.reads_per_s() / pool.reads_per_s().max(1e-9)),
+        times(session.reads_per_s() / pool.reads_per_s().max(1e-9)),
+        times(cluster.writes_per_s() / pool.writes_per_s().max(1e-9)),
+        times(session.writes_per_s() / pool.writes_per_s().max(1e-9)),
+    );
+    let busy = |r: &MixRun| {
+        let all = r.cpu_client? + r.cpu_primary? + r.cpu_standby?;
+        r.per_s_ms(Some(all)).map(|ms| ms / 1000.0)
+    };
+    if let (Some(b0), Some(b1), Some(b2)) = (busy(pool), busy(cluster), busy(session)) {
+        let ms = |r: &MixRun, d: Option<Duration>| r.per_s_ms(d).unwrap_or(0.0);
+        let servers = |r: &MixRun| r.per_call_us((|| Some(r.cpu_primary? + r.cpu_standby?))());
+        let _ = write!(
+            m,
+            "- **Where the CPU went.** The clients and both servers kept {b0:.2}, {b1:.2} and \
+             {b2:.2} of the machine's {cpus} CPUs busy (baseline, `&cluster`, sessions). With \
+             `&cluster` the primary used {:.0} ms/s against the baseline's {:.0}, the standby \
+             {:.0} against {:.0}; the standby's WAL replay alone took {:.0} ms/s in the baseline \
+             and {:.0} with `&cluster`. Both servers together spent {} µs of CPU per call with \
+             `&cluster`, {} with sessions, against {} in the baseline",
+            ms(cluster, cluster.cpu_primary),
+            ms(pool, pool.cpu_primary),
+            ms(cluster, cluster.cpu_standby),
+            ms(pool, pool.cpu_standby),
+            ms(pool, pool.cpu_replay),
+            ms(cluster, cluster.cpu_replay),
+            opt_us(servers(cluster)),
+            opt_us(servers(session)),
+            opt_us(servers(pool)),
+        );
+        let dearer = match (servers(cluster), servers(pool)) {
+            (Some(c), Some(p)) => c > p * 1.05,
+            _ => false,
+        };
+        let as_busy = (b1 - b0).abs() < 0.1;
+        if dearer && as_busy {
+            let _ = write!(
+                m,
+                ": with the CPUs as busy as in the baseline and each call costing the servers \
+                 more, fewer calls fit in a second"
+            );
+        }
+        let _ = writeln!(m, ".");
+    }
+    let rest = if cluster.on_standby == cluster.reads.ok && session.on_standby == session.reads.ok {
+        "every one of them"
+    } else {
+        "the rest ran on the primary, where a `replica` call goes when the standby is not known \
+         to be within `max_lag` or (through a session) has not replayed the client's last \
+         transfer within `max_lag`"
+    };
+    let _ = writeln!(
+        m,
+        "- **Where the reads ran.** `&cluster` ran {} of its {} reads on the standby ({:.1} %), \
+         the sessions {} of {} ({:.1} %): {rest}.",
+        cluster.on_standby,
+        cluster.reads.ok,
+        cluster.standby_share() * 100.0,
+        session.on_standby,
+        session.reads.ok,
+        session.standby_share() * 100.0,
+    );
+    let pct = |r: &MixRun| r.stale as f64 * 100.0 / r.after_write.ok.max(1) as f64;
+    let _ = writeln!(
+        m,
+        "- **Read-your-writes.** Of the reads right after the client's own transfer, \
+         `&cluster`'s missed that transfer {} times in {} ({:.1} %), the sessions' {} times in \
+         {}, the baseline's {} times in {}. Those reads took {:.2} ms at the median \
+         (p99 {:.2}) through sessions against {:.2} (p99 {:.2}) through `&cluster`: a \
+         session's read waits until the standby has replayed the transfer (polling from 1 ms), \
+         or runs on the primary.",
+        cluster.stale,
+        cluster.after_write.ok,
+        pct(cluster),
+        session.stale,
+        session.after_write.ok,
+        pool.stale,
+        pool.after_write.ok,
+        session.after_write.pct_ms(0.5),
+        session.after_write.pct_ms(0.99),
+        cluster.after_write.pct_ms(0.5),
+        cluster.after_write.pct_ms(0.99),
+    );
+    let failed: u64 = rep
+        .runs
+        .iter()
+        .map(|r| r.reads.failed + r.writes.failed)
+        .sum();
+    let _ = writeln!(
+        m,
+        "- **Correctness.** {} call{} returned an error; {}.\n",
+        failed,
+        if failed == 1 { "" } else { "s" },
+        if rep.balance_kept {
+            "after every run the balances still added up to what they started with"
+        } else {
+            "after some run the balances **no longer** added up to what they started with"
+        },
+    );
+    m
+}
+
+fn opt_us(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{v:.0}"))
+}
+
+/// Section 5's per-call comparison of a session read with a plain `replica` read.
+fn replica_micro(rep: &Replicas) -> String {
+    if rep.micro.is_empty() {
+        return String::new();
+    }
+    let mut m = String::new();
+    let n = rep.micro.first().map_or(0, |r| r.n);
+    let _ = writeln!(
+        m,
+        "**Per call, one client, no writes**: {n} reads of one account per variant, in blocks \
+         whose order rotates, on the same pair after the runs above. The session has made one \
+         transfer before, which the standby has replayed: each of its reads sends the replay \
+         check. Ratio = the variant's block time over `&cluster`'s in the same block (median \
+         over blocks, 95 % bootstrap interval). Round trips are counted at TCP proxies in \
+         front of both servers, the two summed, including what the pool sends when the \
+         connection goes back to it.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| reads through | median µs | p99 µs | time / `&cluster`'s | 95 % interval | round trips per read | on the standby |"
+    );
+    let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rep.micro {
+        let _ = writeln!(
+            m,
+            "| {} | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} | {} | {} of {} |",
+            r.micro.title(),
+            r.median_us,
+            r.p99_us,
+            r.vs_cluster,
+            r.vs_cluster_ci.0,
+            r.vs_cluster_ci.1,
+            r.round_trips.map_or("–".to_string(), |t| format!("{t:.2}")),
+            r.on_standby,
+            r.n,
+        );
+    }
+    let _ = writeln!(m);
+    let find = |v: replicas::Micro| rep.micro.iter().find(|r| r.micro == v);
+    if let (Some(c), Some(s)) = (
+        find(replicas::Micro::Cluster),
+        find(replicas::Micro::Session),
+    ) {
+        let trips = match (c.round_trips, s.round_trips) {
+            (Some(a), Some(b)) if (a - b).abs() < 0.05 => format!(
+                "with the same {b:.2} round trips per read: the check rides in BEGIN's query"
+            ),
+            (Some(a), Some(b)) => format!("with {b:.2} round trips per read against {a:.2}"),
+            _ => "round trips not counted".to_string(),
+        };
+        let d = s.median_us - c.median_us;
+        let _ = writeln!(
+            m,
+            "A session read took {:.0} µs {} per call than a `&cluster` read at the median \
+             ({:.0} against {:.0} µs; block ratio {:.3}), {trips}.\n",
+            d.abs(),
+            if d >= 0.0 { "more" } else { "less" },
+            s.median_us,
+            c.median_us,
+            s.vs_cluster,
+        );
+    }
+    m
 }
 
 /// Section 1's table and goals for one connection source.
@@ -1741,7 +2156,89 @@ mod tests {
                 r.scaling.push(scale_point(w, c));
             }
         }
+        r.replicas = Some(Ok(replicas_data()));
         r
+    }
+
+    /// `ok` calls with `retries` retries and `failed` failures; latencies from 0.1 to 10 ms
+    /// over 100 calls, scaled by `slow`.
+    fn calls(ok: u64, failed: u64, retries: u64, slow: f64) -> replicas::Calls {
+        replicas::Calls {
+            ok,
+            failed,
+            retries,
+            lat_us: (1..=100).map(|i| f64::from(i) * 100.0 * slow).collect(),
+        }
+    }
+
+    /// A 10 s run through `via` of `reads` and `writes` calls, `standby` of the reads on the
+    /// standby, `stale` of 300 reads after a transfer missing it, and CPU ms of (clients,
+    /// primary, standby, replay).
+    fn mix_run(
+        via: Via,
+        (reads, writes, standby, stale): (u64, u64, u64, u64),
+        [client, primary, on_standby, replay]: [u64; 4],
+        slow: f64,
+    ) -> MixRun {
+        let ms = |v: u64| Some(Duration::from_millis(v));
+        MixRun {
+            via,
+            elapsed: Duration::from_secs(10),
+            reads: calls(reads, 0, 2, slow),
+            writes: calls(writes, u64::from(via == Via::Cluster), 40, slow * 2.0),
+            on_standby: standby,
+            after_write: calls(300, 0, 0, slow * 1.5),
+            stale,
+            cpu_client: ms(client),
+            cpu_primary: ms(primary),
+            cpu_standby: ms(on_standby),
+            cpu_replay: ms(replay),
+        }
+    }
+
+    /// Section 5: the cluster slower than the pool and dearer per call, most of its reads on
+    /// the standby, some missing the client's transfer; sessions missing none.
+    fn replicas_data() -> Replicas {
+        let micro = |m: replicas::Micro, us: f64, ratio: f64, rt: Option<f64>| replicas::MicroRun {
+            micro: m,
+            median_us: us,
+            p99_us: us * 3.0,
+            vs_cluster: ratio,
+            vs_cluster_ci: (ratio - 0.01, ratio + 0.02),
+            round_trips: rt,
+            on_standby: 2400,
+            n: 2400,
+        };
+        Replicas {
+            runs: vec![
+                mix_run(
+                    Via::Pool,
+                    (80_000, 9_000, 0, 0),
+                    [7000, 9500, 400, 300],
+                    1.0,
+                ),
+                mix_run(
+                    Via::Cluster,
+                    (60_000, 6_500, 59_000, 120),
+                    [5500, 3600, 8000, 310],
+                    1.4,
+                ),
+                mix_run(
+                    Via::Session,
+                    (55_000, 6_200, 54_500, 0),
+                    [5200, 3000, 8900, 290],
+                    1.6,
+                ),
+            ],
+            micro: vec![
+                micro(replicas::Micro::StandbyPool, 410.0, 0.98, Some(5.0)),
+                micro(replicas::Micro::Cluster, 420.0, 1.0, Some(5.0)),
+                micro(replicas::Micro::Session, 445.5, 1.06, Some(5.0)),
+            ],
+            max_lag: Duration::from_secs(1),
+            balance_kept: true,
+            version: "17.6 (Debian 17.6-1)".into(),
+        }
     }
 
     /// Smoke mode without pgbench or allocation counts; the default fails transactions, so the
@@ -1774,6 +2271,7 @@ mod tests {
             point.runs[ScalingImp::Pgbench as usize] = None;
         }
         r.scaling.retain(|p| p.clients != 1);
+        r.replicas = Some(Err("/usr/lib/postgresql/17/bin has no pg_basebackup".into()));
         r
     }
 
@@ -1792,9 +2290,30 @@ mod tests {
         r
     }
 
-    /// No strategy qualifies (all but `none` fail); an empty overhead list; `DATABASE_URL`.
+    /// No strategy qualifies (all but `none` fail); an empty overhead list; `DATABASE_URL`;
+    /// the replica section with the cluster matching the pool, all reads on the standby, no
+    /// CPU figures, no round trips counted and a lost balance.
     fn no_candidate() -> Report {
         let mut r = full();
+        if let Some(Ok(rep)) = &mut r.replicas {
+            rep.runs[1].reads.ok = 80_000;
+            rep.runs[1].writes.ok = 9_000;
+            for run in &mut rep.runs {
+                run.on_standby = if run.via == Via::Pool {
+                    0
+                } else {
+                    run.reads.ok
+                };
+                run.cpu_primary = None;
+                run.cpu_standby = None;
+                run.cpu_replay = None;
+                run.cpu_client = None;
+            }
+            for m in &mut rep.micro {
+                m.round_trips = None;
+            }
+            rep.balance_kept = false;
+        }
         r.overhead = Some(Vec::new());
         r.server.throwaway = false;
         for (name, _, run) in &mut r.strategies {
@@ -1865,6 +2384,50 @@ mod tests {
             table.contains("CockroachDB's savepoint protocol"),
             "{table}"
         );
+        assert!(!table.contains("backoff inside"), "{table}");
+    }
+
+    #[test]
+    fn the_savepoint_choice_compares_both_variants_per_workload() {
+        let mut r = full();
+        let (hot, skew) = (r.contention[0].workload, r.contention[2].workload);
+        // Hot row: the wait inside wins goodput beyond the noise and loses p99 (p99 of 1.3 ms
+        // against 2.6 ms); write skew: no wait wins both.
+        r.contention[0].add_savepoint_round(run(1800.0, 0.9, 0, 1.3));
+        r.contention[0].add_savepoint_inside_round(run(2100.0, 0.5, 0, 2.6));
+        r.contention[2].add_savepoint_round(run(2000.0, 0.9, 0, 1.0));
+        r.contention[2].add_savepoint_inside_round(run(1900.0, 0.5, 0, 2.0));
+        let table = r.contention_table();
+        assert!(
+            table.contains("| sqlx-retry, savepoint, backoff inside | 2100 |"),
+            "{table}"
+        );
+        let hot_line = format!(
+            "- {}: goodput 1800 vs 2100 tx/s (better: backoff inside), p99",
+            hot.name()
+        );
+        assert!(table.contains(&hot_line), "{table}");
+        let skew_line = format!(
+            "- {}: goodput 2000 vs 1900 tx/s (better: none), p99",
+            skew.name()
+        );
+        assert!(table.contains(&skew_line), "{table}");
+        assert!(
+            table.contains(&format!("{:?}", crate::SAVEPOINT_BACKOFF_INSIDE)),
+            "{table}"
+        );
+        let default = format!(
+            "is `{:?}`. The wait inside the savepoint beat it on goodput by more than the noise (10 %) on 1 of 2 workloads.",
+            sqlx_retry::Policy::DEFAULT_SAVEPOINT_BACKOFF
+        );
+        assert!(table.contains(&default), "{table}");
+        let p99s: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("- ") && l.contains("vs"))
+            .map(|l| l.split("p99 ").nth(1).unwrap_or_default())
+            .collect();
+        assert_eq!(p99s.len(), 2, "{table}");
+        assert!(p99s[0].contains("(better: none)"), "{p99s:?}");
     }
 
     #[test]
@@ -1912,5 +2475,20 @@ mod tests {
                 .markdown("c")
                 .contains("No strategy both avoided")
         );
+    }
+
+    #[test]
+    fn golden_reports_cover_each_reading_of_the_replica_section() {
+        let full = full().markdown("c");
+        assert!(full.contains("fewer calls fit in a second"), "{full}");
+        assert!(full.contains("the rest ran on the primary"), "{full}");
+        assert!(full.contains("26 µs more per call"), "{full}");
+        let other = no_candidate().markdown("c");
+        assert!(other.contains("every one of them"), "{other}");
+        assert!(other.contains("**no longer** added up"), "{other}");
+        assert!(!other.contains("Where the CPU went"), "{other}");
+        assert!(other.contains("round trips not counted"), "{other}");
+        let skipped = without_pgbench().markdown("c");
+        assert!(skipped.contains("Not measured: the primary + standby pair did not start"));
     }
 }

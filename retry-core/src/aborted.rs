@@ -5,23 +5,25 @@
 //! `25P02` and COMMIT completes *successfully* with the tag `ROLLBACK`. A body that swallows an
 //! error (`.ok()`, `if let Err(e) = … { log }`) and returns `Ok` would therefore look committed
 //! while nothing was. sqlx 0.9 shows neither the transaction status of its connection nor the
-//! COMMIT's tag, so before COMMIT the loop sends one statement that fails in an aborted
-//! transaction ([`OpenTransaction::check_not_aborted`](crate::source::OpenTransaction::check_not_aborted)); if it fails
-//! with `25P02`, COMMIT is not sent, the transaction is rolled back and the call gets
-//! [`TransactionAborted`]. That costs a round trip per attempt on a connection the caller holds.
+//! COMMIT's tag, so the loop's COMMIT is one simple query that checks first:
+//! `SELECT 1; COMMIT; BEGIN`. In an aborted transaction the `SELECT` fails with `25P02` and the
+//! server skips the rest; the transaction is rolled back and the call gets
+//! [`TransactionAborted`]. Otherwise COMMIT commits and BEGIN opens an empty transaction (no
+//! snapshot, no transaction id, no lock), which keeps sqlx's transaction depth true to the
+//! server: the attempt's transaction is still open for sqlx, and ending it the usual way queues
+//! a ROLLBACK. Sending COMMIT without the BEGIN would leave sqlx believing a transaction is open,
+//! and its ROLLBACK would then draw a "there is no transaction in progress" warning for every
+//! call.
 //!
-//! On a pooled connection the check costs no round trip: the connection is ours until it goes
-//! back to the pool, and the pool pings it on the way back. So the check, COMMIT and a BEGIN go
-//! in **one** simple query, `SELECT 1; COMMIT; BEGIN`. In an aborted transaction the `SELECT`
-//! fails with `25P02` and the server skips the rest; otherwise COMMIT commits and BEGIN opens an
-//! empty transaction (no snapshot, no transaction id, no lock), which keeps sqlx's transaction
-//! depth true to the server: the attempt's transaction is still open for sqlx, and ending it the
-//! usual way queues a ROLLBACK that the release ping flushes together with its Sync. Sending
-//! COMMIT without the BEGIN would leave sqlx believing a transaction is open, and its ROLLBACK
-//! would then draw a "there is no transaction in progress" warning for every call. On a held
-//! connection the empty transaction would stay open until its next use (idle in transaction,
-//! which `idle_in_transaction_session_timeout`, poolers and `CREATE INDEX CONCURRENTLY` notice),
-//! so held connections get the separate check instead.
+//! So the check costs no round trip of its own, and neither does that ROLLBACK: on a pooled
+//! connection the pool's release ping flushes it together with its Sync; on a connection the
+//! caller holds it is written to the socket as the call returns, without waiting for the answer,
+//! which sqlx reads at the connection's next use
+//! ([`HeldTransaction`](crate::source::HeldTransaction)). The empty transaction therefore never
+//! outlives the call by more than the server's time to read one message: the session is idle,
+//! not idle in transaction, between calls (which `idle_in_transaction_session_timeout` and
+//! poolers would notice). Sources of your own can do the check in a statement of its own:
+//! [`OpenTransaction::check_not_aborted`](crate::source::OpenTransaction::check_not_aborted).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;

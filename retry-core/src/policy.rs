@@ -94,7 +94,8 @@ pub(crate) type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 ///
 /// 5 attempts, `SERIALIZABLE` read-write, [`Backoff::default`] (adaptive full jitter, 5 ms base,
 /// 500 ms cap), no time budget, only `40001` and `40P01` retried, a COMMIT with unknown outcome not
-/// retried, no savepoint protocol.
+/// retried, no savepoint protocol (and, when it is turned on, no wait before a rerun inside the
+/// savepoint: [`Policy::DEFAULT_SAVEPOINT_BACKOFF`]).
 #[derive(Clone)]
 pub struct Policy {
     pub(crate) max_attempts: u32,
@@ -105,6 +106,7 @@ pub struct Policy {
     pub(crate) idempotent: bool,
     pub(crate) on_retry: Option<RetryHook>,
     pub(crate) savepoint: Option<Cow<'static, str>>,
+    pub(crate) savepoint_backoff: Backoff,
 }
 
 impl Policy {
@@ -114,6 +116,13 @@ impl Policy {
     /// The savepoint name CockroachDB's retry protocol uses, and the default of
     /// [`PolicyBuilder::savepoint`]: `cockroach_restart`.
     pub const DEFAULT_SAVEPOINT: &'static str = "cockroach_restart";
+
+    /// The default of [`PolicyBuilder::savepoint_backoff`], the wait before a rerun inside the
+    /// savepoint: [`Backoff::none()`], a rerun at once, as cockroach-go does. Chosen with the
+    /// benchmark (BENCHMARKS.md, section 2, which sets an exponential 5 ms/500 ms wait there
+    /// against it on PostgreSQL): the wait, taken while the transaction is open, showed no steady
+    /// gain, and a PostgreSQL serialization failure's victim fails its rerun anyway.
+    pub const DEFAULT_SAVEPOINT_BACKOFF: Backoff = Backoff::none();
 
     /// A builder starting from the defaults.
     pub fn builder() -> PolicyBuilder {
@@ -159,6 +168,11 @@ impl Policy {
         self.savepoint.as_deref()
     }
 
+    /// The wait before a rerun inside the savepoint (see [`PolicyBuilder::savepoint_backoff`]).
+    pub fn savepoint_backoff(&self) -> &Backoff {
+        &self.savepoint_backoff
+    }
+
     /// The policy of an annotated function: what
     /// [`__private::attribute_policy`](crate::__private::attribute_policy) builds.
     #[allow(clippy::too_many_arguments)]
@@ -186,6 +200,7 @@ impl Policy {
             idempotent,
             on_retry: None,
             savepoint: None,
+            savepoint_backoff: Policy::DEFAULT_SAVEPOINT_BACKOFF,
         }
     }
 }
@@ -201,6 +216,7 @@ impl Default for Policy {
             idempotent: false,
             on_retry: None,
             savepoint: None,
+            savepoint_backoff: Policy::DEFAULT_SAVEPOINT_BACKOFF,
         }
     }
 }
@@ -216,6 +232,7 @@ impl fmt::Debug for Policy {
             .field("idempotent", &self.idempotent)
             .field("on_retry", &self.on_retry.as_ref().map(|_| ".."))
             .field("savepoint", &self.savepoint)
+            .field("savepoint_backoff", &self.savepoint_backoff)
             .finish()
     }
 }
@@ -335,8 +352,9 @@ impl PolicyBuilder {
     ///
     /// On a retryable error in the body (or at `RELEASE`, where CockroachDB commits) the loop
     /// sends `ROLLBACK TO SAVEPOINT name` and runs the body again **in the same transaction**,
-    /// at once: CockroachDB keeps the transaction's place in line (its priority rises with each
-    /// restart), and a backoff there would hold the transaction's locks while it waits. If that
+    /// by default at once (see [`savepoint_backoff`](Self::savepoint_backoff)): CockroachDB keeps
+    /// the transaction's place in line (its priority rises with each restart), and a backoff
+    /// there would hold the transaction open while it waits. If that
     /// rerun fails with a retryable error again, or `ROLLBACK TO SAVEPOINT` itself fails, the
     /// loop falls back to a full restart: ROLLBACK, the backoff, BEGIN. So on PostgreSQL, where a
     /// transaction chosen as a serialization failure's victim stays doomed after `ROLLBACK TO
@@ -371,6 +389,40 @@ impl PolicyBuilder {
         self
     }
 
+    /// The wait before a rerun inside the savepoint (see [`savepoint`](Self::savepoint)); the
+    /// wait before a full restart stays [`backoff`](Self::backoff). Default:
+    /// [`Policy::DEFAULT_SAVEPOINT_BACKOFF`], no wait, as cockroach-go does.
+    ///
+    /// The loop sleeps after `ROLLBACK TO SAVEPOINT` and before the rerun, so **the transaction
+    /// stays open while it sleeps**, on its connection. On PostgreSQL the rollback to the
+    /// savepoint has released the row and table locks the body took, but the transaction keeps
+    /// its snapshot and its predicate locks; on CockroachDB it keeps its intents and the priority
+    /// its restart earned. A transaction queued behind it may wait as long as it sleeps.
+    ///
+    /// The delays count as any other: retry *n* inside the savepoint gets the *n*-th delay of
+    /// this backoff (one sequence per call, apart from the main backoff's), the time
+    /// [`budget`](Self::budget) includes them, and [`RetryInfo::delay`], the retry event and
+    /// the metrics report them. When a custom sequence ([`Backoff::from_fn`]) ends, a retryable
+    /// error restarts the transaction instead of rerunning inside the savepoint. Without the
+    /// savepoint protocol this setting does nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sqlx_retry_core::{Backoff, Policy};
+    ///
+    /// let policy = Policy::builder()
+    ///     .savepoint(Policy::DEFAULT_SAVEPOINT)
+    ///     .savepoint_backoff(Backoff::exponential(Duration::from_millis(1), Duration::from_millis(20)))
+    ///     .build()?;
+    /// assert_eq!(policy.savepoint_backoff().max_delay(), Some(Duration::from_millis(20)));
+    /// assert_eq!(Policy::default().savepoint_backoff().max_delay(), Some(Duration::ZERO));
+    /// # Ok::<(), sqlx_retry_core::PolicyError>(())
+    /// ```
+    pub fn savepoint_backoff(mut self, backoff: Backoff) -> Self {
+        self.policy.savepoint_backoff = backoff;
+        self
+    }
+
     /// Call `hook` before each retry (after the rollback, before the sleep).
     pub fn on_retry(mut self, hook: impl Fn(&RetryInfo) + Send + Sync + 'static) -> Self {
         self.policy.on_retry = Some(Arc::new(hook));
@@ -400,6 +452,7 @@ impl PolicyBuilder {
             return Err(PolicyError::ZeroBudget);
         }
         policy.backoff.validate()?;
+        policy.savepoint_backoff.validate()?;
         if !self.retry_on.is_empty() {
             policy.retry_on = Cow::Owned(self.retry_on);
         }
@@ -666,6 +719,13 @@ mod tests {
             ),
             (
                 Policy::builder().backoff(Backoff::exponential(ms(20), ms(10))),
+                PolicyError::InvertedBackoff {
+                    base: ms(20),
+                    cap: ms(10),
+                },
+            ),
+            (
+                Policy::builder().savepoint_backoff(Backoff::exponential(ms(20), ms(10))),
                 PolicyError::InvertedBackoff {
                     base: ms(20),
                     cap: ms(10),

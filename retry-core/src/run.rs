@@ -76,6 +76,8 @@ pub struct Attempts<'p> {
     reconnects: bool,
     started: Instant,
     delays: Option<Delays>,
+    /// The delays before reruns inside the savepoint, apart from the restarts' `delays`.
+    savepoint_delays: Option<Delays>,
     pending: Option<std::time::Duration>,
     /// The current attempt joined an outer transaction.
     joined: bool,
@@ -98,7 +100,8 @@ pub enum Next<X, T, E> {
     Return(Result<T, E>),
     /// Start the next attempt with [`Attempts::begin`] (which sleeps its backoff first).
     Begin,
-    /// Savepoint protocol: the transaction was rolled back to its savepoint; run the body again
+    /// Savepoint protocol: the transaction was rolled back to its savepoint (and the policy's
+    /// [`savepoint_backoff`](crate::PolicyBuilder::savepoint_backoff) slept); run the body again
     /// on it, at once, in the same transaction.
     Rerun(X),
 }
@@ -128,6 +131,7 @@ impl<'p> Attempts<'p> {
             reconnects: false,
             started: Instant::now(),
             delays: None,
+            savepoint_delays: None,
             pending: None,
             joined: false,
             exhausted: false,
@@ -558,9 +562,10 @@ impl<'p> Attempts<'p> {
     }
 
     /// A conflict under the savepoint protocol. The first in a transaction is rerun in place:
-    /// `ROLLBACK TO SAVEPOINT`, no backoff (the transaction holds its locks and, on CockroachDB,
-    /// its place in line while it would wait), the body again. A conflict in that rerun, or a
-    /// failed `ROLLBACK TO SAVEPOINT`, restarts the transaction with ROLLBACK and the backoff:
+    /// `ROLLBACK TO SAVEPOINT`, the policy's savepoint backoff (none by default: the
+    /// transaction stays open, and on CockroachDB keeps its place in line, while it waits), the
+    /// body again. A conflict in that rerun, a failed `ROLLBACK TO SAVEPOINT`, or a custom
+    /// savepoint backoff that has ended, restarts the transaction with ROLLBACK and the backoff:
     /// a PostgreSQL transaction chosen as a serialization failure's victim stays doomed after
     /// `ROLLBACK TO SAVEPOINT`, and must not spin there.
     async fn rerun_or_restart<X: OpenTransaction, T, E>(
@@ -573,10 +578,18 @@ impl<'p> Attempts<'p> {
         err: E,
     ) -> Next<X, T, E> {
         let name = self.policy.savepoint.as_deref().unwrap_or_default();
-        if may_rerun && !self.reran {
+        let in_place = if may_rerun && !self.reran {
+            self.next_savepoint_delay()
+        } else {
+            None
+        };
+        if let Some(delay) = in_place {
             match tx.savepoint(Savepoint::RollbackTo(name)).await {
                 Ok(()) => {
-                    return if self.schedule(Some(code), kind, message, true) {
+                    return if self.schedule(Some(code), kind, message, Some(delay)) {
+                        if !delay.is_zero() {
+                            tx.sleep(delay).await;
+                        }
                         self.reran = true;
                         self.attempt += 1;
                         metrics::attempt(self.name);
@@ -717,17 +730,27 @@ impl<'p> Attempts<'p> {
         kind: Option<ConflictKind>,
         message: &str,
     ) -> bool {
-        self.schedule(sqlstate, kind, message, false)
+        self.schedule(sqlstate, kind, message, None)
+    }
+
+    /// The delay before the next rerun inside the savepoint, from the policy's savepoint
+    /// backoff; `None` when a custom sequence has ended (the loop then restarts instead).
+    fn next_savepoint_delay(&mut self) -> Option<Duration> {
+        let backoff = &self.policy.savepoint_backoff;
+        self.savepoint_delays
+            .get_or_insert_with(|| Delays::new(backoff.clone(), fastrand::Rng::new()))
+            .next()
     }
 
     /// [`schedule_retry`](Self::schedule_retry), or for a rerun inside the savepoint
-    /// (`in_place`) the same checks and reports with no delay and no step of the backoff.
+    /// (`in_place`: its delay, already drawn from the savepoint backoff) the same checks and
+    /// reports with that delay, which the caller sleeps, and no step of the main backoff.
     fn schedule(
         &mut self,
         sqlstate: Option<SqlState>,
         kind: Option<ConflictKind>,
         message: &str,
-        in_place: bool,
+        in_place: Option<Duration>,
     ) -> bool {
         let code = sqlstate.as_ref().map(SqlState::as_str).unwrap_or("");
         if self.attempt >= self.policy.max_attempts {
@@ -743,10 +766,9 @@ impl<'p> Attempts<'p> {
         let delays = self
             .delays
             .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
-        let next_delay = if in_place {
-            Some(Duration::ZERO)
-        } else {
-            delays.next()
+        let next_delay = match in_place {
+            Some(delay) => Some(delay),
+            None => delays.next(),
         };
         let Some(delay) = next_delay else {
             tracing::warn!(
@@ -777,7 +799,7 @@ impl<'p> Attempts<'p> {
             sqlstate = code,
             conflict = kind.as_ref().map_or("", ConflictKind::as_str),
             delay_ms = delay.as_secs_f64() * 1e3,
-            in_place,
+            in_place = in_place.is_some(),
             error = message,
             "retrying transaction"
         );
@@ -791,7 +813,7 @@ impl<'p> Attempts<'p> {
                 delay,
             });
         }
-        if !in_place {
+        if in_place.is_none() {
             self.pending = Some(delay);
         }
         true

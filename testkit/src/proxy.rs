@@ -240,6 +240,11 @@ pub struct ProxyStats {
     pub round_trips: u64,
     /// Simple Query (`Q`) messages forwarded.
     pub simple_queries: u64,
+    /// Simple queries that are a bare `ROLLBACK`, which nobody waits for: sqlx queues the
+    /// ROLLBACK of a dropped transaction ahead of the connection's next message, and sqlx-retry
+    /// sends the one that ends the empty transaction after its COMMIT without awaiting the
+    /// answer. `round_trips - rollbacks` is what a client waits for while no statement fails.
+    pub rollbacks: u64,
     /// Sync (`S`) messages forwarded.
     pub syncs: u64,
     /// Parse (`P`) messages forwarded.
@@ -266,6 +271,7 @@ impl ProxyStats {
             connections: self.connections.saturating_sub(earlier.connections),
             round_trips: self.round_trips.saturating_sub(earlier.round_trips),
             simple_queries: self.simple_queries.saturating_sub(earlier.simple_queries),
+            rollbacks: self.rollbacks.saturating_sub(earlier.rollbacks),
             syncs: self.syncs.saturating_sub(earlier.syncs),
             parses: self.parses.saturating_sub(earlier.parses),
             binds: self.binds.saturating_sub(earlier.binds),
@@ -282,6 +288,7 @@ impl ProxyStats {
 struct Counters {
     connections: AtomicU64,
     simple_queries: AtomicU64,
+    rollbacks: AtomicU64,
     syncs: AtomicU64,
     parses: AtomicU64,
     binds: AtomicU64,
@@ -293,10 +300,11 @@ struct Counters {
 }
 
 impl Counters {
-    fn all(&self) -> [&AtomicU64; 10] {
+    fn all(&self) -> [&AtomicU64; 11] {
         [
             &self.connections,
             &self.simple_queries,
+            &self.rollbacks,
             &self.syncs,
             &self.parses,
             &self.binds,
@@ -312,10 +320,13 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn count_message(&self, tag: u8, len: usize) {
+    fn count_message(&self, msg: &FrontendMessage<'_>, len: usize) {
         Self::add(&self.messages, 1);
         Self::add(&self.bytes_to_server, len as u64);
-        match tag {
+        if msg.tag == b'Q' && msg.sql().is_some_and(|sql| sql.trim() == "ROLLBACK") {
+            Self::add(&self.rollbacks, 1);
+        }
+        match msg.tag {
             b'Q' => Self::add(&self.simple_queries, 1),
             b'S' => Self::add(&self.syncs, 1),
             b'P' => Self::add(&self.parses, 1),
@@ -333,6 +344,7 @@ impl Counters {
             connections: get(&self.connections),
             round_trips: simple_queries + syncs,
             simple_queries,
+            rollbacks: get(&self.rollbacks),
             syncs,
             parses: get(&self.parses),
             binds: get(&self.binds),
@@ -1025,7 +1037,7 @@ async fn client_to_server(
             {
                 log.push(sql);
             }
-            shared.counters.count_message(msg.tag, len);
+            shared.counters.count_message(&msg, len);
             out.extend_from_slice(bytes);
             pos += len;
         }

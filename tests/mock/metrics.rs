@@ -209,6 +209,36 @@ fn closure_api_is_labelled_transaction_and_hook_gets_the_name() {
 }
 
 #[test]
+fn a_rerun_inside_the_savepoint_after_its_backoff_is_an_attempt_and_a_retry() {
+    let policy = Policy::builder()
+        .savepoint(Policy::DEFAULT_SAVEPOINT)
+        .savepoint_backoff(Backoff::fixed(Duration::from_millis(2)))
+        .build()
+        .unwrap();
+    let db = MockDb::new(0_i64).fail(1, Phase::Body, Fault::sqlstate("40001"));
+    let (out, rec) = recorded(transaction(&db, &policy, |tx| {
+        Box::pin(async move { tx.execute("SELECT 1") })
+    }));
+    out.unwrap();
+    assert_eq!(db.attempts(), 1, "one transaction");
+    assert_eq!(
+        counters(&rec),
+        map(&[
+            ("sqlx_retry_attempts_total{fn=transaction}", 2),
+            (
+                "sqlx_retry_calls_total{fn=transaction,outcome=committed}",
+                1
+            ),
+            ("sqlx_retry_retries_total{fn=transaction,sqlstate=40001}", 1),
+        ])
+    );
+    assert_eq!(
+        histogram(&rec, "sqlx_retry_call_duration_seconds{fn=transaction}"),
+        [0.002]
+    );
+}
+
+#[test]
 fn describe_registers_without_a_recorder_panic() {
     let recorder = DebuggingRecorder::new();
     metrics::with_local_recorder(&recorder, sqlx_retry::metrics::describe);

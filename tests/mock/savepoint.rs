@@ -2,11 +2,14 @@
 //! back to a full restart, and what `RELEASE SAVEPOINT` failing means.
 #![cfg(feature = "mock")]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sqlx_retry::error::{TransactionAborted, sqlstate};
 use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
-use sqlx_retry::{Backoff, Policy, SqlState, is_commit_unknown, transaction};
+use sqlx_retry::{Backoff, Policy, RetryInfo, SqlState, is_commit_unknown, transaction};
 
 const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 const SAVEPOINT: &str = "SAVEPOINT cockroach_restart";
@@ -216,4 +219,163 @@ async fn the_attribute_names_its_savepoint_and_restores_mut_arguments_before_a_r
             "COMMIT"
         ]
     );
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// The attempt and delay of each retry, as the `on_retry` hook saw them.
+type Delays = Arc<Mutex<Vec<(u32, Duration)>>>;
+
+/// [`policy`] with `inside` as the savepoint backoff, a time budget when given, and the delay
+/// of each retry as the `on_retry` hook reports it.
+fn policy_inside(max: u32, inside: Backoff, budget: Option<Duration>) -> (Policy, Delays) {
+    let seen: Delays = Arc::default();
+    let hook = Arc::clone(&seen);
+    let mut builder = Policy::builder()
+        .max_attempts(max)
+        .savepoint(Policy::DEFAULT_SAVEPOINT)
+        .savepoint_backoff(inside)
+        .backoff(Backoff::fixed(5 * MS))
+        .on_retry(move |info: &RetryInfo| hook.lock().unwrap().push((info.attempt, info.delay)));
+    if let Some(budget) = budget {
+        builder = builder.budget(budget);
+    }
+    (builder.build().unwrap(), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_the_rerun_inside_the_savepoint_does_not_wait() {
+    let policy = policy(5);
+    assert_eq!(
+        format!("{:?}", policy.savepoint_backoff()),
+        format!("{:?}", Policy::DEFAULT_SAVEPOINT_BACKOFF)
+    );
+    assert_eq!(policy.savepoint_backoff().max_delay(), Some(Duration::ZERO));
+    let db = MockDb::new(0_i64).fail(1, Phase::Body, Fault::sqlstate("40001"));
+    let started = Instant::now();
+    assert_eq!(bump(&db, &policy).await.unwrap(), 1);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(!db.script().iter().any(|s| s.starts_with("sleep")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_savepoint_backoff_sleeps_after_rollback_to_and_before_the_rerun() {
+    let (policy, seen) = policy_inside(5, Backoff::fixed(3 * MS), None);
+    let db = MockDb::new(0_i64).fail(1, Phase::Body, Fault::sqlstate("40001"));
+    let started = Instant::now();
+    assert_eq!(bump(&db, &policy).await.unwrap(), 1);
+    assert_eq!(started.elapsed(), 3 * MS);
+    assert_eq!(db.attempts(), 1, "one transaction");
+    assert_eq!(
+        db.script(),
+        [
+            BEGIN,
+            SAVEPOINT,
+            "bump -> 40001",
+            ROLLBACK_TO,
+            "sleep 3ms",
+            "bump",
+            RELEASE,
+            "COMMIT"
+        ]
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(1, 3 * MS)],
+        "the hook reports the wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn savepoint_delays_follow_their_own_sequence_and_its_end_restarts_instead() {
+    // Transactions 1 and 2 are doomed (their rerun fails too), transaction 3 conflicts once:
+    // the reruns take the savepoint sequence's delays in order, the restarts the main backoff's,
+    // and once the custom sequence has ended a conflict restarts without a rerun in place.
+    let inside = Backoff::from_fn(|| [3 * MS, 7 * MS].into_iter());
+    let (policy, seen) = policy_inside(10, inside, None);
+    let db = MockDb::new(0_i64)
+        .fail(1, Phase::Body, Fault::sqlstate("40001"))
+        .fail(1, Phase::Body, Fault::sqlstate("40001"))
+        .fail(2, Phase::Body, Fault::sqlstate("40001"))
+        .fail(2, Phase::Body, Fault::sqlstate("40001"))
+        .fail(3, Phase::Body, Fault::sqlstate("40001"));
+    let started = Instant::now();
+    assert_eq!(bump(&db, &policy).await.unwrap(), 1);
+    assert_eq!(started.elapsed(), (3 + 5 + 7 + 5 + 5) * MS);
+    assert_eq!(
+        db.script(),
+        [
+            BEGIN,
+            SAVEPOINT,
+            "bump -> 40001",
+            ROLLBACK_TO,
+            "sleep 3ms",
+            "bump -> 40001",
+            "ROLLBACK",
+            "sleep 5ms",
+            BEGIN,
+            SAVEPOINT,
+            "bump -> 40001",
+            ROLLBACK_TO,
+            "sleep 7ms",
+            "bump -> 40001",
+            "ROLLBACK",
+            "sleep 5ms",
+            BEGIN,
+            SAVEPOINT,
+            "bump -> 40001",
+            "ROLLBACK",
+            "sleep 5ms",
+            BEGIN,
+            SAVEPOINT,
+            "bump",
+            RELEASE,
+            "COMMIT"
+        ]
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (1, 3 * MS),
+            (2, 5 * MS),
+            (3, 7 * MS),
+            (4, 5 * MS),
+            (5, 5 * MS)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_budget_counts_the_sleep_inside_the_savepoint() {
+    // 0 ms: run 1 conflicts; a 20 ms wait inside fits the 30 ms budget. 20 ms: the rerun
+    // conflicts; the 5 ms restart fits. 25 ms: run 3 conflicts; another 20 ms wait inside would
+    // end past the budget, so the call gives up.
+    let (policy, seen) = policy_inside(10, Backoff::fixed(20 * MS), Some(30 * MS));
+    let db = (0..3).fold(MockDb::new(0_i64), |db, n| {
+        db.fail(1 + n / 2, Phase::Body, Fault::sqlstate("40001"))
+    });
+    let started = Instant::now();
+    let err = bump(&db, &policy).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some(SqlState::SERIALIZATION_FAILURE));
+    assert_eq!(started.elapsed(), 25 * MS);
+    assert_eq!(
+        db.script(),
+        [
+            BEGIN,
+            SAVEPOINT,
+            "bump -> 40001",
+            ROLLBACK_TO,
+            "sleep 20ms",
+            "bump -> 40001",
+            "ROLLBACK",
+            "sleep 5ms",
+            BEGIN,
+            SAVEPOINT,
+            "bump -> 40001",
+            ROLLBACK_TO,
+            "ROLLBACK"
+        ]
+    );
+    assert_eq!(*seen.lock().unwrap(), [(1, 20 * MS), (2, 5 * MS)]);
+    assert_eq!(db.state(), 0);
 }

@@ -297,28 +297,34 @@ async fn one_statement(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// A one-statement body costs four round trips on a held connection: BEGIN, the statement, the
-/// check, COMMIT (three before the check existed); on a pool, three.
+/// A one-statement body costs three round trips, held connection or pool: BEGIN, the statement,
+/// and the check with COMMIT in one simple query (`SELECT 1; COMMIT; BEGIN`). The ROLLBACK that
+/// ends the empty transaction is a fourth simple query that nobody waits for (see
+/// `on_a_held_connection_the_empty_transaction_ends_at_once`).
 #[tokio::test]
-async fn the_check_is_one_round_trip() {
+async fn the_check_costs_no_round_trip() {
     let (_pool, schema) = setup().await;
     let proxy = PgProxy::for_test_db().await;
     let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
         .await
         .unwrap();
     for _ in 0..2 {
-        let before = proxy.stats();
+        let before = settle(&proxy).await;
         one_statement(&mut conn).await.unwrap();
-        let delta = proxy.stats().since(&before);
-        assert_eq!((delta.simple_queries, delta.syncs), (4, 0), "{delta:?}");
-        assert_eq!(delta.round_trips, 4, "{delta:?}");
+        let delta = settle(&proxy).await.since(&before);
+        assert_eq!(
+            (delta.simple_queries, delta.syncs, delta.rollbacks),
+            (4, 0, 1),
+            "{delta:?}"
+        );
+        assert_eq!(delta.round_trips - delta.rollbacks, 3, "{delta:?}");
     }
+    assert_outside_transaction(&mut conn).await;
     conn.close().await.unwrap();
 
-    // Through a pool the check costs no round trip: it goes with COMMIT in one simple query,
-    // `SELECT 1; COMMIT; BEGIN`, so the call waits for three. The empty transaction's ROLLBACK
-    // is flushed after the call by the pool's release ping, together with its Sync. (The pool's
-    // own pings are lone Syncs, not counted here.)
+    // Through a pool the same query; the empty transaction's ROLLBACK is flushed after the call
+    // by the pool's release ping, together with its Sync. (The pool's own pings are lone Syncs,
+    // not counted here.)
     let pool = schema.pool_via(&proxy, 1).await;
     one_statement(&pool).await.unwrap(); // connects and warms up
     for _ in 0..2 {
@@ -326,7 +332,7 @@ async fn the_check_is_one_round_trip() {
         let before = proxy.stats();
         one_statement(&pool).await.unwrap();
         let delta = settle(&proxy).await.since(&before);
-        assert_eq!(delta.simple_queries, 4, "{delta:?}");
+        assert_eq!((delta.simple_queries, delta.rollbacks), (4, 1), "{delta:?}");
     }
     // The connection is back in the pool, outside any transaction, and the server never sent a
     // notice such as "there is no transaction in progress": each ROLLBACK ended the empty
@@ -337,6 +343,53 @@ async fn the_check_is_one_round_trip() {
     // The counter does see that warning: a stray ROLLBACK draws it.
     sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
     assert_eq!(proxy.stats().notices, 1);
+}
+
+/// On a held connection the empty transaction's ROLLBACK goes out with the call's end, and the
+/// call does not wait for it: held 300 ms by the proxy, it does not delay the call. The session
+/// is idle (not idle in transaction) as soon as the server has it, while the caller leaves the
+/// connection alone; its next use reads the answer, and no notice was drawn.
+#[tokio::test]
+async fn on_a_held_connection_the_empty_transaction_ends_at_once() {
+    let (pool, schema) = setup().await;
+    let proxy = PgProxy::for_test_db().await;
+    let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    one_statement(&mut conn).await.unwrap();
+    settle(&proxy).await;
+    let gate = proxy.arm(sqlx_retry_testkit::Fault::DelayBeforeForwarding(
+        sqlx_retry_testkit::Matcher::QueryStartsWith("ROLLBACK"),
+        std::time::Duration::from_millis(300),
+    ));
+    tokio::time::timeout(
+        std::time::Duration::from_millis(250),
+        one_statement(&mut conn),
+    )
+    .await
+    .expect("the call does not wait for the empty transaction's ROLLBACK")
+    .unwrap();
+    assert!(gate.wait_fired(std::time::Duration::from_secs(5)).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (state, _) = session(&pool, pid).await;
+        if state == "idle" {
+            break;
+        }
+        assert_eq!(state, "idle in transaction", "{state}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session stayed idle in transaction while the connection was not used"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    one_statement(&mut conn).await.unwrap();
+    assert_outside_transaction(&mut conn).await;
+    assert_eq!(proxy.stats().notices, 0);
 }
 
 /// Waits until the proxy has seen no message for 50 ms and returns its counters.

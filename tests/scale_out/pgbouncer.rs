@@ -226,10 +226,14 @@ async fn interleave(db: &BouncedDatabase<'_>, named: bool) -> [(Result<i64, sqlx
     let run = async |conn: &mut PgConnection| {
         let runs = AtomicU32::new(0);
         let out = if named {
-            count_named(conn, &runs).await
+            count_named(&mut *conn, &runs).await
         } else {
-            count_unnamed(conn, &runs).await
+            count_unnamed(&mut *conn, &runs).await
         };
+        // A call that committed returns with the ROLLBACK of its empty transaction in flight
+        // (see `source::HeldTransaction`); pgbouncer frees the server connection once it has
+        // relayed the answer, which the ping waits for.
+        conn.ping().await.expect("the client's connection answers");
         (out, runs.load(Ordering::SeqCst))
     };
     let first = run(&mut a).await;

@@ -439,6 +439,17 @@ impl<S: Clone + Send> OpenTransaction for MockTx<S> {
         std::future::ready(self.savepoint_step(statement))
     }
 
+    /// The wait before a rerun inside the savepoint: recorded and slept as the source's
+    /// [`sleep`](BeginTransaction::sleep) is.
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
+        lock(&self.db).events.push(MockEvent::Sleep(delay));
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         let result = {
             let mut db = lock(&self.db);

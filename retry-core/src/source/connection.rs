@@ -2,13 +2,15 @@
 //! `&mut sqlx::Transaction`.
 
 use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
 
 use sqlx::{Database, Transaction};
+use sqlx_core::transaction::TransactionManager;
 
 #[allow(unused_imports)] // unused when no database feature is enabled
 use super::MaybeJoined;
-use super::{BeginTransaction, Joined};
-#[allow(unused_imports)]
+use super::{BeginTransaction, Joined, OpenTransaction, Savepoint};
 use crate::backends::Backend;
 use crate::policy::TxOptions;
 
@@ -33,7 +35,7 @@ macro_rules! connection_source {
                     if sqlx::Connection::is_in_transaction(&*conn) {
                         Ok(MaybeJoined::Joined(Joined::new(conn)))
                     } else {
-                        sqlx::Connection::begin_with(conn, statement?)
+                        HeldTransaction::begin(conn, statement?)
                             .await
                             .map(MaybeJoined::Began)
                     }
@@ -81,4 +83,99 @@ impl<'s, DB: Database> BeginTransaction<'s> for &mut Transaction<'_, DB> {
     fn reconnects(&self) -> bool {
         false
     }
+}
+
+/// An open transaction that an attempt began on a connection the caller holds (`&mut
+/// PgConnection`, and MySQL's and SQLite's): the `Began` case of [`MaybeJoined`]. You meet it
+/// only when driving a connection source by hand.
+///
+/// Dropped while open (the call was cancelled), it queues a ROLLBACK that goes out ahead of the
+/// connection's next statement, as sqlx's `Transaction` does.
+///
+/// Its COMMIT on PostgreSQL is the check that the transaction is not aborted, COMMIT and an
+/// empty transaction in one simple query (`SELECT 1; COMMIT; BEGIN`, see
+/// [`TransactionAborted`](crate::error::TransactionAborted)); the ROLLBACK that ends the empty
+/// transaction is sent right away, without waiting for its answer, which the connection reads at
+/// its next use. So the check costs no round trip, and the connection is idle (not idle in
+/// transaction) as soon as the server has read that ROLLBACK.
+pub struct HeldTransaction<'c, DB: Database> {
+    conn: &'c mut DB::Connection,
+    open: bool,
+}
+
+impl<'c, DB: Backend> HeldTransaction<'c, DB> {
+    /// Starts a transaction with `statement` on `conn`.
+    pub(crate) async fn begin(
+        conn: &'c mut DB::Connection,
+        statement: &'static str,
+    ) -> Result<Self, sqlx::Error> {
+        DB::TransactionManager::begin(conn, Some(sqlx::SqlStr::from_static(statement))).await?;
+        Ok(HeldTransaction { conn, open: true })
+    }
+}
+
+impl<DB: Database> HeldTransaction<'_, DB> {
+    /// COMMIT or ROLLBACK went through: nothing to roll back on drop.
+    fn ended(&mut self) {
+        self.open = false;
+    }
+}
+
+impl<DB: Database> Drop for HeldTransaction<'_, DB> {
+    fn drop(&mut self) {
+        if self.open {
+            DB::TransactionManager::start_rollback(self.conn);
+        }
+    }
+}
+
+impl<DB: Backend> OpenTransaction for HeldTransaction<'_, DB> {
+    type Conn = DB::Connection;
+
+    fn conn(&mut self) -> &mut DB::Connection {
+        self.conn
+    }
+
+    /// Checks that the transaction is not aborted and commits, in one round trip on PostgreSQL.
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let left_open = DB::commit_pooled(self.conn).await?;
+        self.ended();
+        if left_open {
+            // The empty transaction: queue its ROLLBACK and put it on the wire now.
+            DB::TransactionManager::start_rollback(self.conn);
+            send_queued(self.conn);
+        }
+        Ok(())
+    }
+
+    fn savepoint(
+        &mut self,
+        statement: Savepoint<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        DB::savepoint_statement(self.conn, statement)
+    }
+
+    /// A plain COMMIT: `RELEASE SAVEPOINT` already proved the transaction not aborted.
+    async fn commit_released(mut self) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::commit(self.conn).await?;
+        self.ended();
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        DB::TransactionManager::rollback(self.conn).await?;
+        self.ended();
+        Ok(())
+    }
+}
+
+/// Writes what sqlx has queued on `conn` (a ROLLBACK) to the socket without waiting for the
+/// answer: polls sqlx's flush once and drops it. sqlx's reads and writes are cancel-safe (a
+/// message is consumed only once whole, and unwritten bytes stay in its buffer), so whatever was
+/// not written, and the answer, are handled at the connection's next use, exactly as if nothing
+/// had been sent early. (`Connection::flush` is public in sqlx 0.9 but hidden from its docs; the
+/// workspace pins sqlx to 0.9, and the tests check the ROLLBACK's timing through a proxy.)
+fn send_queued<C: sqlx::Connection>(conn: &mut C) {
+    let mut flush = pin!(conn.flush());
+    let _ = flush.as_mut().poll(&mut Context::from_waker(Waker::noop()));
 }

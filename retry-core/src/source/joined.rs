@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use sqlx::{Database, Transaction};
+use sqlx::Database;
 
 use super::OpenTransaction;
 use crate::backends::Backend;
@@ -81,7 +81,7 @@ impl<Conn: ?Sized + Send> OpenTransaction for Joined<'_, Conn> {
 /// `&mut PgConnection` (or MySQL, SQLite) source by hand.
 pub enum MaybeJoined<'c, DB: Database> {
     /// Started by this attempt; COMMIT and ROLLBACK are sent.
-    Began(Transaction<'c, DB>),
+    Began(super::HeldTransaction<'c, DB>),
     /// Already open on the connection; COMMIT and ROLLBACK are no-ops.
     Joined(Joined<'c, DB::Connection>),
 }
@@ -100,21 +100,21 @@ impl<DB: Backend> OpenTransaction for MaybeJoined<'_, DB> {
 
     fn conn(&mut self) -> &mut DB::Connection {
         match self {
-            MaybeJoined::Began(tx) => tx,
+            MaybeJoined::Began(tx) => tx.conn(),
             MaybeJoined::Joined(joined) => joined.conn(),
-        }
-    }
-
-    async fn check_not_aborted(&mut self) -> Result<(), sqlx::Error> {
-        match self {
-            MaybeJoined::Began(tx) => DB::check_not_aborted(tx).await,
-            MaybeJoined::Joined(_) => Ok(()),
         }
     }
 
     async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             MaybeJoined::Began(tx) => tx.commit().await,
+            MaybeJoined::Joined(_) => Ok(()),
+        }
+    }
+
+    async fn commit_released(self) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => tx.commit_released().await,
             MaybeJoined::Joined(_) => Ok(()),
         }
     }

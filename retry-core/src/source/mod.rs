@@ -23,6 +23,7 @@ mod pool;
 mod timer;
 mod traits;
 
+pub use connection::HeldTransaction;
 pub use joined::{Joined, MaybeJoined};
 pub use pool::PoolTransaction;
 pub(crate) use timer::TIMER_TICK;

@@ -25,8 +25,8 @@ pub trait OpenTransaction: Send {
     /// PostgreSQL would answer with `ROLLBACK`, not an error) is not sent: the retry loop calls it
     /// before [`commit`](Self::commit) and treats its error as the attempt's (see
     /// [`TransactionAborted`](crate::error::TransactionAborted)). The default does nothing; on
-    /// PostgreSQL a `&mut PgConnection` source sends one statement, and a pooled transaction
-    /// checks within its COMMIT instead.
+    /// PostgreSQL a `sqlx::Transaction` sends one statement, while the transactions of this
+    /// crate's pool and connection sources check within their COMMIT instead.
     fn check_not_aborted(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         std::future::ready(Ok(()))
     }
@@ -62,6 +62,15 @@ pub trait OpenTransaction: Send {
 
     /// Sends ROLLBACK.
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Waits before the savepoint protocol reruns the body inside this transaction (see
+    /// [`PolicyBuilder::savepoint_backoff`](crate::PolicyBuilder::savepoint_backoff)): the
+    /// counterpart of [`BeginTransaction::sleep`] for the wait that happens while the transaction
+    /// is open. The default is the same timer; the mock's transaction records the sleep in its
+    /// script.
+    fn sleep(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
+        timer_sleep(delay)
+    }
 
     /// Whether this "transaction" is a transaction that was already open when the call started
     /// (see [`Joined`](super::Joined)). The retry loop then runs the body exactly once, sends no COMMIT or
