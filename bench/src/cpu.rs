@@ -54,6 +54,7 @@ pub struct Meter {
     client0: Option<Duration>,
     server: Option<Server>,
     server0: Option<Duration>,
+    backends: Vec<u32>,
 }
 
 impl Meter {
@@ -64,7 +65,14 @@ impl Meter {
             client0: client(),
             server,
             server0: server.and_then(|s| s.total()),
+            backends: Vec::new(),
         }
+    }
+
+    /// Names the run's backends, so that [`Meter::server`] waits for exactly them to be
+    /// reaped instead of for the database to have no other client.
+    pub fn watch(&mut self, backends: Vec<u32>) {
+        self.backends = backends;
     }
 
     /// The client's CPU time since the start.
@@ -73,10 +81,14 @@ impl Meter {
     }
 
     /// The server's CPU time since the start, once the run's connections are closed: waits for
-    /// their backends to exit and be counted (see [`Server::settle`]).
+    /// their backends to exit and be counted (see [`Server::reaped`] and [`Server::settle`]).
     pub async fn server(&self, opts: &PgConnectOptions) -> Option<Duration> {
         let server = self.server?;
-        server.settle(opts).await;
+        if self.backends.is_empty() {
+            server.settle(opts).await;
+        } else {
+            Server::reaped(&self.backends).await;
+        }
         delta(self.server0, server.total())
     }
 }
@@ -116,6 +128,19 @@ impl Server {
     /// The postmaster's CPU time and that of every backend it has reaped so far.
     pub fn total(&self) -> Option<Duration> {
         times(&self.postmaster.to_string()).map(|(own, children)| own + children)
+    }
+
+    /// Waits (at most 2 s) until the backends `pids` have exited and the postmaster has reaped
+    /// them (their `/proc` entries are gone), so that their CPU time is in its total.
+    pub async fn reaped(pids: &[u32]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline
+            && pids
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits (at most 2 s) until no other client backend is connected to the benchmark's

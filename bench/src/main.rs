@@ -12,6 +12,7 @@
 //! (for working on one). The server is `DATABASE_URL` when set, otherwise a throwaway cluster from
 //! the testkit.
 
+mod counters;
 mod cpu;
 mod fairness;
 mod replicas;
@@ -114,7 +115,7 @@ impl Plan {
                 strategy: Duration::from_secs(2),
                 strategy_rounds: 1,
                 scaling: Duration::from_secs(1),
-                clients: vec![1, 4, 16, 64],
+                clients: vec![1, 2, 4, 16, 64],
                 contention_clients: 16,
                 max_tries: 50,
                 replicas: Duration::from_millis(1500),
@@ -133,7 +134,7 @@ impl Plan {
                 contention_rounds: 3,
                 strategy: Duration::from_secs(6),
                 strategy_rounds: 3,
-                scaling: Duration::from_secs(5),
+                scaling: Duration::from_secs(4),
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
                 max_tries: 50,
@@ -201,7 +202,7 @@ async fn run() -> Res<()> {
         strategies_section(&plan, &opts, &mut rep).await?;
     }
     if args.runs("scaling") {
-        scaling_section(&plan, &opts, pgbench.as_ref(), &mut rep).await?;
+        scaling_section(&plan, &opts, iso.schema(), pgbench.as_ref(), &mut rep).await?;
     }
     if args.runs("fairness") {
         fairness::section(&plan, &opts, &mut rep).await?;
@@ -520,61 +521,94 @@ async fn strategies_section(
     Ok(())
 }
 
-/// Section 4: goodput and p99 of the hot row against the number of clients.
+/// Section 4: every contended workload against the number of clients, ours and the
+/// hand-written loop each on held connections and through the pool, and pgbench.
 async fn scaling_section(
     plan: &Plan,
     opts: &PgConnectOptions,
+    schema: &str,
     pgbench: Option<&PgBench>,
     rep: &mut report::Report,
 ) -> Res<()> {
     eprintln!("[scaling]");
     rep.load.push(("scaling", report::loadavg()));
-    let adaptive = Arc::new(
-        Policy::builder()
-            .max_attempts(plan.max_tries)
-            .backoff(Backoff::adaptive(
-                Backoff::DEFAULT_BASE,
-                Backoff::DEFAULT_CAP,
-            ))
-            .build()?,
-    );
-    for &c in &plan.clients {
-        let ours = workloads::run_ours(
-            opts,
-            Workload::Hot,
-            &Imp::Attribute,
-            Conns::Held,
-            c,
-            plan.scaling,
-        )
-        .await?;
-        let adapt = workloads::run_ours(
-            opts,
-            Workload::Hot,
-            &Imp::Plain(adaptive.clone()),
-            Conns::Held,
-            c,
-            plan.scaling,
-        )
-        .await?;
-        let theirs = match pgbench {
-            Some(pb) => Some(
-                pb.run(opts, Workload::Hot, c, plan.scaling, plan.max_tries)
+    let proxy = PgProxy::start(opts.clone()).await;
+    let proxied = proxy.schema_options(schema);
+    let mut k = 0;
+    for w in workloads::CONTENDED {
+        for &c in &plan.clients {
+            let mut point = report::ScalePoint::new(w, c);
+            // The order rotates from point to point, so that no implementation always runs
+            // first, or right after the same one, on a host whose load drifts.
+            for i in 0..report::SCALING_IMPS.len() {
+                let which = report::SCALING_IMPS[(k + i) % report::SCALING_IMPS.len()];
+                let t = Instant::now();
+                let run = match (which.imp(plan.max_tries), pgbench) {
+                    (Some((imp, conns)), _) => {
+                        Some(workloads::run_ours(opts, w, &imp, conns, c, plan.scaling).await?)
+                    }
+                    (None, Some(pb)) => {
+                        Some(pb.run(opts, w, c, plan.scaling, plan.max_tries).await?)
+                    }
+                    (None, None) => None,
+                };
+                if let Some(r) = run {
+                    eprintln!(
+                        "  {w:?} {c:>2} clients, {}: {} ({:.1} s)",
+                        which.label(),
+                        r.summary(),
+                        t.elapsed().as_secs_f64()
+                    );
+                    point.set(which, r);
+                }
+            }
+            if report::ScalePoint::broken_down(w, c) {
+                scaling_round_trips(plan, &proxied, &proxy, pgbench, &mut point, k).await?;
+            }
+            k += 1;
+            rep.scaling.push(point);
+        }
+    }
+    Ok(())
+}
+
+/// Round trips per committed transaction of each implementation at `point`, in one more short
+/// run of each through `proxy` (`opts` leads through it): the proxy counts what the clients
+/// send, at the price of a hop that slows every round trip, so these runs count and time
+/// nothing else.
+async fn scaling_round_trips(
+    plan: &Plan,
+    opts: &PgConnectOptions,
+    proxy: &PgProxy,
+    pgbench: Option<&PgBench>,
+    point: &mut report::ScalePoint,
+    k: usize,
+) -> Res<()> {
+    let (w, c) = (point.workload, point.clients);
+    let dur = plan.scaling.min(Duration::from_secs(1));
+    for i in 0..report::SCALING_IMPS.len() {
+        let which = report::SCALING_IMPS[(k + i) % report::SCALING_IMPS.len()];
+        let run = match (which.imp(plan.max_tries), pgbench) {
+            (Some((imp, conns)), _) => {
+                Some(workloads::run_ours_via(opts, w, &imp, conns, c, dur, Some(proxy)).await?)
+            }
+            (None, Some(pb)) => Some(
+                pb.run_via(opts, w, c, dur, plan.max_tries, Some(proxy))
                     .await?,
             ),
-            None => None,
+            (None, None) => None,
         };
-        eprintln!(
-            "  {c:>2} clients: ours {:.0} tx/s, adaptive {:.0} tx/s, pgbench {}",
-            ours.tps(),
-            adapt.tps(),
-            theirs
-                .as_ref()
-                .map_or("-".into(), |t| format!("{:.0} tx/s", t.tps()))
-        );
-        rep.scaling.push((c, ours, adapt, theirs));
+        if let Some(r) = run {
+            let per_tx = r.round_trips_per_commit();
+            eprintln!(
+                "  {w:?} {c:>2} clients, {}, through a proxy: {:.2} round trips per commit, {:.3} retries/commit",
+                which.label(),
+                per_tx.unwrap_or(0.0),
+                r.retries_per_commit()
+            );
+            point.round_trips[which as usize] = per_tx.map(|t| (t, r.retries_per_commit()));
+        }
     }
-
     Ok(())
 }
 

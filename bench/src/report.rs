@@ -13,7 +13,7 @@ pub const DEFAULT_STRATEGY: &str = "adaptive 5ms/500ms (default)";
 use sqlx::PgConnection;
 
 use crate::replicas::{self, MixRun, Replicas, Via};
-use crate::workloads::{RunResult, Workload};
+use crate::workloads::{Conns, Imp, RunResult, Workload};
 use crate::{Allocs, OVERHEAD_IMPS, OverheadRun, Plan, Profile, Res};
 
 /// The server the run used.
@@ -68,8 +68,8 @@ pub struct Report {
     pub contention: Vec<Contention>,
     /// Section 3: strategy name, workload, result.
     pub strategies: Vec<(String, Workload, RunResult)>,
-    /// Section 4: clients, ours (attribute, default backoff), ours (adaptive), pgbench.
-    pub scaling: Vec<(usize, RunResult, RunResult, Option<RunResult>)>,
+    /// Section 4: one point per workload and client count, in run order.
+    pub scaling: Vec<ScalePoint>,
     /// Section 5, when it ran.
     pub fairness: Option<crate::fairness::Fairness>,
     /// Wall time of the whole run.
@@ -151,6 +151,112 @@ impl Contention {
     /// Adds a round of the savepoint protocol's run with a backoff inside the savepoint.
     pub fn add_savepoint_inside_round(&mut self, run: RunResult) {
         RunResult::accumulate(&mut self.savepoint_inside, run);
+    }
+}
+
+/// An implementation of section 4, in the report's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingImp {
+    /// The attribute (default backoff), each client on the connection it holds.
+    OursHeld,
+    /// The hand-written immediate-retry loop ([`Imp::Hand`]) on held connections.
+    HandHeld,
+    /// The attribute through the pool, a connection per call.
+    OursPooled,
+    /// The hand-written loop through the pool, a connection per attempt.
+    HandPooled,
+    /// pgbench (its clients hold their connections).
+    Pgbench,
+}
+
+/// Section 4's implementations, in the report's order.
+pub const SCALING_IMPS: [ScalingImp; 5] = [
+    ScalingImp::OursHeld,
+    ScalingImp::HandHeld,
+    ScalingImp::OursPooled,
+    ScalingImp::HandPooled,
+    ScalingImp::Pgbench,
+];
+
+impl ScalingImp {
+    /// Its name in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            ScalingImp::OursHeld => "sqlx-retry, held",
+            ScalingImp::HandHeld => "hand-written, held",
+            ScalingImp::OursPooled => "sqlx-retry, pooled",
+            ScalingImp::HandPooled => "hand-written, pooled",
+            ScalingImp::Pgbench => "pgbench",
+        }
+    }
+
+    /// How our side runs it; `None` for pgbench.
+    pub fn imp(self, max_tries: u32) -> Option<(Imp, Conns)> {
+        match self {
+            ScalingImp::OursHeld => Some((Imp::Attribute, Conns::Held)),
+            ScalingImp::HandHeld => Some((Imp::Hand(max_tries), Conns::Held)),
+            ScalingImp::OursPooled => Some((Imp::Attribute, Conns::Pooled)),
+            ScalingImp::HandPooled => Some((Imp::Hand(max_tries), Conns::Pooled)),
+            ScalingImp::Pgbench => None,
+        }
+    }
+}
+
+/// Section 4's figures for one workload and client count.
+#[derive(Debug, Clone)]
+pub struct ScalePoint {
+    /// The workload.
+    pub workload: Workload,
+    /// Clients.
+    pub clients: usize,
+    /// One run per implementation, in [`SCALING_IMPS`] order; `None` where it did not run.
+    pub runs: [Option<RunResult>; 5],
+    /// Round trips and retries per committed transaction of each implementation in a short run
+    /// through a counting proxy; `None` where not counted.
+    pub round_trips: [Option<(f64, f64)>; 5],
+}
+
+impl ScalePoint {
+    /// No runs yet.
+    pub fn new(workload: Workload, clients: usize) -> ScalePoint {
+        ScalePoint {
+            workload,
+            clients,
+            runs: Default::default(),
+            round_trips: [None; 5],
+        }
+    }
+
+    /// Whether section 4 breaks the point of workload `w` with `clients` clients down (and
+    /// counts its round trips): the hot row at 2 and 4 clients.
+    pub fn broken_down(w: Workload, clients: usize) -> bool {
+        w == Workload::Hot && matches!(clients, 2 | 4)
+    }
+
+    /// Records the run of `which`.
+    pub fn set(&mut self, which: ScalingImp, run: RunResult) {
+        self.runs[which as usize] = Some(run);
+    }
+
+    /// The run of `which`.
+    pub fn get(&self, which: ScalingImp) -> Option<&RunResult> {
+        self.runs[which as usize].as_ref()
+    }
+
+    /// Ours against the hand-written loop on `held` or pooled connections: goodput ours/hand,
+    /// p99 ours − hand (ms), ours' failed transactions; `None` unless both ran.
+    fn against_hand(&self, held: bool) -> Option<(f64, f64, u64)> {
+        let (o, h) = if held {
+            (ScalingImp::OursHeld, ScalingImp::HandHeld)
+        } else {
+            (ScalingImp::OursPooled, ScalingImp::HandPooled)
+        };
+        let (o, h) = (self.get(o)?, self.get(h)?);
+        Some((
+            o.tps() / h.tps().max(1e-9),
+            o.pct_ms(0.99) - h.pct_ms(0.99),
+            o.failed,
+        ))
     }
 }
 
@@ -381,8 +487,8 @@ impl Report {
              whole seconds, at least 1). Contended runs, ours: pools of exactly as many connections as clients, \
              opened in advance, `test_before_acquire(false)`, at most {} attempts; in section 2 each \
              client holds one of them for the whole run, as a pgbench client holds its connection \
-             (and a second run per round goes through the pool instead), in sections 3 and 4 every \
-             call takes a connection from the pool and sqlx pings it on return. pgbench: `-M prepared -n -r -l \
+             (and a second run per round goes through the pool instead), in section 3 too, and \
+             section 4 runs both ways. pgbench: `-M prepared -n -r -l \
              --failures-detailed --max-tries={}` (immediate retry), `-j 2`; {}.\n",
             p.mode,
             p.blocks,
@@ -853,53 +959,181 @@ impl Report {
         }
     }
 
-    /// Section 4: scaling on the hot row, with the chart at `chart`; empty without runs.
+    /// Section 4: scaling on every contended workload, with the hot row's chart at `chart`;
+    /// empty without runs.
     fn scaling_section(&self, chart: &str) -> String {
         if self.scaling.is_empty() {
             return String::new();
         }
         let p = &self.plan;
         let mut m = String::new();
-        let _ = writeln!(m, "## 4. Scaling, hot row\n");
-        let _ = writeln!(m, "![goodput and p99 against clients]({chart})\n");
-        let serial = self.scaling.iter().find(|s| s.0 == 1).map(|s| s.1.tps());
         let _ = writeln!(
             m,
-            "{:.1} s per point, each client on the connection it holds. Ours = the attribute with the default backoff; adaptive = the plain \
-         API with `Backoff::adaptive(5ms, 500ms)`. The serial ceiling is ours with 1 client: \
-         {} (a lone client's round trips cost several times more here, see Setup, so \
-         goodput can rise above it).\n",
+            "## 4. Scaling
+"
+        );
+        let _ = writeln!(
+            m,
+            "![goodput and p99 against clients, hot row]({chart})
+"
+        );
+        let serial = self
+            .scaling
+            .iter()
+            .find(|s| s.workload == Workload::Hot && s.clients == 1)
+            .and_then(|s| s.get(ScalingImp::OursHeld))
+            .map(RunResult::tps);
+        let _ = writeln!(
+            m,
+            "{:.1} s per run; at each workload and client count five runs, in an order rotated \
+            from point to point. sqlx-retry = the attribute with the default backoff; \
+            hand-written = the loop a user writes without the library, retrying `40001` and \
+            `40P01` at once up to {} attempts, as pgbench does. *Held*: each client holds one \
+            connection for the whole run, as a pgbench client does; *pooled*: a pool of as many \
+            connections as clients (`test_before_acquire(false)`), ours taking a connection per \
+            call, the hand-written loop one per attempt (`pool.begin_with(…)`), and sqlx pings \
+            each on its way back. \"Most attempts\" is the most any one call needed, failed \
+            calls included (pgbench: its per-transaction log's retries + 1). The goals compare \
+            ours with the hand-written loop on the same kind of connection: goodput ≥ 1.00×, \
+            0 failed, p99 ≤ the hand-written p99. The hot row's serial ceiling, ours held with \
+            1 client: {} (a lone client's round trips cost several times more here, see Setup, \
+            so goodput can rise above it).\n",
             p.scaling.as_secs_f64(),
+            p.max_tries,
             serial.map_or("–".into(), |t| format!("**{t:.0} tx/s**"))
         );
-        let _ = writeln!(
-            m,
-            "| clients | ours tx/s | ours p99 ms | ours retries/tx | adaptive tx/s | adaptive p99 ms | adaptive retries/tx | pgbench tx/s | pgbench p99 ms | pgbench retries/tx | ours / serial |"
-        );
-        let _ = writeln!(
-            m,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for (c, ours, adapt, theirs) in &self.scaling {
-            let _ = writeln!(
-                m,
-                "| {c} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {:.3} | {} | {} | {} | {} |",
-                ours.tps(),
-                ours.pct_ms(0.99),
-                ours.retries_per_commit(),
-                adapt.tps(),
-                adapt.pct_ms(0.99),
-                adapt.retries_per_commit(),
-                opt(theirs.as_ref(), |t| format!("{:.0}", t.tps())),
-                opt(theirs.as_ref(), |t| format!("{:.2}", t.pct_ms(0.99))),
-                opt(theirs.as_ref(), |t| format!(
-                    "{:.3}",
-                    t.retries_per_commit()
-                )),
-                serial.map_or("–".into(), |s| format!("{:.2}", ours.tps() / s.max(1e-9))),
-            );
+        for w in crate::workloads::CONTENDED {
+            let points: Vec<&ScalePoint> =
+                self.scaling.iter().filter(|s| s.workload == w).collect();
+            if !points.is_empty() {
+                m.push_str(&scaling_table(w, &points));
+            }
         }
-        let _ = writeln!(m);
+        m.push_str(&self.scaling_goals());
+        m.push_str(&self.time_breakdown());
+        m
+    }
+
+    /// Section 4's goals over all points, and the worst point of each.
+    fn scaling_goals(&self) -> String {
+        let mut m = String::new();
+        let (mut n, mut tps_met, mut p99_met, mut failed_met) = (0, 0, 0, 0);
+        let mut worst_tps: Option<(f64, String)> = None;
+        let mut worst_p99: Option<(f64, String)> = None;
+        for s in &self.scaling {
+            for held in [true, false] {
+                let Some((ratio, dp99, failed)) = s.against_hand(held) else {
+                    continue;
+                };
+                let at = format!(
+                    "{}, {} client{}, {}",
+                    s.workload.name(),
+                    s.clients,
+                    if s.clients == 1 { "" } else { "s" },
+                    if held { "held" } else { "pooled" }
+                );
+                n += 1;
+                tps_met += usize::from(ratio >= 1.0);
+                p99_met += usize::from(dp99 <= 0.0);
+                failed_met += usize::from(failed == 0);
+                if worst_tps.as_ref().is_none_or(|w| ratio < w.0) {
+                    worst_tps = Some((ratio, at.clone()));
+                }
+                if worst_p99.as_ref().is_none_or(|w| dp99 > w.0) {
+                    worst_p99 = Some((dp99, at));
+                }
+            }
+        }
+        let (Some(wt), Some(wp)) = (worst_tps, worst_p99) else {
+            return m;
+        };
+        let _ = writeln!(
+            m,
+            "**Goals against the hand-written loop**, over {n} comparisons (each workload and \
+            client count, held and pooled): goodput ≥ 1.00× met in **{tps_met} of {n}** (worst \
+            {:.2}: {}); 0 failed met in **{failed_met} of {n}**; p99 ≤ the hand-written p99 met \
+            in **{p99_met} of {n}** (worst {:+.2} ms: {}).\n",
+            wt.0, wt.1, wp.0, wp.1
+        );
+        m
+    }
+
+    /// Section 4's account of where the time goes on the hot row at 2 and 4 clients; empty
+    /// without those points.
+    fn time_breakdown(&self) -> String {
+        let points: Vec<&ScalePoint> = self
+            .scaling
+            .iter()
+            .filter(|s| ScalePoint::broken_down(s.workload, s.clients))
+            .collect();
+        if points.is_empty() {
+            return String::new();
+        }
+        let mut m = String::new();
+        let _ = writeln!(
+            m,
+            "**Where the time goes at 2 and 4 clients** (hot row, the runs above):\n"
+        );
+        let _ = writeln!(
+            m,
+            "| clients | implementation | tx/s | retries / tx | client CPU µs / tx | server CPU µs / tx | client wake-ups / tx | client preemptions / tx | backend wake-ups / tx | backend preemptions / tx | round trips / tx, through a proxy (its retries / tx) |"
+        );
+        let _ = writeln!(m, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let order = [
+            ScalingImp::Pgbench,
+            ScalingImp::HandHeld,
+            ScalingImp::OursHeld,
+            ScalingImp::HandPooled,
+            ScalingImp::OursPooled,
+        ];
+        let num = |v: Option<f64>, digits: usize| {
+            v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        for s in &points {
+            for which in order {
+                let Some(r) = s.get(which) else { continue };
+                let (cpu_c, cpu_s) = r.cpu_us_per_commit();
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
+                    s.clients,
+                    which.label(),
+                    r.tps(),
+                    r.retries_per_commit(),
+                    num(cpu_c, 0),
+                    num(cpu_s, 0),
+                    num(r.per_commit(|t| t.client.map(|c| c.voluntary)), 1),
+                    num(r.per_commit(|t| t.client.map(|c| c.involuntary)), 1),
+                    num(r.per_commit(|t| t.server.map(|c| c.voluntary)), 2),
+                    num(r.per_commit(|t| t.server.map(|c| c.involuntary)), 2),
+                    s.round_trips[which as usize]
+                        .map_or("–".into(), |(t, r)| format!("{t:.2} ({r:.3})")),
+                );
+            }
+        }
+        let _ = writeln!(
+            m,
+            "\nClient CPU is our whole process (runtime, sqlx, the loop) or pgbench's, read from \
+             `/proc` around the run; server CPU the postmaster with the backends it reaped, over \
+             the connections' lives. Wake-ups and preemptions are the voluntary and involuntary \
+             context switches of the client process's threads and of the run's backends \
+             (`/proc/PID/task/*/status`); a backend wakes when its client's next message \
+             arrives unless it came while the backend was still busy, and when a row lock it \
+             waited for is released. Round trips (simple queries and Syncs, the pool's release \
+             pings included) were counted in one more run of {:.1} s per implementation through \
+             a counting proxy, whose hop slows every round trip, so its retries differ from the \
+             run above; a committed attempt is 4 round trips on held connections (BEGIN, \
+             SELECT, UPDATE, COMMIT), and a retry adds the failed attempt's and a ROLLBACK. \
+             Ours are counted from the start to the end of the run; pgbench's while it runs, \
+             from when all its clients are connected to the last reading (every 20 ms) before \
+             it exits, and per transaction at its rate.\n",
+            self.plan.scaling.min(Duration::from_secs(1)).as_secs_f64()
+        );
+        for s in &points {
+            if let Some(line) = breakdown_sentence(s) {
+                let _ = writeln!(m, "{line}\n");
+            }
+        }
         m
     }
 
@@ -988,6 +1222,147 @@ impl Report {
         m.push_str(&replica_micro(rep));
         m
     }
+}
+
+/// Section 4's table of one workload.
+fn scaling_table(w: Workload, points: &[&ScalePoint]) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "**{}**\n", w.name());
+    let _ = writeln!(
+        m,
+        "| clients | implementation | tx/s | p99 ms | failed | retries / tx | most attempts | goodput ours / hand (goal ≥ 1.00) | p99 ours − hand (goal ≤ 0) |"
+    );
+    let _ = writeln!(m, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for s in points {
+        for which in SCALING_IMPS {
+            let Some(r) = s.get(which) else { continue };
+            let vs_hand = match which {
+                ScalingImp::OursHeld => s.against_hand(true),
+                ScalingImp::OursPooled => s.against_hand(false),
+                _ => None,
+            };
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.0} | {:.2} | {} | {:.3} | {} | {} | {} |",
+                s.clients,
+                which.label(),
+                r.tps(),
+                r.pct_ms(0.99),
+                r.failed,
+                r.retries_per_commit(),
+                r.max_attempts.map_or("–".into(), |a| a.to_string()),
+                vs_hand.map_or(String::new(), |(t, _, _)| format!(
+                    "{t:.2} {}",
+                    verdict(t >= 1.0)
+                )),
+                vs_hand.map_or(String::new(), |(_, d, _)| format!(
+                    "{d:+.2} ms {}",
+                    verdict(d <= 0.0)
+                )),
+            );
+        }
+    }
+    let _ = writeln!(m);
+    let tail: Vec<&&ScalePoint> = points.iter().filter(|s| s.clients >= 16).collect();
+    if !tail.is_empty() {
+        let lo = tail.iter().map(|s| s.clients).min().unwrap_or(16);
+        let hi = tail.iter().map(|s| s.clients).max().unwrap_or(16);
+        let cells: Vec<String> = SCALING_IMPS
+            .iter()
+            .filter_map(|&which| {
+                let runs: Vec<&RunResult> = tail.iter().filter_map(|s| s.get(which)).collect();
+                if runs.is_empty() {
+                    return None;
+                }
+                let attempts = runs
+                    .iter()
+                    .map(|r| r.max_attempts)
+                    .try_fold(0, |a, b| b.map(|b| a.max(b)));
+                let p99 = runs.iter().map(|r| r.pct_ms(0.99)).fold(0.0, f64::max);
+                Some(format!(
+                    "{} {} attempts, p99 ≤ {p99:.2} ms",
+                    which.label(),
+                    attempts.map_or("–".into(), |a| a.to_string())
+                ))
+            })
+            .collect();
+        let range = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}–{hi}")
+        };
+        let _ = writeln!(
+            m,
+            "Tail and fairness at {range} clients, the most attempts any call needed and the \
+            highest p99: {}.\n",
+            cells.join("; ")
+        );
+    }
+    m
+}
+
+/// One sentence on a point of section 4's time breakdown: client CPU and round trips of the
+/// sqlx loops against pgbench's, and what the pool adds; `None` without pgbench's figures.
+fn breakdown_sentence(s: &ScalePoint) -> Option<String> {
+    let pg = s.get(ScalingImp::Pgbench)?;
+    let cpu = |r: &RunResult| r.cpu_us_per_commit().0;
+    let trips = |w: ScalingImp| s.round_trips[w as usize].map(|t| t.0);
+    let switches = |r: &RunResult| r.per_commit(|t| t.client.map(|c| c.voluntary));
+    let pg_cpu = cpu(pg)?;
+    let mut parts = Vec::new();
+    for which in [ScalingImp::HandHeld, ScalingImp::OursHeld] {
+        let Some(r) = s.get(which) else { continue };
+        let Some(c) = cpu(r) else { continue };
+        parts.push(format!(
+            "{} {:.2}× pgbench's client CPU per transaction ({c:.0} against {pg_cpu:.0} µs){}{}",
+            which.label(),
+            c / pg_cpu.max(1e-9),
+            switches(r)
+                .zip(switches(pg))
+                .map_or(String::new(), |(a, b)| format!(
+                    ", {:.2}× its client wake-ups",
+                    a / b.max(1e-9)
+                )),
+            trips(which)
+                .zip(trips(ScalingImp::Pgbench))
+                .map_or(String::new(), |(a, b)| format!(
+                    ", {a:.2} round trips per transaction against {b:.2}"
+                )),
+        ));
+    }
+    let mut pool = Vec::new();
+    for (held, pooled) in [
+        (ScalingImp::HandHeld, ScalingImp::HandPooled),
+        (ScalingImp::OursHeld, ScalingImp::OursPooled),
+    ] {
+        let (Some(h), Some(p)) = (s.get(held), s.get(pooled)) else {
+            continue;
+        };
+        let (Some(ch), Some(cp)) = (cpu(h), cpu(p)) else {
+            continue;
+        };
+        pool.push(format!(
+            "{} {:+.0} µs of client CPU{}",
+            pooled.label(),
+            cp - ch,
+            trips(held)
+                .zip(trips(pooled))
+                .map_or(String::new(), |(a, b)| format!(
+                    " and {:+.2} round trips",
+                    b - a
+                )),
+        ));
+    }
+    let mut line = format!("At {} clients: {}.", s.clients, parts.join("; "));
+    if !pool.is_empty() {
+        let _ = write!(
+            line,
+            " The pool's acquire and release ping cost per transaction, against the same loop \
+            on held connections: {}.",
+            pool.join("; ")
+        );
+    }
+    Some(line)
 }
 
 /// Section 6's CPU table: where the CPU time of each configuration went.
@@ -1360,8 +1735,7 @@ fn allocations(a: &Allocs) -> String {
 }
 
 /// Picks one series' result out of a scaling point.
-type SeriesFn =
-    Box<dyn Fn(&(usize, RunResult, RunResult, Option<RunResult>)) -> Option<&RunResult>>;
+type SeriesFn = Box<dyn Fn(&ScalePoint) -> Option<&RunResult>>;
 
 /// The scaling chart: goodput and p99 against clients (log₂ axis), two panels.
 pub fn chart(rep: &Report) -> String {
@@ -1372,19 +1746,33 @@ pub fn chart(rep: &Report) -> String {
     );
     let series: [(&str, &str, SeriesFn); 3] = [
         (
-            "sqlx-retry (default backoff)",
+            "sqlx-retry, held (default backoff)",
             "#1f77b4",
-            Box::new(|s| Some(&s.1)),
+            Box::new(|s| s.get(ScalingImp::OursHeld)),
         ),
-        ("sqlx-retry (adaptive)", "#2ca02c", Box::new(|s| Some(&s.2))),
+        (
+            "hand-written, held (immediate retry)",
+            "#2ca02c",
+            Box::new(|s| s.get(ScalingImp::HandHeld)),
+        ),
         (
             "pgbench (immediate retry)",
             "#d62728",
-            Box::new(|s| s.3.as_ref()),
+            Box::new(|s| s.get(ScalingImp::Pgbench)),
         ),
     ];
-    let xs: Vec<usize> = rep.scaling.iter().map(|s| s.0).collect();
-    let serial = rep.scaling.iter().find(|s| s.0 == 1).map(|s| s.1.tps());
+    // The hot row only: one chart, the tables cover the other workloads.
+    let hot: Vec<&ScalePoint> = rep
+        .scaling
+        .iter()
+        .filter(|s| s.workload == Workload::Hot)
+        .collect();
+    let xs: Vec<usize> = hot.iter().map(|s| s.clients).collect();
+    let serial = hot
+        .iter()
+        .find(|s| s.clients == 1)
+        .and_then(|s| s.get(ScalingImp::OursHeld))
+        .map(RunResult::tps);
     for (panel, (title, unit, metric)) in [
         (
             "Goodput (committed tx/s)",
@@ -1398,7 +1786,7 @@ pub fn chart(rep: &Report) -> String {
     {
         let (x0, y0, pw, ph) = (70.0 + panel as f64 * 490.0, 40.0, 390.0, 290.0);
         let mut ymax: f64 = 0.0;
-        for s in &rep.scaling {
+        for s in &hot {
             for (_, _, f) in &series {
                 if let Some(r) = f(s) {
                     ymax = ymax.max(metric(r));
@@ -1473,10 +1861,9 @@ pub fn chart(rep: &Report) -> String {
             );
         }
         for (name, color, f) in &series {
-            let pts: Vec<String> = rep
-                .scaling
+            let pts: Vec<String> = hot
                 .iter()
-                .filter_map(|s| f(s).map(|r| format!("{:.1},{:.1}", lx(s.0), ly(metric(r)))))
+                .filter_map(|s| f(s).map(|r| format!("{:.1},{:.1}", lx(s.clients), ly(metric(r)))))
                 .collect();
             if pts.is_empty() {
                 continue;
@@ -1565,6 +1952,103 @@ mod tests {
             cpu_server: None,
             ..run(tps * 0.9, rpc, 0, 1.3)
         }
+    }
+
+    impl RunResult {
+        /// This run with `ms` of client CPU.
+        fn with_cpu(self, ms: u64) -> RunResult {
+            RunResult {
+                cpu_client: Some(Duration::from_millis(ms)),
+                ..self
+            }
+        }
+    }
+
+    /// `r` with its counters: context switches of client and server per committed transaction.
+    fn counted(r: RunResult, client: (f64, f64), server: (f64, f64)) -> RunResult {
+        let commits = r.tps() * r.elapsed.as_secs_f64();
+        let n = |per_tx: f64| (per_tx * commits).round() as u64;
+        let switches = |(v, i): (f64, f64)| crate::counters::Switches {
+            voluntary: n(v),
+            involuntary: n(i),
+        };
+        RunResult {
+            counted: Some(crate::counters::Tally {
+                client: Some(switches(client)),
+                server: Some(switches(server)),
+                over: r.elapsed,
+            }),
+            ..r
+        }
+    }
+
+    /// A point of section 4: ours ahead of the hand-written loop on held connections, behind it
+    /// through the pool from 16 clients on, with a failed call and a longer tail at 64.
+    fn scale_point(w: Workload, clients: usize) -> ScalePoint {
+        let k = clients as f64;
+        let mut p = ScalePoint::new(w, clients);
+        let attempts = |r: RunResult, a: u64| RunResult {
+            max_attempts: Some(a),
+            ..r
+        };
+        let many = clients >= 16;
+        p.set(
+            ScalingImp::OursHeld,
+            attempts(
+                counted(run(2000.0 + k, 0.05 * k, 0, 0.9), (6.0, 0.5), (4.1, 0.2)),
+                1 + clients as u64 / 4,
+            ),
+        );
+        p.set(
+            ScalingImp::HandHeld,
+            attempts(
+                counted(run(1900.0, 0.1 * k, 0, 1.0), (5.5, 0.4), (4.3, 0.2)),
+                2 + clients as u64 / 2,
+            ),
+        );
+        p.set(
+            ScalingImp::OursPooled,
+            attempts(
+                counted(
+                    run(
+                        if many { 1500.0 } else { 1800.0 },
+                        0.04 * k,
+                        u64::from(clients == 64),
+                        if many { 1.3 } else { 1.0 },
+                    ),
+                    (9.0, 1.0),
+                    (5.1, 0.3),
+                )
+                .with_cpu(300),
+                1 + clients as u64 / 8,
+            ),
+        );
+        p.set(
+            ScalingImp::HandPooled,
+            attempts(
+                counted(run(1700.0, 0.1 * k, 0, 1.1), (8.5, 0.9), (5.4, 0.3)).with_cpu(320),
+                3 + clients as u64,
+            ),
+        );
+        p.round_trips = [
+            Some((4.05, 0.01)),
+            Some((4.62, 0.12)),
+            Some((5.1, 0.02)),
+            Some((6.25, 0.15)),
+            Some((4.5, 0.1)),
+        ];
+        let pg = pgbench_run(2100.0, 0.09 * k);
+        p.set(
+            ScalingImp::Pgbench,
+            attempts(
+                RunResult {
+                    cpu_client: Some(Duration::from_millis(100)),
+                    ..counted(pg, (2.0, 0.1), (4.2, 0.1))
+                },
+                2 + clients as u64 / 2,
+            ),
+        );
+        p
     }
 
     fn server() -> ServerInfo {
@@ -1666,21 +2150,16 @@ mod tests {
                     .push((name.to_string(), w, run(tps * wobble, rpc, 0, 1.0)));
             }
         }
-        r.scaling = vec![
-            (
-                1,
-                run(3000.0, 0.0, 0, 0.3),
-                run(2900.0, 0.0, 0, 0.3),
-                Some(pgbench_run(2800.0, 0.0)),
-            ),
-            (
-                16,
-                run(2500.0, 0.6, 0, 2.0),
-                run(2400.0, 0.7, 0, 2.1),
-                Some(pgbench_run(2000.0, 1.4)),
-            ),
-            (64, run(2200.0, 0.9, 0, 5.0), run(2100.0, 1.0, 0, 5.5), None),
-        ];
+        r.scaling = Vec::new();
+        for (w, clients) in [
+            (Workload::Hot, [1, 2, 4, 16, 64].as_slice()),
+            (Workload::HotIndexed, &[1, 16]),
+            (Workload::Skew, &[4, 64]),
+        ] {
+            for &c in clients {
+                r.scaling.push(scale_point(w, c));
+            }
+        }
         r.replicas = Some(Ok(replicas_data()));
         r
     }
@@ -1793,9 +2272,9 @@ mod tests {
             }
         }
         for point in &mut r.scaling {
-            point.3 = None;
+            point.runs[ScalingImp::Pgbench as usize] = None;
         }
-        r.scaling.retain(|p| p.0 != 1);
+        r.scaling.retain(|p| p.clients != 1);
         r.replicas = Some(Err("/usr/lib/postgresql/17/bin has no pg_basebackup".into()));
         r
     }

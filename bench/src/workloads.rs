@@ -10,8 +10,9 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use sqlx_retry::{Policy, TransactionSource, serializable_retry, transaction};
+use sqlx_retry_testkit::PgProxy;
 
-use crate::{Res, bump_counter, cpu};
+use crate::{Res, bump_counter, counters, cpu};
 
 /// Hot rows in the hot-row workload.
 pub const HOT_ROWS: i32 = 4;
@@ -217,18 +218,23 @@ pub enum Imp {
     Plain(Arc<Policy>),
     /// Not ours: the loop a user writes by hand without the library, as pgbench retries. It
     /// retries `40001` and `40P01` at once, up to this many attempts, and leaves the ROLLBACK to
-    /// sqlx, which sends it ahead of the next BEGIN. Held connections only.
+    /// sqlx, which sends it ahead of the next BEGIN. Through the pool, each attempt takes a
+    /// connection with `pool.begin_with(…)`.
     Hand(u32),
 }
 
-/// One call of `imp` on `src`, a held connection or the pool.
+/// One call of `imp` on `src`, a held connection or the pool: its result and the attempts it
+/// took.
 async fn one<S: TransactionSource<PgConnection>>(
     src: S,
     w: Workload,
     imp: &Imp,
-    attempts: &Arc<AtomicU64>,
-) -> Result<(), sqlx::Error> {
-    match (w, imp) {
+) -> (Result<(), sqlx::Error>, u64) {
+    // The attribute's body borrows a counter of this call; the closure API's body must be
+    // `'static`, so it gets a shared one.
+    let attempts = AtomicU64::new(0);
+    let shared = || Arc::new(AtomicU64::new(0));
+    let result = match (w, imp) {
         (Workload::Ping, _) => Err(sqlx::Error::Configuration(
             "`SELECT 1` is pgbench's round-trip probe, not a transaction of ours".into(),
         )),
@@ -237,62 +243,71 @@ async fn one<S: TransactionSource<PgConnection>>(
         )),
         (Workload::Hot | Workload::HotIndexed, Imp::Attribute) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
-            hot_attr(src, id, d, attempts).await
+            hot_attr(src, id, d, &attempts).await
         }
         (Workload::Skew, Imp::Attribute) => {
             let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
-            skew_attr(src, s, d, attempts).await
+            skew_attr(src, s, d, &attempts).await
         }
         (Workload::Hot | Workload::HotIndexed, Imp::Plain(policy)) => {
             let (id, d) = (fastrand::i32(1..=HOT_ROWS), fastrand::i64(1..=1000));
-            transaction(src, policy, |tx| {
-                let a = attempts.clone();
+            let n = shared();
+            let r = transaction(src, policy, |tx| {
+                let a = n.clone();
                 Box::pin(async move {
                     bump_counter(&a);
                     hot_body(tx, id, d).await
                 })
             })
-            .await
+            .await;
+            attempts.store(n.load(Ordering::Relaxed), Ordering::Relaxed);
+            r
         }
         (Workload::Skew, Imp::Plain(policy)) => {
             let (s, d) = (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS));
-            transaction(src, policy, |tx| {
-                let a = attempts.clone();
+            let n = shared();
+            let r = transaction(src, policy, |tx| {
+                let a = n.clone();
                 Box::pin(async move {
                     bump_counter(&a);
                     skew_body(tx, s, d).await
                 })
             })
-            .await
+            .await;
+            attempts.store(n.load(Ordering::Relaxed), Ordering::Relaxed);
+            r
         }
-    }
+    };
+    (result, attempts.into_inner())
 }
 
-/// One call of the hand-written loop ([`Imp::Hand`]) on a held connection.
+/// One call of the hand-written loop ([`Imp::Hand`]): on `held` when given, else each attempt
+/// takes a connection from `pool` (`pool.begin_with(…)`), as a user of the pool writes it. Its
+/// result and the attempts it took.
 async fn hand(
-    conn: &mut PgConnection,
+    mut held: Option<&mut PgConnection>,
+    pool: &PgPool,
     w: Workload,
     max: u32,
-    attempts: &AtomicU64,
-) -> Result<(), sqlx::Error> {
+) -> (Result<(), sqlx::Error>, u64) {
+    const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
     let (row, value) = match w {
         Workload::Hot | Workload::HotIndexed => (fastrand::i32(1..=HOT_ROWS), 0),
         Workload::Skew => (fastrand::i32(1..=SHIFTS), fastrand::i32(1..=DOCTORS)),
         Workload::Ping => {
-            return Err(sqlx::Error::Configuration(
-                "`SELECT 1` is pgbench's round-trip probe, not a transaction".into(),
-            ));
+            let e = "`SELECT 1` is pgbench's round-trip probe, not a transaction";
+            return (Err(sqlx::Error::Configuration(e.into())), 0);
         }
     };
     let d = fastrand::i64(1..=1000);
     let mut tries = 0;
     loop {
         tries += 1;
-        bump_counter(attempts);
         let result = async {
-            let mut tx = conn
-                .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                .await?;
+            let mut tx = match held.as_deref_mut() {
+                Some(conn) => conn.begin_with(BEGIN).await?,
+                None => pool.begin_with(BEGIN).await?,
+            };
             match w {
                 Workload::Skew => skew_body(&mut tx, row, value).await?,
                 _ => hot_body(&mut tx, row, d).await?,
@@ -303,7 +318,7 @@ async fn hand(
         match result {
             Err(sqlx::Error::Database(e))
                 if tries < max && matches!(e.code().as_deref(), Some("40001" | "40P01")) => {}
-            other => return other,
+            other => return (other, u64::from(tries)),
         }
     }
 }
@@ -329,6 +344,14 @@ pub struct RunResult {
     pub cpu_client: Option<Duration>,
     /// CPU time of the server (postmaster and the backends it reaped); `None` where unreadable.
     pub cpu_server: Option<Duration>,
+    /// The most attempts any one call needed, failed calls included (pgbench: the retries of
+    /// its per-transaction log, plus one); `None` where unknown.
+    pub max_attempts: Option<u64>,
+    /// Context switches over the run (see [`counters`]); `None` where not counted.
+    pub counted: Option<counters::Tally>,
+    /// Round trips (simple queries and Syncs) of the run, counted by a proxy it went through;
+    /// `None` without one.
+    pub round_trips: Option<u64>,
 }
 
 impl RunResult {
@@ -348,6 +371,25 @@ impl RunResult {
         let add = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
         self.cpu_client = add(self.cpu_client, other.cpu_client);
         self.cpu_server = add(self.cpu_server, other.cpu_server);
+        self.max_attempts = self
+            .max_attempts
+            .zip(other.max_attempts)
+            .map(|(a, b)| a.max(b));
+        self.round_trips = self.round_trips.zip(other.round_trips).map(|(a, b)| a + b);
+        self.counted = self.counted.zip(other.counted).map(|(mut a, b)| {
+            a.absorb(b);
+            a
+        });
+    }
+
+    /// A counter of [`counters::Tally`] per committed transaction: the count over the
+    /// counted stretch of the run, divided by the transactions committed in it at the run's
+    /// rate.
+    pub fn per_commit(&self, count: impl Fn(&counters::Tally) -> Option<u64>) -> Option<f64> {
+        let t = self.counted.as_ref()?;
+        let n = count(t)? as f64;
+        let commits = self.tps() * t.over.as_secs_f64();
+        (commits > 0.0).then(|| n / commits)
     }
 
     /// CPU µs per committed transaction: `(client, server)`.
@@ -371,6 +413,11 @@ impl RunResult {
             Some(tps) if tps > 0.0 => Duration::from_secs_f64(self.committed as f64 / tps),
             _ => self.elapsed,
         }
+    }
+
+    /// Round trips per committed transaction, where a proxy counted them.
+    pub fn round_trips_per_commit(&self) -> Option<f64> {
+        Some(self.round_trips? as f64 / self.committed.max(1) as f64)
     }
 
     /// Committed transactions per second.
@@ -419,7 +466,6 @@ pub enum Conns {
 
 /// Runs `clients` tasks of workload `w` through `imp` for `dur` on a fresh pool of `clients`
 /// connections (no ping on acquire), each task taking its connections as `conns` says.
-/// [`Imp::Hand`] runs only on [`Conns::Held`].
 pub async fn run_ours(
     opts: &PgConnectOptions,
     w: Workload,
@@ -428,9 +474,20 @@ pub async fn run_ours(
     clients: usize,
     dur: Duration,
 ) -> Res<RunResult> {
-    if conns == Conns::Pooled && matches!(imp, Imp::Hand(_)) {
-        return Err("the hand-written loop runs on held connections only".into());
-    }
+    run_ours_via(opts, w, imp, conns, clients, dur, None).await
+}
+
+/// [`run_ours`], with `opts` leading through `proxy` when given: the run then records the
+/// round trips of its measured stretch ([`RunResult::round_trips`]).
+pub async fn run_ours_via(
+    opts: &PgConnectOptions,
+    w: Workload,
+    imp: &Imp,
+    conns: Conns,
+    clients: usize,
+    dur: Duration,
+    proxy: Option<&PgProxy>,
+) -> Res<RunResult> {
     let server = reset(opts).await?;
     let pool = pool(
         opts.clone().options(w.settings().iter().copied()),
@@ -438,43 +495,81 @@ pub async fn run_ours(
         false,
     )
     .await?;
-    let attempts = Arc::new(AtomicU64::new(0));
     // A short warm-up fills the statement caches of every connection.
-    run_tasks(
-        &pool,
-        w,
-        imp,
-        conns,
-        clients,
-        Duration::from_millis(100),
-        &attempts,
-    )
-    .await;
-    attempts.store(0, Ordering::Relaxed);
+    run_tasks(&pool, w, imp, conns, clients, Duration::from_millis(100)).await;
+    let backends = match server {
+        Some(_) => backends_of(&pool, clients).await?,
+        None => Vec::new(),
+    };
     // The server's figure covers the pool's backends from their start to their exit, warm-up
     // and connection set-up included, as pgbench's covers its own connections.
-    let meter = cpu::Meter::start(cpu::own, server);
+    let mut meter = cpu::Meter::start(cpu::own, server);
+    meter.watch(backends.clone());
+    let reading = counters::Reading::take(std::process::id(), &backends);
+    let proxied = proxy.map(PgProxy::stats);
     let start = Instant::now();
-    let per_task = run_tasks(&pool, w, imp, conns, clients, dur, &attempts).await;
+    let per_task = run_tasks(&pool, w, imp, conns, clients, dur).await;
     let elapsed = start.elapsed();
+    if proxy.is_some() {
+        // Let the pool's release pings of the last calls land.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let round_trips = proxy
+        .zip(proxied)
+        .map(|(p, before)| p.stats().since(&before).round_trips);
     let cpu_client = meter.client();
+    let counted =
+        counters::Reading::take(std::process::id(), &backends).since(&reading, server.is_some());
     pool.close().await;
     let mut r = RunResult {
         elapsed,
         cpu_client,
         cpu_server: meter.server(opts).await,
+        max_attempts: Some(0),
+        counted: Some(counted),
+        round_trips,
         ..RunResult::default()
     };
-    for (committed, failed, lat) in per_task {
-        r.committed += committed;
-        r.failed += failed;
-        r.lat_us.extend(lat);
+    let mut attempts = 0;
+    for t in per_task {
+        r.committed += t.committed;
+        r.failed += t.failed;
+        r.lat_us.extend(t.lat_us);
+        attempts += t.attempts;
+        r.max_attempts = r.max_attempts.max(Some(t.max_attempts));
     }
     r.lat_us.sort_by(f64::total_cmp);
-    r.retries = attempts
-        .load(Ordering::Relaxed)
-        .saturating_sub(r.committed + r.failed);
+    r.retries = attempts.saturating_sub(r.committed + r.failed);
     Ok(r)
+}
+
+/// The backend process ids of the `n` connections of `pool`.
+async fn backends_of(pool: &PgPool, n: usize) -> Res<Vec<u32>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.acquire().await?);
+    }
+    let mut pids = Vec::new();
+    for c in &mut held {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut **c)
+            .await?;
+        pids.extend(u32::try_from(pid).ok());
+    }
+    Ok(pids)
+}
+
+/// What one client task of a run did.
+#[derive(Default)]
+struct TaskResult {
+    committed: u64,
+    failed: u64,
+    /// Latency of each committed call, µs.
+    lat_us: Vec<f64>,
+    /// Attempts of all calls.
+    attempts: u64,
+    /// The most attempts one call took.
+    max_attempts: u64,
 }
 
 async fn run_tasks(
@@ -484,39 +579,40 @@ async fn run_tasks(
     conns: Conns,
     clients: usize,
     dur: Duration,
-    attempts: &Arc<AtomicU64>,
-) -> Vec<(u64, u64, Vec<f64>)> {
+) -> Vec<TaskResult> {
     let deadline = Instant::now() + dur;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..clients {
-        let (pool, imp, attempts) = (pool.clone(), imp.clone(), attempts.clone());
+        let (pool, imp) = (pool.clone(), imp.clone());
         set.spawn(async move {
-            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            let mut t = TaskResult::default();
             let mut held = match conns {
                 Conns::Held => Some(pool.acquire().await.expect("the pool was opened in full")),
                 Conns::Pooled => None,
             };
             while Instant::now() < deadline {
-                let t = Instant::now();
-                let result = match (held.as_deref_mut(), &imp) {
-                    (Some(conn), Imp::Hand(max)) => hand(conn, w, *max, &attempts).await,
-                    (Some(conn), _) => one(conn, w, &imp, &attempts).await,
-                    (None, _) => one(&pool, w, &imp, &attempts).await,
+                let start = Instant::now();
+                let (result, attempts) = match (held.as_deref_mut(), &imp) {
+                    (conn, Imp::Hand(max)) => hand(conn, &pool, w, *max).await,
+                    (Some(conn), _) => one(conn, w, &imp).await,
+                    (None, _) => one(&pool, w, &imp).await,
                 };
+                t.attempts += attempts;
+                t.max_attempts = t.max_attempts.max(attempts);
                 match result {
                     Ok(()) => {
-                        ok += 1;
-                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        t.committed += 1;
+                        t.lat_us.push(start.elapsed().as_secs_f64() * 1e6);
                     }
                     Err(e) => {
-                        failed += 1;
-                        if failed == 1 {
+                        t.failed += 1;
+                        if t.failed == 1 {
                             eprintln!("    a transaction failed: {e}");
                         }
                     }
                 }
             }
-            (ok, failed, lat)
+            t
         });
     }
     let mut out = Vec::new();
@@ -581,6 +677,21 @@ impl PgBench {
         dur: Duration,
         max_tries: u32,
     ) -> Res<RunResult> {
+        self.run_via(opts, w, clients, dur, max_tries, None).await
+    }
+
+    /// [`PgBench::run`], with `opts` leading through `proxy` when given: the run then records
+    /// pgbench's round trips, its connections' set-up included, and counts no context
+    /// switches (their probe would go through the proxy too).
+    pub async fn run_via(
+        &self,
+        opts: &PgConnectOptions,
+        w: Workload,
+        clients: usize,
+        dur: Duration,
+        max_tries: u32,
+        proxy: Option<&PgProxy>,
+    ) -> Res<RunResult> {
         let server = reset(opts).await?;
         let dir = std::env::temp_dir().join(format!(
             "sqlx-retry-pgbench-{}-{}",
@@ -592,8 +703,49 @@ impl PgBench {
         std::fs::write(&script, w.script())?;
         let secs = dur.as_secs_f64().round().max(1.0) as u64;
         let mut cmd = self.command(opts, w, clients, secs, max_tries, &dir);
-        let meter = cpu::Meter::start(cpu::children, server);
-        let out = cmd.output().await?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut meter = cpu::Meter::start(cpu::children, server);
+        let proxied = proxy.map(PgProxy::stats);
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        let out = child.wait_with_output();
+        tokio::pin!(out);
+        // pgbench's threads and backends are counted while it runs, from when all its clients
+        // are connected to the last reading before it exits (every 20 ms): an exited process
+        // can no longer be read.
+        let mut asker = match (server, pid, proxy) {
+            (Some(_), Some(_), None) => <PgConnection as Connection>::connect_with(opts).await.ok(),
+            _ => None,
+        };
+        let (mut first, mut last, mut backends) = (None, None, Vec::new());
+        let out = loop {
+            tokio::select! {
+                out = &mut out => break out?,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let (Some(c), Some(pid)) = (asker.as_mut(), pid) else {
+                continue;
+            };
+            if backends.len() < clients {
+                backends = counters::pgbench_backends(c).await;
+            }
+            if backends.len() >= clients {
+                let now = counters::Reading::take(pid, &backends);
+                match &first {
+                    None => first = Some(now),
+                    Some(f) if now.covers(f) => last = Some(now),
+                    // pgbench has begun to disconnect: keep the reading before.
+                    Some(_) => {}
+                }
+            }
+        };
+        let round_trips = proxy
+            .zip(proxied)
+            .map(|(p, before)| p.stats().since(&before).round_trips);
+        if let Some(c) = asker {
+            let _ = c.close().await;
+        }
+        meter.watch(backends);
         let (cpu_client, cpu_server) = (meter.client(), meter.server(opts).await);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -602,8 +754,10 @@ impl PgBench {
         }
         let mut r = parse_summary(&stdout)
             .ok_or_else(|| format!("could not parse pgbench output:\n{stdout}\n{stderr}"))?;
-        r.lat_us = latencies(&dir)?;
+        (r.lat_us, r.max_attempts) = latencies(&dir)?;
         r.elapsed = Duration::from_secs(secs);
+        r.counted = first.zip(last).map(|(a, b)| b.since(&a, true));
+        r.round_trips = round_trips;
         r.cpu_client = cpu_client;
         r.cpu_server = cpu_server;
         let _ = std::fs::remove_dir_all(&dir);
@@ -653,10 +807,12 @@ impl PgBench {
     }
 }
 
-/// The latencies (µs, sorted) in pgbench's per-transaction logs in `dir`.
-fn latencies(dir: &Path) -> Res<Vec<f64>> {
+/// The latencies (µs, sorted) of the committed transactions in pgbench's per-transaction logs
+/// in `dir`, and the most attempts any transaction took (`None` when the logs carry no
+/// retries).
+fn latencies(dir: &Path) -> Res<(Vec<f64>, Option<u64>)> {
     let mut lat_us = Vec::new();
-    // Per-transaction logs: "client tx_no latency_us script epoch epoch_us [retries]".
+    let mut max_attempts = None;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let is_log = path
@@ -667,13 +823,27 @@ fn latencies(dir: &Path) -> Res<Vec<f64>> {
             continue;
         }
         for line in std::fs::read_to_string(&path)?.lines() {
-            if let Some(Ok(us)) = line.split_whitespace().nth(2).map(str::parse::<f64>) {
-                lat_us.push(us);
-            }
+            let (us, attempts) = parse_log_line(line);
+            lat_us.extend(us);
+            max_attempts = max_attempts.max(attempts);
         }
     }
     lat_us.sort_by(f64::total_cmp);
-    Ok(lat_us)
+    Ok((lat_us, max_attempts))
+}
+
+/// One line of pgbench's per-transaction log (PostgreSQL 15+, no `--rate`):
+/// `client tx_no latency_us script epoch epoch_us retries`, where a failed transaction has
+/// `serialization`, `deadlock` or `failed` for its latency and `retries` is there when
+/// `--max-tries` is not 1. Its latency (µs) when it committed, and its attempts.
+fn parse_log_line(line: &str) -> (Option<f64>, Option<u64>) {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let latency = fields.get(2).and_then(|f| f.parse().ok());
+    let attempts = match fields.len() {
+        7 => fields[6].parse::<u64>().ok().map(|r| r + 1),
+        _ => None,
+    };
+    (latency, attempts)
 }
 
 fn first_number(s: &str) -> Option<f64> {
@@ -739,6 +909,23 @@ tps = 5123.456789 (without initial connection time)
         assert_eq!((r.committed, r.failed, r.retries), (51234, 3, 9876));
         assert_eq!(r.reported_tps, Some(5123.456789));
         assert_eq!(r.reported_lat_avg_ms, Some(3.117));
+    }
+
+    #[test]
+    fn pgbench_log_lines_give_latency_and_attempts() {
+        assert_eq!(
+            parse_log_line("3 117 2210 0 1700000000 123456 2"),
+            (Some(2210.0), Some(3))
+        );
+        assert_eq!(
+            parse_log_line("0 5 serialization 0 1700000000 123456 49"),
+            (None, Some(50))
+        );
+        // Without retries (`--max-tries=1`).
+        assert_eq!(
+            parse_log_line("0 5 812 0 1700000000 123456"),
+            (Some(812.0), None)
+        );
     }
 
     #[test]
