@@ -618,7 +618,7 @@ async fn scaling_round_trips(
 async fn replicas_section(plan: &Plan, rep: &mut report::Report) -> Res<()> {
     eprintln!("[replicas]");
     rep.load.push(("replicas", report::loadavg()));
-    rep.replicas = Some(replicas::run(plan).await?);
+    rep.replicas = Some(Ok(replicas::run(plan).await?));
     Ok(())
 }
 

@@ -235,22 +235,22 @@ pub struct Replicas {
     pub version: String,
 }
 
-/// Runs section 6 on a private pair, started here and stopped at the end; `Err` with the reason
-/// when the pair can't start (no PostgreSQL binaries, say), which the report shows as a note.
-pub async fn run(plan: &Plan) -> Res<Result<Replicas, String>> {
+/// Runs section 6 on a private pair, started here and stopped at the end. A pair that can't
+/// start (no PostgreSQL server programs, say) fails the run and says how to get them.
+pub async fn run(plan: &Plan) -> Res<Replicas> {
     let pair = match tokio::task::spawn_blocking(PgReplicaPair::start).await? {
         Ok(pair) => pair,
         Err(e) => {
-            let first = e.to_string();
-            let first = first.lines().next().unwrap_or("").to_owned();
-            eprintln!("  the primary + standby pair did not start; skipping: {first}");
-            return Ok(Err(first));
+            return Err(format!(
+                "section 6 needs a primary + standby pair, which did not start: {e}\n                 It runs PostgreSQL's server programs from /usr/lib/postgresql/*/bin (Debian:                  `apt-get install postgresql`); leave the section out with `--only`."
+            )
+            .into());
         }
     };
     let result = on_pair(plan, &pair).await;
     // Stopping the pair blocks (pg_ctl).
     tokio::task::spawn_blocking(move || drop(pair)).await?;
-    result.map(Ok)
+    result
 }
 
 async fn on_pair(plan: &Plan, pair: &PgReplicaPair) -> Res<Replicas> {
