@@ -27,7 +27,23 @@ fn is_completion_unknown(err: &sqlx::Error) -> bool {
 
 /// ROLLBACK, whose failure is logged and never replaces the error that caused it.
 async fn rollback_quietly<X: OpenTransaction>(tx: X, attempt: u32) {
-    if let Err(rollback) = tx.rollback().await {
+    log_rollback(tx.rollback().await, attempt);
+}
+
+/// Ends the transaction of an attempt that failed with an error of class `class`, as
+/// [`rollback_quietly`] does; after a serialization failure without waiting for the ROLLBACK's
+/// answer (see [`OpenTransaction::rollback_before_retry`]).
+async fn end_failed<X: OpenTransaction>(tx: X, class: Class, attempt: u32) {
+    let ended = match class {
+        Class::Conflict(SqlState::SERIALIZATION_FAILURE) => tx.rollback_before_retry().await,
+        _ => tx.rollback().await,
+    };
+    log_rollback(ended, attempt);
+}
+
+/// Logs a failed ROLLBACK, whose error never replaces the one that caused it.
+fn log_rollback(ended: Result<(), sqlx::Error>, attempt: u32) {
+    if let Err(rollback) = ended {
         tracing::warn!(
             attempt,
             error = %rollback,
@@ -396,13 +412,7 @@ impl<'p> Attempts<'p> {
         {
             // COMMIT was not sent: the attempt ends like one whose body failed with `err`.
             let (class, kind) = self.classify_end(&err, effects.as_deref());
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(
-                    attempt = self.attempt,
-                    error = %rollback,
-                    "ROLLBACK failed; returning or retrying on the error that caused it"
-                );
-            }
+            end_failed(tx, class, self.attempt).await;
             return if self.is_retryable(class)
                 && self.schedule_retry(class.sqlstate(), kind, &event_message(&err))
             {
@@ -432,13 +442,7 @@ impl<'p> Attempts<'p> {
                 let message = cause
                     .filter(|_| self.is_retryable(class))
                     .map(event_message);
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(
-                        attempt = self.attempt,
-                        error = %rollback,
-                        "ROLLBACK failed; returning or retrying on the error that caused it"
-                    );
-                }
+                end_failed(tx, class, self.attempt).await;
                 if let Some(message) = message
                     && self.schedule_retry(class.sqlstate(), kind, &message)
                 {
@@ -784,9 +788,13 @@ impl<'p> Attempts<'p> {
             return self.give_up();
         }
         let policy = self.policy;
-        let delays = self
-            .delays
-            .get_or_insert_with(|| Delays::new(policy.backoff.clone(), fastrand::Rng::new()));
+        let delays = self.delays.get_or_insert_with(|| {
+            Delays::after_attempt(
+                policy.backoff.clone(),
+                fastrand::Rng::new(),
+                self.started.into_std(),
+            )
+        });
         let next_delay = match in_place {
             Some(delay) => Some(delay),
             None => delays.next(),

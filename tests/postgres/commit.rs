@@ -544,3 +544,113 @@ mod mock {
         assert_eq!(&script[4..], [BEGIN, "UPDATE", "COMMIT"]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The ROLLBACK before a retry
+// ---------------------------------------------------------------------------------------------
+
+/// How long after an attempt failed with `code` the loop decided to retry, while the proxy
+/// holds every ROLLBACK for 300 ms; and what the call left behind. The body inserts a row on
+/// every attempt and fails the first with `code`.
+async fn retry_decided_after<S: sqlx_retry::TransactionSource<PgConnection>>(
+    source: S,
+    proxy: &PgProxy,
+    code: &'static str,
+) -> std::time::Duration {
+    let failed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let decided_after = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let policy = sqlx_retry::Policy::builder()
+        .backoff(sqlx_retry::Backoff::none())
+        .on_retry({
+            let failed_at = failed_at.clone();
+            let decided_after = decided_after.clone();
+            move |_| {
+                let failed = failed_at.lock().unwrap().expect("the attempt failed first");
+                *decided_after.lock().unwrap() = Some(failed.elapsed());
+            }
+        })
+        .build()
+        .unwrap();
+    let gate = proxy.arm(sqlx_retry_testkit::Fault::DelayBeforeForwarding(
+        sqlx_retry_testkit::Matcher::QueryStartsWith("ROLLBACK"),
+        std::time::Duration::from_millis(300),
+    ));
+    let attempts = std::sync::Arc::new(AtomicU32::new(0));
+    sqlx_retry::transaction(source, &policy, |tx| {
+        let attempts = attempts.clone();
+        let failed_at = failed_at.clone();
+        Box::pin(async move {
+            sqlx::raw_sql("INSERT INTO items VALUES (1)")
+                .execute(&mut *tx)
+                .await?;
+            if next_attempt(&attempts) == 1 {
+                let raise = format!(
+                    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
+                );
+                let err = sqlx::raw_sql(sqlx::AssertSqlSafe(raise))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap_err();
+                *failed_at.lock().unwrap() = Some(std::time::Instant::now());
+                return Err(err);
+            }
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&attempts), 2);
+    assert!(gate.wait_fired(std::time::Duration::from_secs(5)).await);
+    gate.disarm();
+    decided_after.lock().unwrap().take().expect("one retry")
+}
+
+/// After a serialization failure the loop does not wait for the ROLLBACK's answer: it goes out
+/// at once (held 300 ms by the proxy here) and the next BEGIN reads it, one round trip for both,
+/// as in a hand-written loop that drops sqlx's `Transaction`. The first attempt's row is rolled
+/// back, the retry's committed, no notice is drawn, and the connection is left outside any
+/// transaction. After a deadlock the loop still waits for it.
+#[tokio::test]
+async fn after_a_serialization_failure_the_rollback_is_not_awaited() {
+    let (pool, schema) = setup().await;
+    let proxy = PgProxy::for_test_db().await;
+    let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
+        .await
+        .unwrap();
+    let after = retry_decided_after(&mut conn, &proxy, "40001").await;
+    assert!(
+        after < std::time::Duration::from_millis(250),
+        "held connection: the retry waited {after:?} for the ROLLBACK"
+    );
+    assert_eq!(rows(&pool).await, 1);
+    assert_outside_transaction(&mut conn).await;
+
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let after = retry_decided_after(&mut conn, &proxy, "40P01").await;
+    assert!(
+        after >= std::time::Duration::from_millis(300),
+        "held connection: after a deadlock the ROLLBACK is awaited ({after:?})"
+    );
+    assert_eq!(rows(&pool).await, 1);
+    assert_outside_transaction(&mut conn).await;
+
+    // Through a pool of one connection: the connection goes back with the ROLLBACK queued, and
+    // the retry takes it again once the release ping has flushed it.
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let proxied = schema.pool_via(&proxy, 1).await;
+    let after = retry_decided_after(&proxied, &proxy, "40001").await;
+    assert!(
+        after < std::time::Duration::from_millis(250),
+        "pool: the retry waited {after:?} for the ROLLBACK"
+    );
+    assert_eq!(rows(&pool).await, 1);
+    let mut conn = proxied.acquire().await.unwrap();
+    assert_outside_transaction(&mut conn).await;
+    assert_eq!(proxy.stats().notices, 0);
+}

@@ -36,6 +36,12 @@ pub trait Backend: Database {
     /// database does not support.
     fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error>;
 
+    /// Whether a ROLLBACK before a retry may go out without the caller waiting for its answer:
+    /// sqlx queues it, it is written at once, and the connection's next use (the next attempt's
+    /// BEGIN, or the pool's release ping) reads the answer. PostgreSQL only: its protocol answers
+    /// in order and the tests cover it there.
+    const ROLLBACK_UNAWAITED: bool = false;
+
     /// Fails when the transaction open on `conn` was aborted by the server, so that no COMMIT is
     /// sent for it (see [`OpenTransaction::check_not_aborted`]). The default does nothing: MySQL
     /// and SQLite keep a transaction usable after a failed statement.

@@ -53,6 +53,8 @@ pub(crate) const fn begin_statement(options: &TxOptions) -> &'static str {
 
 #[cfg(feature = "postgres")]
 impl super::Backend for sqlx::Postgres {
+    const ROLLBACK_UNAWAITED: bool = true;
+
     fn begin_statement(options: &TxOptions) -> Result<&'static str, sqlx::Error> {
         Ok(begin_statement(options))
     }

@@ -175,6 +175,18 @@ impl<DB: Backend> OpenTransaction for HeldTransaction<'_, DB> {
         self.ended();
         Ok(())
     }
+
+    /// On PostgreSQL, queues the ROLLBACK and puts it on the wire now; the next BEGIN reads its
+    /// answer in the same round trip as its own.
+    async fn rollback_before_retry(mut self) -> Result<(), sqlx::Error> {
+        if !DB::ROLLBACK_UNAWAITED {
+            return self.rollback().await;
+        }
+        self.ended();
+        DB::TransactionManager::start_rollback(self.conn);
+        send_queued(self.conn);
+        Ok(())
+    }
 }
 
 /// Writes what sqlx has queued on `conn` (a ROLLBACK) to the socket without waiting for the

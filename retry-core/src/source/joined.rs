@@ -126,6 +126,13 @@ impl<DB: Backend> OpenTransaction for MaybeJoined<'_, DB> {
         }
     }
 
+    async fn rollback_before_retry(self) -> Result<(), sqlx::Error> {
+        match self {
+            MaybeJoined::Began(tx) => tx.rollback_before_retry().await,
+            MaybeJoined::Joined(_) => Ok(()),
+        }
+    }
+
     async fn savepoint(&mut self, statement: super::Savepoint<'_>) -> Result<(), sqlx::Error> {
         match self {
             MaybeJoined::Began(tx) => OpenTransaction::savepoint(tx, statement).await,

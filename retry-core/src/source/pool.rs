@@ -147,6 +147,18 @@ impl<DB: Backend> OpenTransaction for PoolTransaction<DB> {
         self.ended();
         Ok(())
     }
+
+    /// On PostgreSQL, hands the connection back to the pool with the ROLLBACK queued: the pool's
+    /// release ping sends it at once and reads both answers in one round trip, while the next
+    /// attempt takes a connection.
+    async fn rollback_before_retry(self) -> Result<(), sqlx::Error> {
+        if !DB::ROLLBACK_UNAWAITED {
+            return self.rollback().await;
+        }
+        // Dropped open: queues the ROLLBACK (see `Drop`), and the connection goes back.
+        drop(self);
+        Ok(())
+    }
 }
 
 impl<DB: Database> PoolTransaction<DB> {

@@ -63,6 +63,23 @@ pub trait OpenTransaction: Send {
     /// Sends ROLLBACK.
     fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Ends the transaction after a serialization failure (`40001`), before the loop begins the
+    /// next attempt on the same source. The default is [`rollback`](Self::rollback).
+    ///
+    /// The transactions of this crate's PostgreSQL sources send the ROLLBACK and return without
+    /// waiting for its answer, which the connection reads at its next use, as a hand-written loop
+    /// that drops sqlx's `Transaction` does: the next BEGIN then costs one round trip for both.
+    /// The ROLLBACK is on the wire before this returns, so the failed transaction's locks are
+    /// not held through the backoff. After a deadlock (`40P01`) the loop still waits for the
+    /// ROLLBACK: the victim's retry would otherwise take the contested rows before the woken
+    /// winner could, and the two would deadlock again.
+    fn rollback_before_retry(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send
+    where
+        Self: Sized,
+    {
+        self.rollback()
+    }
+
     /// Waits before the savepoint protocol reruns the body inside this transaction (see
     /// [`PolicyBuilder::savepoint_backoff`](crate::PolicyBuilder::savepoint_backoff)): the
     /// counterpart of [`BeginTransaction::sleep`] for the wait that happens while the transaction
