@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::PolicyError;
 
@@ -77,9 +77,16 @@ impl Adaptive {
     /// The jitter window before retry `retry` (1-based).
     fn window(&self, retry: u32) -> Duration {
         let contenders = self.contenders.load(Ordering::Relaxed).max(1);
+        // The first retry is spread over the *other* calls retrying: a call that is the only one
+        // retrying goes again at once, as a hand-written loop would.
+        let spread = if retry <= 1 {
+            contenders - 1
+        } else {
+            contenders
+        };
         let shift = (retry.saturating_sub(1)).min(31);
         self.unit()
-            .saturating_mul(contenders)
+            .saturating_mul(spread)
             .saturating_mul(1u32 << shift)
             .min(self.cap)
     }
@@ -124,7 +131,7 @@ impl Backoff {
     /// a fixed base.
     ///
     /// Before retry *n* the loop sleeps a uniformly random time in
-    /// `[0, min(cap, unit · k · 2ⁿ⁻¹)]`, where
+    /// `[0, min(cap, unit · k · 2ⁿ⁻¹)]`, except that the first retry uses *k* − 1, where
     ///
     /// - *k* ≥ 1 is the number of calls of this policy (and of its clones: the estimate is shared
     ///   through an `Arc`, process-wide per policy) that are currently retrying, i.e. have hit a
@@ -132,14 +139,18 @@ impl Backoff {
     ///   time a conflicting call takes to get through, so it rises and falls with contention
     ///   without any clock-driven decay, and falls back to 1 (plain full jitter) when only one
     ///   call conflicts;
-    /// - *unit* is a moving average (weight 1/8) of the measured attempt duration (from the end
-    ///   of one backoff sleep to the next conflict), clamped to `[min(50 µs, base), base]`. It
-    ///   starts at `base`, so `base` is the pessimistic guess and the upper bound of the unit.
+    /// - *unit* is a moving average (weight 1/8) of the measured attempt duration (from the start
+    ///   of the call, or the end of a backoff sleep, to the next conflict), clamped to
+    ///   `[min(50 µs, base), base]`. It starts at `base`, so `base` is the pessimistic guess and
+    ///   the upper bound of the unit.
     ///
     /// The idea: *k* conflicting clients need about *k* attempt durations to each get one
     /// conflict-free turn, so that is the window they are spread over; doubling per retry covers
-    /// the cases the estimate gets wrong. Delays always stay within `[0, cap]`. `base` must be
-    /// positive and at most `cap`.
+    /// the cases the estimate gets wrong. A call's first retry is spread over the *other* calls
+    /// retrying only: when it is the only one, the call that beat it has committed and nobody
+    /// else is waiting, so it goes again at once, as a hand-written loop would; a sleep there
+    /// would leave the database idle at low concurrency (BENCHMARKS.md §4). Delays always stay
+    /// within `[0, cap]`. `base` must be positive and at most `cap`.
     ///
     /// Unlike the other constructors this one allocates its shared state, so build a policy once
     /// and reuse it (or clone it: clones share the estimate).
@@ -247,10 +258,18 @@ pub(crate) struct Delays {
     previous: Duration,
     custom: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     /// Adaptive only: when the previous delay was handed out, to measure the attempt after it.
-    handed_out: Option<std::time::Instant>,
+    handed_out: Option<Instant>,
 }
 
 impl Delays {
+    /// The delays of a call whose first attempt started at `started` and has just failed: the
+    /// adaptive backoff measures that attempt too.
+    pub(crate) fn after_attempt(backoff: Backoff, rng: fastrand::Rng, started: Instant) -> Self {
+        let mut delays = Delays::new(backoff, rng);
+        delays.handed_out = Some(started);
+        delays
+    }
+
     pub(crate) fn new(backoff: Backoff, rng: fastrand::Rng) -> Self {
         if let Kind::Adaptive(state) = &backoff.kind {
             state.contenders.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +305,7 @@ impl Iterator for Delays {
                 uniform(&mut self.rng, *base, upper).min(*cap)
             }
             Kind::Adaptive(state) => {
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 if let Some(then) = self.handed_out {
                     state.observe(
                         now.saturating_duration_since(then)
@@ -417,12 +436,16 @@ mod tests {
             contenders: AtomicU32::new(0),
             attempt_ns: AtomicU64::new(5_000_000),
         };
-        // Alone: plain full jitter with the base as unit.
-        assert_eq!(state.window(1), 5 * MS);
+        // Alone: the first retry goes at once, later ones are plain full jitter with the base
+        // as unit.
+        assert_eq!(state.window(1), Duration::ZERO);
+        assert_eq!(state.window(2), 10 * MS);
         assert_eq!(state.window(3), 20 * MS);
-        // Eight calls retrying: eight times the window, still capped.
+        // Eight calls retrying: the first retry is spread over the seven others, later ones
+        // over all eight, still capped.
         state.contenders.store(8, Ordering::Relaxed);
-        assert_eq!(state.window(1), 40 * MS);
+        assert_eq!(state.window(1), 35 * MS);
+        assert_eq!(state.window(2), 80 * MS);
         assert_eq!(state.window(10), 500 * MS);
         assert_eq!(state.window(u32::MAX), 500 * MS);
         // Short measured attempts shrink the unit, never below 50 µs, never above base.
