@@ -839,8 +839,9 @@ impl Report {
          {} clients, {} rounds of {:.1} s per strategy and workload (each round runs every \
          strategy once, in an order rotated per round; the figures add up over the rounds). \
          `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
-         window is `unit · k · 2ⁿ⁻¹` (capped), with *k* the number of calls of the policy \
-         retrying right now and *unit* the measured attempt duration (≤ base).\n",
+         window is `unit · k · 2ⁿ⁻¹` (capped; the first retry uses *k* − 1, so a call alone in \
+         retrying goes again at once), with *k* the number of calls of the policy retrying right \
+         now and *unit* the measured attempt duration (≤ base).\n",
             p.max_tries,
             p.contention_clients,
             p.strategy_rounds,
