@@ -550,13 +550,18 @@ mod mock {
 // ---------------------------------------------------------------------------------------------
 
 /// How long after an attempt failed with `code` the loop decided to retry, while the proxy
-/// holds every ROLLBACK for 300 ms; and what the call left behind. The body inserts a row on
-/// every attempt and fails the first with `code`.
+/// holds every ROLLBACK for 300 ms. The body inserts a row on every attempt and fails the first
+/// with `code`; the first attempt's row must be rolled back and the retry's committed.
 async fn retry_decided_after<S: sqlx_retry::TransactionSource<PgConnection>>(
+    pool: &PgPool,
     source: S,
     proxy: &PgProxy,
     code: &'static str,
 ) -> std::time::Duration {
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(pool)
+        .await
+        .unwrap();
     let failed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     let decided_after = std::sync::Arc::new(std::sync::Mutex::new(None));
     let policy = sqlx_retry::Policy::builder()
@@ -600,6 +605,7 @@ async fn retry_decided_after<S: sqlx_retry::TransactionSource<PgConnection>>(
     .await
     .unwrap();
     assert_eq!(get(&attempts), 2);
+    assert_eq!(rows(pool).await, 1);
     assert!(gate.wait_fired(std::time::Duration::from_secs(5)).await);
     gate.disarm();
     decided_after.lock().unwrap().take().expect("one retry")
@@ -617,39 +623,27 @@ async fn after_a_serialization_failure_the_rollback_is_not_awaited() {
     let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
         .await
         .unwrap();
-    let after = retry_decided_after(&mut conn, &proxy, "40001").await;
+    let after = retry_decided_after(&pool, &mut conn, &proxy, "40001").await;
     assert!(
         after < std::time::Duration::from_millis(250),
         "held connection: the retry waited {after:?} for the ROLLBACK"
     );
-    assert_eq!(rows(&pool).await, 1);
     assert_outside_transaction(&mut conn).await;
-
-    sqlx::raw_sql("DELETE FROM items")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let after = retry_decided_after(&mut conn, &proxy, "40P01").await;
+    let after = retry_decided_after(&pool, &mut conn, &proxy, "40P01").await;
     assert!(
         after >= std::time::Duration::from_millis(300),
         "held connection: after a deadlock the ROLLBACK is awaited ({after:?})"
     );
-    assert_eq!(rows(&pool).await, 1);
     assert_outside_transaction(&mut conn).await;
 
     // Through a pool of one connection: the connection goes back with the ROLLBACK queued, and
     // the retry takes it again once the release ping has flushed it.
-    sqlx::raw_sql("DELETE FROM items")
-        .execute(&pool)
-        .await
-        .unwrap();
     let proxied = schema.pool_via(&proxy, 1).await;
-    let after = retry_decided_after(&proxied, &proxy, "40001").await;
+    let after = retry_decided_after(&pool, &proxied, &proxy, "40001").await;
     assert!(
         after < std::time::Duration::from_millis(250),
         "pool: the retry waited {after:?} for the ROLLBACK"
     );
-    assert_eq!(rows(&pool).await, 1);
     let mut conn = proxied.acquire().await.unwrap();
     assert_outside_transaction(&mut conn).await;
     assert_eq!(proxy.stats().notices, 0);
