@@ -242,7 +242,9 @@ pub async fn run(plan: &Plan) -> Res<Replicas> {
         Ok(pair) => pair,
         Err(e) => {
             return Err(format!(
-                "section 6 needs a primary + standby pair, which did not start: {e}\n                 It runs PostgreSQL's server programs from /usr/lib/postgresql/*/bin (Debian:                  `apt-get install postgresql`); leave the section out with `--only`."
+                "section 6 needs a primary + standby pair, which did not start: {e}\n\
+                 It runs PostgreSQL's server programs from /usr/lib/postgresql/*/bin (Debian: \
+                 `apt-get install postgresql`); leave the section out with `--only`."
             )
             .into());
         }

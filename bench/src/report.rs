@@ -7,11 +7,11 @@ use std::time::Duration;
 /// runs of this benchmark on a 2-core machine differed by more than 10 % in goodput.
 const NOISE: f64 = 1.10;
 
-/// The label of the library's default backoff (`Backoff::default()`) among the strategies.
 /// From how many times a lone client's round trip costs what one of two clients' does the
 /// report calls the one-client figures the idle regime.
 const LONE_CLIENT_PENALTY: f64 = 1.5;
 
+/// The label of the library's default backoff (`Backoff::default()`) among the strategies.
 pub const DEFAULT_STRATEGY: &str = "adaptive 5ms/500ms (default)";
 
 use sqlx::PgConnection;
@@ -453,15 +453,13 @@ impl Report {
             return String::new();
         }
         let mut m = String::new();
-        let per_client_us =
-            |clients: usize, r: &RunResult| clients as f64 * 1e6 / r.tps().max(1e-9);
         let cells: Vec<String> = self
             .round_trip
             .iter()
             .map(|(c, r)| {
                 format!(
                     "{:.0} µs with {c} client{}",
-                    per_client_us(*c, r),
+                    round_trip_us(*c, r),
                     if *c == 1 { "" } else { "s" }
                 )
             })
@@ -497,7 +495,7 @@ impl Report {
             self.round_trip
                 .iter()
                 .find(|(c, _)| *c == clients)
-                .map(|(c, r)| *c as f64 * 1e6 / r.tps().max(1e-9))
+                .map(|(c, r)| round_trip_us(*c, r))
         };
         Some(per_client_us(1)? / per_client_us(2)?.max(1e-9))
     }
@@ -1949,6 +1947,11 @@ fn fmt_axis(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
+}
+
+/// One client's time per round trip in pgbench's `SELECT 1` run with `clients` clients, in µs.
+fn round_trip_us(clients: usize, r: &RunResult) -> f64 {
+    clients as f64 * 1e6 / r.tps().max(1e-9)
 }
 
 #[cfg(test)]

@@ -127,6 +127,14 @@ impl<DB: Database> HeldTransaction<'_, DB> {
     fn ended(&mut self) {
         self.open = false;
     }
+
+    /// Ends the transaction open on the connection with a ROLLBACK that is queued and put on
+    /// the wire now, without waiting for its answer (see [`send_queued`]).
+    fn send_rollback(&mut self) {
+        self.ended();
+        DB::TransactionManager::start_rollback(self.conn);
+        send_queued(self.conn);
+    }
 }
 
 impl<DB: Database> Drop for HeldTransaction<'_, DB> {
@@ -149,9 +157,8 @@ impl<DB: Backend> OpenTransaction for HeldTransaction<'_, DB> {
         let left_open = DB::commit_pooled(self.conn).await?;
         self.ended();
         if left_open {
-            // The empty transaction: queue its ROLLBACK and put it on the wire now.
-            DB::TransactionManager::start_rollback(self.conn);
-            send_queued(self.conn);
+            // The empty transaction: its ROLLBACK goes out now.
+            self.send_rollback();
         }
         Ok(())
     }
@@ -182,9 +189,7 @@ impl<DB: Backend> OpenTransaction for HeldTransaction<'_, DB> {
         if !DB::ROLLBACK_UNAWAITED {
             return self.rollback().await;
         }
-        self.ended();
-        DB::TransactionManager::start_rollback(self.conn);
-        send_queued(self.conn);
+        self.send_rollback();
         Ok(())
     }
 }
