@@ -6,8 +6,8 @@
 //! error (`.ok()`, `if let Err(e) = … { log }`) and returns `Ok` would therefore look committed
 //! while nothing was. sqlx 0.9 shows neither the transaction status of its connection nor the
 //! COMMIT's tag, so the loop's COMMIT is one simple query that checks first:
-//! `SELECT 1; COMMIT; BEGIN`. In an aborted transaction the `SELECT` fails with `25P02` and the
-//! server skips the rest; the transaction is rolled back and the call gets
+//! `SHOW transaction_isolation; COMMIT; BEGIN`. In an aborted transaction the `SHOW` fails with
+//! `25P02` and the server skips the rest; the transaction is rolled back and the call gets
 //! [`TransactionAborted`]. Otherwise COMMIT commits and BEGIN opens an empty transaction (no
 //! snapshot, no transaction id, no lock), which keeps sqlx's transaction depth true to the
 //! server: the attempt's transaction is still open for sqlx, and ending it the usual way queues
@@ -31,12 +31,27 @@ use std::fmt;
 
 use sqlx::error::{DatabaseError, ErrorKind};
 
-/// The check sent before COMMIT on a held connection: it fails with `25P02` in an aborted
-/// transaction. (The mock server recognises it by its text.)
-pub(crate) const CHECK_SQL: &str = "SELECT 1 /* sqlx-retry: not aborted? */";
+/// The check sent before COMMIT: it fails with `25P02` in an aborted transaction. (The mock
+/// server recognises it by its text.)
+///
+/// It is a `SHOW`, not a `SELECT 1`, because the server answers it without planning or running a
+/// query: on PostgreSQL that is about half the check's cost (BENCHMARKS.md §1). It reads a
+/// setting and changes nothing. PostgreSQL and YugabyteDB reject every statement but
+/// COMMIT and ROLLBACK in an aborted transaction; CockroachDB also lets a few "observer"
+/// statements through (`SHOW TRANSACTION STATUS`, `SHOW SYNTAX`, …), and `SHOW <variable>` is
+/// not one of them, so it fails there too.
+macro_rules! check_sql {
+    () => {
+        "SHOW transaction_isolation /* sqlx-retry: not aborted? */"
+    };
+}
+pub(crate) use check_sql;
+
+/// The check in a round trip of its own (see [`check_sql!`]).
+pub(crate) const CHECK_SQL: &str = check_sql!();
 
 /// The check, COMMIT and an empty transaction in one query: a pooled transaction's COMMIT.
-pub(crate) const POOLED_COMMIT_SQL: &str = "SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN";
+pub(crate) const POOLED_COMMIT_SQL: &str = concat!(check_sql!(), "; COMMIT; BEGIN");
 
 /// The SQLSTATE of a statement sent in an aborted transaction: in_failed_sql_transaction.
 pub(crate) const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
@@ -152,10 +167,10 @@ pub(crate) async fn postgres_commit_pooled(
     }
 }
 
-/// [`postgres_commit_pooled`] with a query of the caller's, e.g. `SELECT 1; COMMIT; BEGIN;
-/// SELECT pg_current_wal_insert_lsn()`: its rows are returned. The query must begin with a
-/// `SELECT`, which fails with `25P02` in an aborted transaction, and end the transaction it
-/// commits with an empty one opened by `BEGIN`.
+/// [`postgres_commit_pooled`] with a query of the caller's, e.g. `SHOW transaction_isolation;
+/// COMMIT; BEGIN; SELECT pg_current_wal_insert_lsn()`: its rows are returned. The query must
+/// begin with a statement that fails with `25P02` in an aborted transaction, and end the
+/// transaction it commits with an empty one opened by `BEGIN`.
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres_commit_pooled_returning(
     conn: &mut sqlx::PgConnection,

@@ -15,8 +15,10 @@ use crate::source::{BeginTransaction, OpenTransaction, PoolTransaction};
 /// A session write's COMMIT: the check that the transaction is not aborted, COMMIT, the empty
 /// transaction of a pooled COMMIT (see `aborted.rs`), and the WAL insert position, read after
 /// COMMIT so that it is at or past the end of the commit record.
-const COMMIT_AND_READ_LSN: &str = "SELECT 1 /* sqlx-retry: not aborted? */; COMMIT; BEGIN; \
-                                   SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
+const COMMIT_AND_READ_LSN: &str = concat!(
+    crate::aborted::check_sql!(),
+    "; COMMIT; BEGIN; SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
+);
 
 /// A session's last commit position when it is not known (a COMMIT's reply was lost): its
 /// `replica` calls run on the primary.

@@ -88,8 +88,8 @@ impl<DB: Database> PoolTransaction<DB> {
 #[cfg(feature = "postgres")]
 impl PoolTransaction<sqlx::Postgres> {
     /// Commits with `sql`, a simple query that, like [`Backend::commit_pooled`]'s, checks that the
-    /// transaction is not aborted (its first statement is a `SELECT`), commits and opens an empty
-    /// transaction, and may read values along the way: its rows are returned.
+    /// transaction is not aborted (its first statement fails in an aborted one), commits and opens
+    /// an empty transaction, and may read values along the way: its rows are returned.
     pub(crate) async fn commit_returning(
         mut self,
         sql: &'static str,

@@ -510,7 +510,9 @@ impl Conn {
             self.error(&PgError::new("25P02"));
             return Next::Continue;
         }
-        self.complete("SELECT 1");
+        // `SHOW` answers with a row description, its row and the tag `SHOW`; sqlx's `execute`
+        // skips the row, so the tag alone stands for it.
+        self.complete("SHOW");
         if !pooled {
             return Next::Continue;
         }
