@@ -349,6 +349,14 @@ async fn overhead_section(
     eprintln!("[overhead]");
     rep.load.push(("overhead", report::loadavg()));
     rep.overhead = Some(overhead(plan, opts, iso).await?);
+    eprintln!("  ours' COMMIT, step by step");
+    let steps = commit_steps(plan, opts).await?;
+    eprintln!(
+        "    to a plain COMMIT: {:?}, ours / its hand-written equivalent {:.3}",
+        steps.to_plain.map(|r| (r * 1000.0).round() / 1000.0),
+        steps.ours_to_check
+    );
+    rep.commit_steps = Some(steps);
     Ok(())
 }
 
@@ -1245,6 +1253,114 @@ async fn count_round_trips(
     }
     ph.close().await?;
     Ok(round_trips)
+}
+
+/// Section 1 (d): what ours' COMMIT on a held connection is made of. Step 0 is ours; steps 1–4
+/// are the same transaction written by hand, ended as [`COMMIT_STEP_ENDINGS`] says.
+pub const COMMIT_STEPS: [&str; 5] = [
+    "`#[serializable_retry]`: all of step 3, and the loop",
+    "hand: `commit()`, a plain COMMIT",
+    "hand: `COMMIT; BEGIN` in one query, then the `Transaction` dropped: the empty transaction \
+     that keeps sqlx's transaction depth true (its ROLLBACK goes out ahead of the next BEGIN)",
+    "hand: `SHOW transaction_isolation; COMMIT; BEGIN`, then dropped: step 2 and the check, as \
+     ours sends it",
+    "hand: `SELECT 1; COMMIT; BEGIN`, then dropped: step 2 and the check as a `SELECT 1`, as ours \
+     sent it before",
+];
+
+/// How hand-written steps 1–4 of [`COMMIT_STEPS`] end their transaction: `None` is sqlx's
+/// `commit()`; otherwise one simple query on the open `Transaction`, which is then dropped, so
+/// that sqlx queues the ROLLBACK of the empty transaction the query leaves.
+const COMMIT_STEP_ENDINGS: [Option<&str>; 4] = [
+    None,
+    Some("COMMIT; BEGIN"),
+    Some("SHOW transaction_isolation; COMMIT; BEGIN"),
+    Some("SELECT 1; COMMIT; BEGIN"),
+];
+
+/// Section 1 (d)'s figures, one `PgConnection`.
+#[derive(Debug, Clone)]
+pub struct CommitSteps {
+    /// Median per-transaction latency per step, µs.
+    pub median_us: [f64; 5],
+    /// Median over blocks of (block time of step k / block time of step 1, the plain COMMIT).
+    pub to_plain: [f64; 5],
+    /// 95 % bootstrap interval of `to_plain`.
+    pub to_plain_ci: [(f64, f64); 5],
+    /// Median over blocks of (ours' block time / step 3's): what the loop adds to the SQL it
+    /// sends.
+    pub ours_to_check: f64,
+    /// 95 % bootstrap interval of `ours_to_check`.
+    pub ours_to_check_ci: (f64, f64),
+    /// Transactions per step.
+    pub n: usize,
+}
+
+async fn commit_step(which: usize, c: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let Some(ending) = which.checked_sub(1) else {
+        return bump_attr(c, 1).await;
+    };
+    let mut tx = c.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
+    sqlx::query(BUMP).bind(1_i64).execute(&mut *tx).await?;
+    match COMMIT_STEP_ENDINGS[ending] {
+        None => tx.commit().await,
+        Some(sql) => {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            drop(tx);
+            Ok(())
+        }
+    }
+}
+
+/// Times the steps of [`COMMIT_STEPS`] on one connection, in blocks whose order rotates and
+/// turns round every 5 blocks, so that each step runs in each place, after each other, equally
+/// often.
+async fn commit_steps(plan: &Plan, opts: &PgConnectOptions) -> Res<CommitSteps> {
+    const N: usize = COMMIT_STEPS.len();
+    let mut c = PgConnection::connect_with(opts).await?;
+    for which in 0..N {
+        for _ in 0..50 {
+            commit_step(which, &mut c).await?;
+        }
+    }
+    let mut lat: [Vec<f64>; N] = Default::default();
+    let mut to_plain: [Vec<f64>; N] = Default::default();
+    let mut ours_to_check = Vec::new();
+    for block in 0..plan.blocks {
+        let mut order: Vec<usize> = (0..N).map(|i| (i + block) % N).collect();
+        if (block / N) % 2 == 1 {
+            order.reverse();
+        }
+        let mut totals = [0.0_f64; N];
+        for which in order {
+            let t_block = Instant::now();
+            for _ in 0..plan.per_block {
+                let t = Instant::now();
+                commit_step(which, &mut c).await?;
+                lat[which].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            totals[which] = t_block.elapsed().as_secs_f64();
+        }
+        for k in 0..N {
+            to_plain[k].push(totals[k] / totals[1]);
+        }
+        ours_to_check.push(totals[0] / totals[3]);
+    }
+    c.close().await?;
+    let mut steps = CommitSteps {
+        median_us: [0.0; N],
+        to_plain: [0.0; N],
+        to_plain_ci: [(0.0, 0.0); N],
+        ours_to_check_ci: bootstrap_median_ci(&ours_to_check),
+        ours_to_check: median_f(&mut ours_to_check),
+        n: plan.blocks * plan.per_block,
+    };
+    for k in 0..N {
+        steps.median_us[k] = median_f(&mut lat[k]);
+        steps.to_plain[k] = median_f(&mut to_plain[k]);
+        steps.to_plain_ci[k] = bootstrap_median_ci(&to_plain[k]);
+    }
+    Ok(steps)
 }
 
 /// Counts the body's attempts (ours) for the retry figures.
