@@ -429,7 +429,7 @@ fn parse_savepoint(input: ParseStream<'_>) -> syn::Result<String> {
 }
 
 /// PostgreSQL's keywords that cannot name a savepoint; the same list as the core crate's
-/// `PolicyBuilder::savepoint` check.
+/// `PolicyBuilder::savepoint` check (`tests/mock/savepoint.rs` fails when the two differ).
 const RESERVED: &[&str] = &[
     "all",
     "analyse",

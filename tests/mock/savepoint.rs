@@ -379,3 +379,36 @@ async fn the_time_budget_counts_the_sleep_inside_the_savepoint() {
     assert_eq!(*seen.lock().unwrap(), [(1, 20 * MS), (2, 5 * MS)]);
     assert_eq!(db.state(), 0);
 }
+
+/// The words of the `RESERVED` list in `src`, the source of one of the two crates.
+fn reserved_words(src: &str) -> Vec<&str> {
+    let start = src
+        .find("const RESERVED: &[&str] = &[")
+        .expect("the source defines RESERVED");
+    let list = &src[start..];
+    let list = &list[..list.find("];").expect("RESERVED ends")];
+    list.split('"').skip(1).step_by(2).collect()
+}
+
+/// The attribute checks a savepoint name at compile time (`sqlx-retry-macros`) and the builder at
+/// run time (`sqlx-retry-core`); a proc-macro crate cannot call the core's check, so each keeps
+/// PostgreSQL's reserved words. The two lists must be one list, and the builder must refuse
+/// every word of it.
+#[test]
+fn the_attribute_and_the_builder_refuse_the_same_reserved_words() {
+    let attribute = reserved_words(include_str!("../../retry-macros/src/attr.rs"));
+    let builder = reserved_words(include_str!("../../retry-core/src/policy.rs"));
+    assert!(builder.len() > 50, "only {} words read", builder.len());
+    assert_eq!(attribute, builder);
+    for word in builder {
+        for name in [word.to_string(), word.to_ascii_uppercase()] {
+            assert!(
+                matches!(
+                    Policy::builder().savepoint(name.clone()).build(),
+                    Err(sqlx_retry::PolicyError::InvalidSavepoint(_))
+                ),
+                "the builder accepted the reserved word {name:?}"
+            );
+        }
+    }
+}
