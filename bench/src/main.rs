@@ -1195,13 +1195,10 @@ async fn time_blocks(plan: &Plan, opts: &PgConnectOptions, target: Target) -> Re
     for block in 0..plan.blocks {
         let mut totals = [0.0_f64; 3];
         for which in ORDERS[block % ORDERS.len()] {
-            let t_block = Instant::now();
-            for _ in 0..plan.per_block {
-                let t = Instant::now();
-                bump(which, &mut h).await?;
-                lat[which].push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            totals[which] = t_block.elapsed().as_secs_f64();
+            totals[which] = time_block(plan.per_block, &mut lat[which], async || {
+                bump(which, &mut h).await
+            })
+            .await?;
         }
         for k in 0..3 {
             ratios[k].push(totals[0] / totals[k]);
@@ -1224,6 +1221,22 @@ async fn time_blocks(plan: &Plan, opts: &PgConnectOptions, target: Target) -> Re
         run.block_ci[k] = bootstrap_median_ci(&ratios[k]);
     }
     Ok(run)
+}
+
+/// Runs `n` transactions with `tx`, one after the other, and records each one's latency in µs in
+/// `lat`: one block of section 1. Returns the block's time in seconds.
+async fn time_block(
+    n: usize,
+    lat: &mut Vec<f64>,
+    mut tx: impl AsyncFnMut() -> Result<(), sqlx::Error>,
+) -> Result<f64, sqlx::Error> {
+    let t_block = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        tx().await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(t_block.elapsed().as_secs_f64())
 }
 
 /// Round trips per transaction of each implementation through `proxy`, counted with the same
@@ -1333,13 +1346,10 @@ async fn commit_steps(plan: &Plan, opts: &PgConnectOptions) -> Res<CommitSteps> 
         }
         let mut totals = [0.0_f64; N];
         for which in order {
-            let t_block = Instant::now();
-            for _ in 0..plan.per_block {
-                let t = Instant::now();
-                commit_step(which, &mut c).await?;
-                lat[which].push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            totals[which] = t_block.elapsed().as_secs_f64();
+            totals[which] = time_block(plan.per_block, &mut lat[which], async || {
+                commit_step(which, &mut c).await
+            })
+            .await?;
         }
         for k in 0..N {
             to_plain[k].push(totals[k] / totals[1]);
