@@ -35,8 +35,8 @@ use sqlx::error::{DatabaseError, ErrorKind};
 /// server recognises it by its text.)
 ///
 /// It is a `SHOW`, not a `SELECT 1`, because the server answers it without planning or running a
-/// query: on PostgreSQL that is about half the check's cost (BENCHMARKS.md §1). It reads a
-/// setting and changes nothing. PostgreSQL and YugabyteDB reject every statement but
+/// query: on PostgreSQL it costs less than half of what a `SELECT 1` does (BENCHMARKS.md §1 (d)
+/// measures both). It reads a setting and changes nothing. PostgreSQL and YugabyteDB reject every statement but
 /// COMMIT and ROLLBACK in an aborted transaction; CockroachDB also lets a few "observer"
 /// statements through (`SHOW TRANSACTION STATUS`, `SHOW SYNTAX`, …), and `SHOW <variable>` is
 /// not one of them, so it fails there too.
