@@ -60,6 +60,16 @@ async fn held(schema: &Isolated) -> PgConnection {
         .unwrap()
 }
 
+/// A held connection through a counting proxy of its own, for tests that count or delay what
+/// the call sends.
+async fn held_via_proxy(schema: &Isolated) -> (PgProxy, PgConnection) {
+    let proxy = PgProxy::for_test_db().await;
+    let conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
+        .await
+        .unwrap();
+    (proxy, conn)
+}
+
 /// After the call the held connection is neither inside a transaction for sqlx nor on the server
 /// (SAVEPOINT succeeds only inside a transaction block).
 async fn assert_outside_transaction(conn: &mut PgConnection) {
@@ -298,16 +308,13 @@ async fn one_statement(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 /// A one-statement body costs three round trips, held connection or pool: BEGIN, the statement,
-/// and the check with COMMIT in one simple query (`SELECT 1; COMMIT; BEGIN`). The ROLLBACK that
+/// and the check with COMMIT in one simple query (`SHOW …; COMMIT; BEGIN`). The ROLLBACK that
 /// ends the empty transaction is a fourth simple query that nobody waits for (see
 /// `on_a_held_connection_the_empty_transaction_ends_at_once`).
 #[tokio::test]
 async fn the_check_costs_no_round_trip() {
     let (_pool, schema) = setup().await;
-    let proxy = PgProxy::for_test_db().await;
-    let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
-        .await
-        .unwrap();
+    let (proxy, mut conn) = held_via_proxy(&schema).await;
     for _ in 0..2 {
         let before = settle(&proxy).await;
         one_statement(&mut conn).await.unwrap();
@@ -352,10 +359,7 @@ async fn the_check_costs_no_round_trip() {
 #[tokio::test]
 async fn on_a_held_connection_the_empty_transaction_ends_at_once() {
     let (pool, schema) = setup().await;
-    let proxy = PgProxy::for_test_db().await;
-    let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
-        .await
-        .unwrap();
+    let (proxy, mut conn) = held_via_proxy(&schema).await;
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut conn)
         .await
@@ -619,10 +623,7 @@ async fn retry_decided_after<S: sqlx_retry::TransactionSource<PgConnection>>(
 #[tokio::test]
 async fn after_a_serialization_failure_the_rollback_is_not_awaited() {
     let (pool, schema) = setup().await;
-    let proxy = PgProxy::for_test_db().await;
-    let mut conn = PgConnection::connect_with(&schema.proxied_options(&proxy))
-        .await
-        .unwrap();
+    let (proxy, mut conn) = held_via_proxy(&schema).await;
     let after = retry_decided_after(&pool, &mut conn, &proxy, "40001").await;
     assert!(
         after < std::time::Duration::from_millis(250),

@@ -31,7 +31,7 @@ const KEYWORDS: [&str; 4] = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"];
 fn count_control<const ID: usize>(msg: &FrontendMessage<'_>) -> bool {
     if let Some(sql) = msg.sql() {
         // A simple query may hold several statements (a pooled COMMIT is
-        // `SELECT 1; COMMIT; BEGIN`): count each.
+        // `SHOW transaction_isolation; COMMIT; BEGIN`): count each.
         for statement in sql.split(';') {
             let statement = statement.trim_start().to_ascii_uppercase();
             for (i, keyword) in KEYWORDS.iter().enumerate() {
@@ -267,7 +267,7 @@ async fn connection_outside_a_transaction_still_begins_its_own() {
     let ctl = Ctl::new(NEVER);
     let mut conn = pool.acquire().await.unwrap();
     debit(&mut *conn, 1, 7, &ctl).await.unwrap();
-    // BEGIN; the check with COMMIT and an empty transaction (`SELECT 1; COMMIT; BEGIN`); the
+    // BEGIN; the check with COMMIT and an empty transaction (`SHOW …; COMMIT; BEGIN`); the
     // ROLLBACK that ends it, sent as the call returns without being waited for.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while control(2)[2] == 0 && std::time::Instant::now() < deadline {
