@@ -30,7 +30,7 @@
 ///
 /// All optional, each checked at compile time with an error on the offending token: `max`,
 /// `isolation`, `read_only`, `deferrable`, `replica`, `backoff(…)`, `budget`, `retry_on`, `idempotent`,
-/// `keep_signature` and `crate`. Their meanings and defaults are in one table, in the crate
+/// `savepoint`, `priority_after`, `keep_signature` and `crate`. Their meanings and defaults are in one table, in the crate
 /// documentation's [Attribute arguments](crate#attribute-arguments).
 ///
 /// Durations are a number and a unit: `ns`, `us`, `ms`, `s` or `m` (`"250us"`, `"1.5s"`).
@@ -46,7 +46,10 @@
 ///   attempt. The SQLSTATE is found through the error's `source()` chain, so `sqlx::Error`,
 ///   `anyhow::Error` and your own error enums wrapping `sqlx::Error` all work.
 /// - Before each retry: ROLLBACK (a failed ROLLBACK is logged and never replaces the original
-///   error), then a backoff sleep holding no locks.
+///   error), then a backoff sleep holding no locks. A call whose first `priority_after` attempts
+///   (2 by default) failed waits for the function's running attempts to end, and runs its next
+///   attempt with no other attempt of the function beside it (a second at most, between attempts
+///   only; see [`PolicyBuilder::priority_after`]).
 /// - After `max` attempts or when the time budget is spent, the last error is returned as is.
 /// - A connection lost while COMMIT was in flight returns the error detected by
 ///   [`is_commit_unknown`] (SQLSTATE `40003`), never retried unless `idempotent`.

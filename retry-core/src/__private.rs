@@ -92,9 +92,9 @@ pub use crate::source::OpenTransaction;
 pub use crate::{Backoff, IsolationLevel, Policy, SqlState};
 
 /// The policy of an annotated function, from its arguments as the attribute validated them at
-/// compile time (so nothing here can fail).
+/// compile time (so nothing here can fail). `priority_after` is at least 1.
 #[allow(clippy::too_many_arguments)]
-pub const fn attribute_policy(
+pub fn attribute_policy(
     max: u32,
     isolation: IsolationLevel,
     read_only: bool,
@@ -103,9 +103,18 @@ pub const fn attribute_policy(
     budget: Option<std::time::Duration>,
     retry_on: &'static [SqlState],
     idempotent: bool,
+    priority_after: Option<u32>,
 ) -> Policy {
     Policy::from_attribute(
-        max, isolation, read_only, deferrable, backoff, budget, retry_on, idempotent,
+        max,
+        isolation,
+        read_only,
+        deferrable,
+        backoff,
+        budget,
+        retry_on,
+        idempotent,
+        priority_after,
     )
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Backoff spreads retries out, but it is blind to who has waited longest: under heavy contention
 //! a call can lose attempt after attempt while newer calls commit, and run out of attempts. With
-//! priority turns on ([`PolicyBuilder::priority_after`](crate::PolicyBuilder::priority_after)),
+//! priority turns on (the default; see
+//! [`PolicyBuilder::priority_after`](crate::PolicyBuilder::priority_after)),
 //! every attempt of the policy holds a shared turn on a gate the policy's calls (and its clones)
 //! share, taken before BEGIN and given back when the transaction has ended. A call whose
 //! `after` first attempts failed asks for the gate alone: new attempts of the policy queue

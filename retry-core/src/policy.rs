@@ -126,6 +126,13 @@ impl Policy {
     /// gain, and a PostgreSQL serialization failure's victim fails its rerun anyway.
     pub const DEFAULT_SAVEPOINT_BACKOFF: Backoff = Backoff::none();
 
+    /// The default of [`PolicyBuilder::priority_after`]: a call whose first 2 attempts failed
+    /// runs its third with no other attempt of its policy beside it. Chosen with the benchmark
+    /// (BENCHMARKS.md §5): at the default [`max_attempts`](Self::DEFAULT_MAX_ATTEMPTS) the
+    /// backoff alone let calls run out of attempts from 4 clients up on every contended
+    /// workload, and with priority turns none did.
+    pub const DEFAULT_PRIORITY_AFTER: u32 = 2;
+
     /// A builder starting from the defaults.
     pub fn builder() -> PolicyBuilder {
         PolicyBuilder {
@@ -184,7 +191,7 @@ impl Policy {
     /// The policy of an annotated function: what
     /// [`__private::attribute_policy`](crate::__private::attribute_policy) builds.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) const fn from_attribute(
+    pub(crate) fn from_attribute(
         max_attempts: u32,
         isolation: IsolationLevel,
         read_only: bool,
@@ -193,6 +200,7 @@ impl Policy {
         budget: Option<Duration>,
         retry_on: &'static [SqlState],
         idempotent: bool,
+        priority_after: Option<u32>,
     ) -> Policy {
         Policy {
             max_attempts,
@@ -209,7 +217,7 @@ impl Policy {
             on_retry: None,
             savepoint: None,
             savepoint_backoff: Policy::DEFAULT_SAVEPOINT_BACKOFF,
-            priority: None,
+            priority: priority_after.map(Priority::new),
         }
     }
 }
@@ -226,7 +234,7 @@ impl Default for Policy {
             on_retry: None,
             savepoint: None,
             savepoint_backoff: Policy::DEFAULT_SAVEPOINT_BACKOFF,
-            priority: None,
+            priority: Some(Priority::new(Policy::DEFAULT_PRIORITY_AFTER)),
         }
     }
 }
@@ -435,7 +443,9 @@ impl PolicyBuilder {
     }
 
     /// Priority turns against starvation: a call whose first `after` attempts failed runs its
-    /// next attempt with no other attempt of this policy beside it. `None` turns them off.
+    /// next attempt with no other attempt of this policy beside it. On by default, after
+    /// [`Policy::DEFAULT_PRIORITY_AFTER`] (2) failed attempts; `None` turns them off (the
+    /// attribute: `priority_after = none`).
     ///
     /// Every attempt of the policy (and of its clones, which share the state, like the adaptive
     /// backoff's) takes a shared turn before BEGIN and gives it back when its transaction ends.
@@ -451,9 +461,15 @@ impl PolicyBuilder {
     /// turn. A dropped call gives its turn back. `after` must be at least 1; an `after` of
     /// [`max_attempts`](Self::max_attempts) or more never grants priority.
     ///
+    /// Why it is on by default: backoff spreads retries out but does not know who has waited
+    /// longest, so under contention a call can lose attempt after attempt while newer calls
+    /// commit, and at a small `max_attempts` run out of them. BENCHMARKS.md §5 measures both
+    /// at the default of 5 attempts; turn them off only where your own figures say so.
+    ///
     /// ```
     /// use sqlx_retry_core::Policy;
     ///
+    /// assert_eq!(Policy::default().priority_after(), Some(Policy::DEFAULT_PRIORITY_AFTER));
     /// let policy = Policy::builder().max_attempts(10).priority_after(3).build()?;
     /// assert_eq!(policy.priority_after(), Some(3));
     /// let off = Policy::builder().priority_after(None).build()?;

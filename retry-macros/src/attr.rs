@@ -23,9 +23,11 @@ mod kw {
     syn::custom_keyword!(idempotent);
     syn::custom_keyword!(keep_signature);
     syn::custom_keyword!(savepoint);
+    syn::custom_keyword!(priority_after);
+    syn::custom_keyword!(none);
 }
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "max",
     "isolation",
     "read_only",
@@ -36,6 +38,7 @@ const KEYS: [&str; 12] = [
     "retry_on",
     "idempotent",
     "savepoint",
+    "priority_after",
     "keep_signature",
     "crate",
 ];
@@ -49,6 +52,10 @@ const DEFAULT_SAVEPOINT: &str = "cockroach_restart";
 /// only to check `base <= cap` at compile time.
 const DEFAULT_BASE: Duration = Duration::from_millis(5);
 const DEFAULT_CAP: Duration = Duration::from_millis(500);
+
+/// The core crate's `Policy::DEFAULT_MAX_ATTEMPTS`, which expansion names when `max` is left
+/// out. Used here only to check `priority_after` against it at compile time.
+const DEFAULT_MAX: u32 = 5;
 
 /// The smallest `budget`: tokio's timer counts whole milliseconds, so a shorter budget is spent
 /// before any backoff sleep can end and no retry could ever start.
@@ -112,6 +119,8 @@ pub struct Configuration {
     pub retry_on: Option<Set<Vec<SqlStateCode>>>,
     pub idempotent: Option<Set<()>>,
     pub savepoint: Option<Set<String>>,
+    /// `priority_after = N` (with the span of `N`) or `priority_after = none`.
+    pub priority_after: Option<Set<Option<(u32, Span)>>>,
     pub keep_signature: Option<Set<()>>,
     pub krate: Option<Set<syn::Path>>,
 }
@@ -127,6 +136,17 @@ pub struct BackoffConfig {
     /// `None`: the core crate's default (`Backoff::DEFAULT_BASE` / `DEFAULT_CAP`).
     pub base: Option<Duration>,
     pub cap: Option<Duration>,
+}
+
+/// Priority turns (`priority_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Left out: the core crate's `Policy::DEFAULT_PRIORITY_AFTER`.
+    Default,
+    /// `priority_after = N`.
+    After(u32),
+    /// `priority_after = none`.
+    Off,
 }
 
 /// The final configuration: defaults resolved, cross-checks done. Expansion reads only this.
@@ -146,6 +166,7 @@ pub struct Config {
     pub idempotent: bool,
     /// The savepoint protocol's name, when it is on.
     pub savepoint: Option<String>,
+    pub priority: Priority,
     pub keep_signature: bool,
     pub krate: syn::Path,
 }
@@ -165,6 +186,7 @@ impl Config {
             retry_on: Vec::new(),
             idempotent: false,
             savepoint: None,
+            priority: Priority::Default,
             keep_signature: raw.keep_signature.is_some(),
             krate: krate(raw),
         }
@@ -267,6 +289,10 @@ impl Configuration {
             let key = input.parse::<kw::savepoint>()?.span;
             let name = parse_savepoint(input)?;
             set_once(&mut self.savepoint, key, "savepoint", name)
+        } else if lookahead.peek(kw::priority_after) {
+            let key = input.parse::<kw::priority_after>()?.span;
+            let after = parse_priority_after(input)?;
+            set_once(&mut self.priority_after, key, "priority_after", after)
         } else if lookahead.peek(kw::keep_signature) {
             let key = input.parse::<kw::keep_signature>()?.span;
             flag(input, "keep_signature")?;
@@ -387,8 +413,32 @@ impl Configuration {
                 })
             }
         };
+        let max = self.max.as_ref().map(|s| s.value);
+        let priority = match self.priority_after.as_ref().map(|s| s.value) {
+            None => Priority::Default,
+            Some(None) => Priority::Off,
+            Some(Some((after, span))) => {
+                let max = max.unwrap_or(DEFAULT_MAX);
+                if after >= max {
+                    let max_text = match self.max {
+                        Some(_) => format!("`max = {max}`"),
+                        None => format!("the default `max` of {max}"),
+                    };
+                    return Err(syn::Error::new(
+                        span,
+                        format!(
+                            "`priority_after = {after}` never applies with {max_text}: a call \
+                             whose first {after} attempts failed has no attempt left; use a \
+                             number below `max`, or `priority_after = none` for no priority \
+                             turns"
+                        ),
+                    ));
+                }
+                Priority::After(after)
+            }
+        };
         Ok(Config {
-            max: self.max.as_ref().map(|s| s.value),
+            max,
             isolation,
             read_only: self.read_only.is_some(),
             deferrable: self.deferrable.is_some(),
@@ -402,6 +452,7 @@ impl Configuration {
                 .unwrap_or_default(),
             idempotent: self.idempotent.is_some(),
             savepoint: self.savepoint.as_ref().map(|s| s.value.clone()),
+            priority,
             keep_signature: self.keep_signature.is_some(),
             krate: krate(self),
         })
@@ -550,6 +601,42 @@ fn is_plain_identifier(name: &str) -> bool {
 fn parse_max(input: ParseStream<'_>) -> syn::Result<u32> {
     input.parse::<Token![=]>()?;
     let expected = "`max` expects an integer, the total number of attempts, such as `max = 5`";
+    let (n, _) = parse_count(
+        input,
+        "max",
+        expected,
+        "`max` must be at least 1: it counts every attempt, the first included",
+    )?;
+    Ok(n)
+}
+
+/// `= N` (at least 1) or `= none`: the value and the span of `N`, or `None` for `none`.
+fn parse_priority_after(input: ParseStream<'_>) -> syn::Result<Option<(u32, Span)>> {
+    input.parse::<Token![=]>()?;
+    if input.peek(kw::none) {
+        input.parse::<kw::none>()?;
+        return Ok(None);
+    }
+    let expected = "`priority_after` expects the number of failed attempts after which a call's \
+                    next attempt runs alone, such as `priority_after = 2`, or `none` for no \
+                    priority turns";
+    parse_count(
+        input,
+        "priority_after",
+        expected,
+        "`priority_after` must be at least 1: priority goes to calls whose attempts failed; \
+         `priority_after = none` means no priority turns",
+    )
+    .map(Some)
+}
+
+/// A plain integer literal, at least 1, and its span; `name` is the key, for the messages.
+fn parse_count(
+    input: ParseStream<'_>,
+    name: &str,
+    expected: &str,
+    zero: &str,
+) -> syn::Result<(u32, Span)> {
     let lit = match input.parse::<Lit>() {
         Ok(lit) => lit,
         Err(_) => {
@@ -566,7 +653,7 @@ fn parse_max(input: ParseStream<'_>) -> syn::Result<u32> {
         return Err(syn::Error::new(
             int.span(),
             format!(
-                "`max` takes a plain integer without a type suffix: write `max = {}`",
+                "`{name}` takes a plain integer without a type suffix: write `{name} = {}`",
                 int.base10_digits()
             ),
         ));
@@ -574,16 +661,13 @@ fn parse_max(input: ParseStream<'_>) -> syn::Result<u32> {
     let n: u32 = int.base10_parse().map_err(|_| {
         syn::Error::new(
             int.span(),
-            "`max` is too large: at most 4294967295 attempts",
+            format!("`{name}` is too large: at most {}", u32::MAX),
         )
     })?;
     if n == 0 {
-        return Err(syn::Error::new(
-            int.span(),
-            "`max` must be at least 1: it counts every attempt, the first included",
-        ));
+        return Err(syn::Error::new(int.span(), zero));
     }
-    Ok(n)
+    Ok((n, int.span()))
 }
 
 /// `= "serializable" | "repeatable_read" | "read_committed"`.
@@ -869,6 +953,30 @@ mod tests {
         assert!(config.idempotent && config.keep_signature && config.read_only);
         assert!(parse_str("").is_ok());
         assert!(parse_str("max = 1,").is_ok());
+    }
+
+    #[test]
+    fn priority_after_takes_a_count_below_max_or_none() {
+        assert_eq!(parse_str("").unwrap().priority, Priority::Default);
+        assert_eq!(
+            parse_str("priority_after = 3").unwrap().priority,
+            Priority::After(3)
+        );
+        assert_eq!(
+            parse_str("max = 10, priority_after = 9").unwrap().priority,
+            Priority::After(9)
+        );
+        assert_eq!(
+            parse_str("priority_after = none").unwrap().priority,
+            Priority::Off
+        );
+        assert!(err("priority_after = 0").contains("at least 1"));
+        assert!(err("max = 3, priority_after = 3").contains("never applies with `max = 3`"));
+        assert!(err("priority_after = 5").contains("the default `max` of 5"));
+        assert!(err(r#"priority_after = "2""#).contains("`priority_after` expects"));
+        assert!(err("priority_after = off").contains("`priority_after` expects"));
+        assert!(err("priority_after = 2, priority_after = 3").contains("set twice"));
+        assert!(err("priority_afte = 2").contains("did you mean `priority_after`?"));
     }
 
     #[test]

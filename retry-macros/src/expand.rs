@@ -15,7 +15,7 @@ use syn::{
     TypeReference,
 };
 
-use crate::attr::{Config, Isolation, Strategy};
+use crate::attr::{Config, Isolation, Priority, Strategy};
 
 /// Errors collected while expanding; all are emitted after the function.
 #[derive(Default)]
@@ -822,6 +822,13 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
             }
         }
     };
+    let priority_after = match config.priority {
+        Priority::Default => {
+            quote!(::core::option::Option::Some(#private::Policy::DEFAULT_PRIORITY_AFTER))
+        }
+        Priority::After(n) => quote!(::core::option::Option::Some(#n)),
+        Priority::Off => quote!(::core::option::Option::None),
+    };
     let budget = match config.budget {
         Some(d) => {
             let d = nanos(d);
@@ -848,6 +855,7 @@ fn policy_tokens(config: &Config, private: &TokenStream) -> TokenStream {
                 __SQLX_RETRY_CODES
             },
             #idempotent,
+            #priority_after,
         )
     };
     let policy = if config.replica {

@@ -6,3 +6,4 @@ mod commit;
 mod errors;
 mod isolation;
 mod nested;
+mod starvation;

@@ -11,6 +11,7 @@ use sqlx_retry::serializable_retry;
     budget = "2s",
     retry_on = ["23505", "55P03"],
     idempotent,
+    priority_after = 3,
     crate = "::sqlx_retry",
 )]
 async fn report(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
@@ -19,7 +20,12 @@ async fn report(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
-#[serializable_retry(isolation = "repeatable_read", read_only, backoff(cap = "10ms"))]
+#[serializable_retry(
+    isolation = "repeatable_read",
+    read_only,
+    backoff(cap = "10ms"),
+    priority_after = none
+)]
 async fn repeatable(tx: &mut PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await
 }
