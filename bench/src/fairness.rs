@@ -1,10 +1,11 @@
 //! Section 5: the tail, and whether any call runs out of attempts, with and without priority
 //! turns (`PolicyBuilder::priority_after`), on the reliability suite's stress workloads.
 //!
-//! Every run goes through `sqlx_retry::transaction` on a pool, 10 attempts, adaptive backoff
-//! 2–100 ms, as the stress tests' `#[serializable_retry(max = 10, backoff(base = "2ms", cap =
-//! "100ms"))]`; the variants differ only in `priority_after`, each with a policy of its own, and
-//! run in an order rotated per round.
+//! Every run goes through `sqlx_retry::transaction` on a pool. Two policies, each a table:
+//! (a) the defaults, what `#[serializable_retry]` gets with no arguments (5 attempts, the default
+//! backoff), from 4 clients up; (b) the stress tests' `#[serializable_retry(max = 10, backoff(base
+//! = "2ms", cap = "100ms"))]` at 32 and 64 clients. Within a table the variants differ only in
+//! `priority_after`, each with a policy of its own, and run in an order rotated per round.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -22,8 +23,34 @@ const ACCOUNTS: i64 = 16;
 /// Shifts and doctors per shift of the on-call workload.
 const SHIFTS: i64 = 6;
 const DOCTORS: i64 = 4;
-/// Attempts per call, as in the stress tests.
-const MAX_ATTEMPTS: u32 = 10;
+/// One table of the section: a policy, the client counts and the `priority_after` variants.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Attempts per call.
+    pub max: u32,
+    /// `true`: the stress tests' `Backoff::adaptive(2 ms, 100 ms)`; `false`: the default.
+    pub stress_backoff: bool,
+    pub clients: Vec<usize>,
+    /// `None`: priority turns off; else `priority_after`.
+    pub variants: Vec<Option<u32>>,
+}
+
+impl Block {
+    fn policy(&self, after: Option<u32>) -> Result<Policy, sqlx_retry::PolicyError> {
+        let builder = Policy::builder()
+            .max_attempts(self.max)
+            .priority_after(after);
+        let builder = if self.stress_backoff {
+            builder.backoff(Backoff::adaptive(
+                Duration::from_millis(2),
+                Duration::from_millis(100),
+            ))
+        } else {
+            builder
+        };
+        builder.build()
+    }
+}
 
 /// The workloads, as in `tests/reliability/stress.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +83,7 @@ pub struct Row {
     pub after: Option<u32>,
     /// Calls that committed.
     pub committed: u64,
-    /// Calls that returned the conflict after all 10 attempts.
+    /// Calls that returned the conflict after all their attempts.
     pub exhausted: u64,
     /// Calls that failed otherwise.
     pub other: u64,
@@ -115,30 +142,52 @@ impl Row {
     }
 }
 
-/// The section's figures: per workload and client count, one row per variant.
+/// The section's figures: per table, workload and client count, one row per variant.
 #[derive(Debug, Clone, Default)]
 pub struct Fairness {
     /// Seconds per run, and rounds.
     pub run: Duration,
     pub rounds: usize,
-    pub results: Vec<(Load, usize, Vec<Row>)>,
+    pub blocks: Vec<Block>,
+    /// The index of the block, the workload, the clients and the rows.
+    pub results: Vec<(usize, Load, usize, Vec<Row>)>,
 }
 
 /// The plan of the section, from the bench's mode.
-fn shape(plan: &Plan) -> (Duration, usize, Vec<usize>, Vec<Option<u32>>) {
+fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
+    let defaults = |clients: Vec<usize>| Block {
+        max: Policy::DEFAULT_MAX_ATTEMPTS,
+        stress_backoff: false,
+        clients,
+        variants: vec![None, Some(Policy::DEFAULT_PRIORITY_AFTER)],
+    };
+    let stress = |clients: Vec<usize>, variants: Vec<Option<u32>>| Block {
+        max: 10,
+        stress_backoff: true,
+        clients,
+        variants,
+    };
     match plan.mode {
-        "smoke" => (Duration::from_millis(300), 1, vec![32], vec![None, Some(3)]),
+        "smoke" => (
+            Duration::from_millis(300),
+            1,
+            vec![defaults(vec![4]), stress(vec![32], vec![None, Some(2)])],
+        ),
         "quick" => (
             Duration::from_secs(3),
             2,
-            vec![32],
-            vec![None, Some(3), Some(5)],
+            vec![
+                defaults(vec![16]),
+                stress(vec![32], vec![None, Some(2), Some(3)]),
+            ],
         ),
         _ => (
             Duration::from_secs(5),
             2,
-            vec![32, 64],
-            vec![None, Some(3), Some(5)],
+            vec![
+                defaults(vec![4, 16, 64]),
+                stress(vec![32, 64], vec![None, Some(2), Some(3), Some(5)]),
+            ],
         ),
     }
 }
@@ -147,51 +196,46 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<usize>, Vec<Option<u32>>) {
 pub async fn section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
     eprintln!("[fairness]");
     rep.load.push(("fairness", report::loadavg()));
-    let (run, rounds, clients, variants) = shape(plan);
+    let (run, rounds, blocks) = shape(plan);
     let mut out = Fairness {
         run,
         rounds,
+        blocks: blocks.clone(),
         results: Vec::new(),
     };
-    for &n in &clients {
-        for load in Load::ALL {
-            let mut rows: Vec<Row> = variants
-                .iter()
-                .map(|&after| Row {
-                    after,
-                    ..Row::default()
-                })
-                .collect();
-            // One policy per variant for the whole section, as an annotated function has.
-            let policies: Vec<Arc<Policy>> = variants
-                .iter()
-                .map(|&after| {
-                    Policy::builder()
-                        .max_attempts(MAX_ATTEMPTS)
-                        .backoff(Backoff::adaptive(
-                            Duration::from_millis(2),
-                            Duration::from_millis(100),
-                        ))
-                        .priority_after(after)
-                        .build()
-                        .map(Arc::new)
-                })
-                .collect::<Result<_, _>>()?;
-            for round in 0..rounds {
-                for k in 0..variants.len() {
-                    let i = (k + round) % variants.len();
-                    let r = run_load(opts, load, &policies[i], n, run).await?;
-                    eprintln!(
-                        "  round {} {} {n} clients, priority_after {:?}: {}",
-                        round + 1,
-                        load.name(),
-                        variants[i],
-                        r.summary()
-                    );
-                    rows[i].absorb(r);
+    for (b, block) in blocks.iter().enumerate() {
+        for &n in &block.clients {
+            let variants = &block.variants;
+            for load in Load::ALL {
+                let mut rows: Vec<Row> = variants
+                    .iter()
+                    .map(|&after| Row {
+                        after,
+                        ..Row::default()
+                    })
+                    .collect();
+                // One policy per variant for the whole section, as an annotated function has.
+                let policies: Vec<Arc<Policy>> = variants
+                    .iter()
+                    .map(|&after| block.policy(after).map(Arc::new))
+                    .collect::<Result<_, _>>()?;
+                for round in 0..rounds {
+                    for k in 0..variants.len() {
+                        let i = (k + round) % variants.len();
+                        let r = run_load(opts, load, &policies[i], n, run).await?;
+                        eprintln!(
+                            "  round {} {} {n} clients, max {}, priority_after {:?}: {}",
+                            round + 1,
+                            load.name(),
+                            block.max,
+                            variants[i],
+                            r.summary()
+                        );
+                        rows[i].absorb(r);
+                    }
                 }
+                out.results.push((b, load, n, rows));
             }
-            out.results.push((load, n, rows));
         }
     }
     rep.fairness = Some(out);
@@ -395,38 +439,55 @@ pub fn markdown(f: Option<&Fairness>) -> String {
     let _ = writeln!(
         m,
         "The reliability suite's stress workloads (bank transfers between 16 accounts, one hot \
-         counter, doctors on call), each call through `sqlx_retry::transaction` on a pool with \
-         `max_attempts(10)` and `Backoff::adaptive(2 ms, 100 ms)`, with priority turns off and \
-         with `priority_after(k)` (a call whose first *k* attempts failed runs its next attempt \
-         with no other attempt of its policy beside it). Each variant has a policy of its own; \
-         {} round(s) of {:.1} s per variant, the order rotated per round, figures summed over \
-         rounds. Latency and the attempt counts cover every call, committed or not. \
-         \"Exhausted\": calls that got the conflict back after all 10 attempts.\n",
+         counter, doctors on call), each call through `sqlx_retry::transaction` on a pool, with \
+         priority turns off and with `priority_after(k)` (a call whose first *k* attempts failed \
+         runs its next attempt with no other attempt of its policy beside it; on by default, \
+         after {}). Each variant has a policy of its own; {} round(s) of {:.1} s per variant, the \
+         order rotated per round, figures summed over rounds. Latency and the attempt counts \
+         cover every call, committed or not. \"Exhausted\": calls that got the conflict back \
+         after all their attempts.\n",
+        Policy::DEFAULT_PRIORITY_AFTER,
         f.rounds,
         f.run.as_secs_f64()
     );
-    let _ = writeln!(
-        m,
-        "| workload | clients | priority turns | commits/s | exhausted | attempts/call | max attempts | p50 ms | p99 ms | max ms |"
-    );
-    let _ = writeln!(m, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
-    for (load, clients, rows) in &f.results {
-        for r in rows {
-            let _ = writeln!(
-                m,
-                "| {} | {clients} | {} | {:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
-                load.name(),
-                r.after.map_or("off".to_string(), |k| format!("after {k}")),
-                r.tps(),
-                r.exhausted,
-                r.attempts as f64 / r.calls().max(1) as f64,
-                r.max_attempts,
-                r.pct_ms(0.5),
-                r.pct_ms(0.99),
-                r.lat_us.last().copied().unwrap_or(0.0) / 1e3,
-            );
+    for (b, block) in f.blocks.iter().enumerate() {
+        let letter = char::from(b'a' + (b as u8 % 26));
+        let title = if block.stress_backoff {
+            format!(
+                "the stress tests' policy, `max_attempts({})` and `Backoff::adaptive(2 ms, 100 ms)`",
+                block.max
+            )
+        } else {
+            format!(
+                "the defaults, what `#[serializable_retry]` gets with no arguments: {} attempts \
+                 and the default backoff",
+                block.max
+            )
+        };
+        let _ = writeln!(m, "**({letter}) With {title}.**\n");
+        let _ = writeln!(
+            m,
+            "| workload | clients | priority turns | commits/s | exhausted | attempts/call | max attempts | p50 ms | p99 ms | max ms |"
+        );
+        let _ = writeln!(m, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+        for (_, load, clients, rows) in f.results.iter().filter(|r| r.0 == b) {
+            for r in rows {
+                let _ = writeln!(
+                    m,
+                    "| {} | {clients} | {} | {:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
+                    load.name(),
+                    r.after.map_or("off".to_string(), |k| format!("after {k}")),
+                    r.tps(),
+                    r.exhausted,
+                    r.attempts as f64 / r.calls().max(1) as f64,
+                    r.max_attempts,
+                    r.pct_ms(0.5),
+                    r.pct_ms(0.99),
+                    r.lat_us.last().copied().unwrap_or(0.0) / 1e3,
+                );
+            }
         }
+        m.push('\n');
     }
-    m.push('\n');
     m
 }

@@ -662,7 +662,7 @@ impl Report {
          same row conflict, and a conflict costs less. **Write skew**: 4 shifts × 8 doctors; count those on call for a random shift; a \
          random doctor of it goes off call if ≥ 2 are on call, else on call (keeps the workload \
          stationary). Ours = `#[serializable_retry(max = {})]` with the default backoff \
-         (adaptive 5 ms/500 ms), each client on the connection it holds (`&mut PgConnection`), \
+         (adaptive 5 ms/500 ms) and priority turns (after 2), each client on the connection it holds (`&mut PgConnection`), \
          as pgbench's clients do; \"sqlx-retry, pooled\" is the same through `&PgPool`, each call \
          taking a connection and giving it back. \"hand-written sqlx\" is the loop a user \
          writes without the library, on held connections: `begin_with(\"BEGIN ISOLATION \
@@ -865,7 +865,7 @@ impl Report {
         let _ = writeln!(m, "## 3. Backoff strategies\n");
         let _ = writeln!(
             m,
-            "`sqlx_retry::transaction(&mut conn, &policy, …)`, each client on the connection it holds, with `Policy::builder().max_attempts({}).backoff(…)`, \
+            "`sqlx_retry::transaction(&mut conn, &policy, …)`, each client on the connection it holds, with `Policy::builder().max_attempts({}).backoff(…)` (and the default priority turns), \
          {} clients, {} rounds of {:.1} s per strategy and workload (each round runs every \
          strategy once, in an order rotated per round; the figures add up over the rounds). \
          `adaptive` is `Backoff::adaptive(base, cap)`: full jitter whose \
@@ -1017,7 +1017,7 @@ impl Report {
         let _ = writeln!(
             m,
             "{:.1} s per run; at each workload and client count five runs, in an order rotated \
-            from point to point. sqlx-retry = the attribute with the default backoff; \
+            from point to point. sqlx-retry = the attribute with the default backoff and priority turns; \
             hand-written = the loop a user writes without the library, retrying `40001` and \
             `40P01` at once up to {} attempts, as pgbench does. *Held*: each client holds one \
             connection for the whole run, as a pgbench client does; *pooled*: a pool of as many \
