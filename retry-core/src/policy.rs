@@ -128,9 +128,9 @@ impl Policy {
 
     /// The default of [`PolicyBuilder::priority_after`]: a call whose first 2 attempts failed
     /// runs its third with no other attempt of its policy beside it. Chosen with the benchmark
-    /// (BENCHMARKS.md §5): at the default [`max_attempts`](Self::DEFAULT_MAX_ATTEMPTS) the
-    /// backoff alone let calls run out of attempts from 4 clients up on every contended
-    /// workload, and with priority turns none did.
+    /// (BENCHMARKS.md §5 (a)): at the default [`max_attempts`](Self::DEFAULT_MAX_ATTEMPTS) the
+    /// backoff alone let calls run out of attempts on each of its three workloads at 4, 16 and
+    /// 64 clients, and with priority turns none did.
     pub const DEFAULT_PRIORITY_AFTER: u32 = 2;
 
     /// A builder starting from the defaults.
