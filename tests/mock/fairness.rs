@@ -259,3 +259,38 @@ fn priority_after_zero_is_refused() {
     assert_eq!(p.priority_after(), Some(3));
     assert_eq!(p.clone().priority_after(), Some(3));
 }
+
+/// The value of `const NAME: TYPE = VALUE;` in `src`, as written.
+fn constant<'a>(src: &'a str, decl: &str) -> &'a str {
+    let start = src.find(decl).unwrap_or_else(|| panic!("no `{decl}`")) + decl.len();
+    src[start..].split(';').next().unwrap().trim()
+}
+
+/// The attribute checks `priority_after` against `max` at compile time, and when `max` is left
+/// out, against its own copy of the core's default (a proc-macro crate cannot read the core's
+/// constants), as it checks a backoff window against its copies of the default base and cap.
+/// The copies must be the core's values.
+#[test]
+fn the_attribute_checks_against_the_core_defaults() {
+    let attr = include_str!("../../retry-macros/src/attr.rs");
+    assert_eq!(
+        constant(attr, "const DEFAULT_MAX: u32 ="),
+        Policy::DEFAULT_MAX_ATTEMPTS.to_string()
+    );
+    let millis = |decl| {
+        let value = constant(attr, decl);
+        let n = value
+            .strip_prefix("Duration::from_millis(")
+            .and_then(|v| v.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{decl} {value}"));
+        Duration::from_millis(n.parse().unwrap())
+    };
+    assert_eq!(
+        millis("const DEFAULT_BASE: Duration ="),
+        Backoff::DEFAULT_BASE
+    );
+    assert_eq!(
+        millis("const DEFAULT_CAP: Duration ="),
+        Backoff::DEFAULT_CAP
+    );
+}
