@@ -127,17 +127,26 @@ impl Row {
         self.committed + self.exhausted + self.other
     }
 
+    fn attempts_per_call(&self) -> f64 {
+        self.attempts as f64 / self.calls().max(1) as f64
+    }
+
+    /// The slowest call, ms.
+    fn max_ms(&self) -> f64 {
+        self.lat_us.last().copied().unwrap_or(0.0) / 1e3
+    }
+
     fn summary(&self) -> String {
         format!(
             "{:.0} commits/s, exhausted {}, other {}, attempts/call {:.2}, max attempts {}, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
             self.tps(),
             self.exhausted,
             self.other,
-            self.attempts as f64 / self.calls().max(1) as f64,
+            self.attempts_per_call(),
             self.max_attempts,
             self.pct_ms(0.5),
             self.pct_ms(0.99),
-            self.lat_us.last().copied().unwrap_or(0.0) / 1e3,
+            self.max_ms(),
         )
     }
 }
@@ -415,16 +424,10 @@ async fn run_load(
     }
     let mut row = Row::default();
     while let Some(r) = set.join_next().await {
-        let r = r?;
-        row.committed += r.committed;
-        row.exhausted += r.exhausted;
-        row.other += r.other;
-        row.attempts += r.attempts;
-        row.max_attempts = row.max_attempts.max(r.max_attempts);
-        row.lat_us.extend(r.lat_us);
+        // A task's row has no elapsed time of its own: the run's is set below.
+        row.absorb(r?);
     }
     row.elapsed = started.elapsed();
-    row.lat_us.sort_by(f64::total_cmp);
     pool.close().await;
     Ok(row)
 }
@@ -479,11 +482,11 @@ pub fn markdown(f: Option<&Fairness>) -> String {
                     r.after.map_or("off".to_string(), |k| format!("after {k}")),
                     r.tps(),
                     r.exhausted,
-                    r.attempts as f64 / r.calls().max(1) as f64,
+                    r.attempts_per_call(),
                     r.max_attempts,
                     r.pct_ms(0.5),
                     r.pct_ms(0.99),
-                    r.lat_us.last().copied().unwrap_or(0.0) / 1e3,
+                    r.max_ms(),
                 );
             }
         }
