@@ -5,14 +5,14 @@
 //! `25P02` and COMMIT completes *successfully* with the tag `ROLLBACK`. A body that swallows an
 //! error (`.ok()`, `if let Err(e) = … { log }`) and returns `Ok` would therefore look committed
 //! while nothing was. sqlx 0.9 shows neither the transaction status of its connection nor the
-//! COMMIT's tag, so the loop's COMMIT is one simple query that checks first:
-//! `SHOW transaction_isolation; COMMIT; BEGIN`. In an aborted transaction the `SHOW` fails with
-//! `25P02` and the server skips the rest; the transaction is rolled back and the call gets
-//! [`TransactionAborted`]. Otherwise COMMIT commits and BEGIN opens an empty transaction (no
-//! snapshot, no transaction id, no lock), which keeps sqlx's transaction depth true to the
-//! server: the attempt's transaction is still open for sqlx, and ending it the usual way queues
-//! a ROLLBACK. Sending COMMIT without the BEGIN would leave sqlx believing a transaction is open,
-//! and its ROLLBACK would then draw a "there is no transaction in progress" warning for every
+//! COMMIT's tag, so the loop's COMMIT is one simple query that checks first: `SET LOCAL
+//! sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN` (see [`check_sql!`]). In an aborted transaction
+//! the `SET` fails with `25P02` and the server skips the rest; the transaction is rolled back and
+//! the call gets [`TransactionAborted`]. Otherwise COMMIT commits and BEGIN opens an empty
+//! transaction (no snapshot, no transaction id, no lock), which keeps sqlx's transaction depth true
+//! to the server: the attempt's transaction is still open for sqlx, and ending it the usual way
+//! queues a ROLLBACK. Sending COMMIT without the BEGIN would leave sqlx believing a transaction is
+//! open, and its ROLLBACK would then draw a "there is no transaction in progress" warning for every
 //! call.
 //!
 //! So the check costs no round trip of its own, and neither does that ROLLBACK: on a pooled
@@ -34,15 +34,23 @@ use sqlx::error::{DatabaseError, ErrorKind};
 /// The check sent before COMMIT: it fails with `25P02` in an aborted transaction. (The mock
 /// server recognises it by its text.)
 ///
-/// It is a `SHOW`, not a `SELECT 1`, because the server answers it without planning or running a
-/// query: on PostgreSQL it costs less than half of what a `SELECT 1` does (BENCHMARKS.md §1 (d)
-/// measures both). It reads a setting and changes nothing. PostgreSQL and YugabyteDB reject every statement but
-/// COMMIT and ROLLBACK in an aborted transaction; CockroachDB also lets a few "observer"
-/// statements through (`SHOW TRANSACTION STATUS`, `SHOW SYNTAX`, …), and `SHOW <variable>` is
-/// not one of them, so it fails there too.
+/// It sets a custom setting of its own (`sqlx_retry.not_aborted`: a name with a dot, which
+/// PostgreSQL accepts from any user as a placeholder that nothing reads) for the rest of the
+/// transaction only (`LOCAL`): the body never sees it set, and after the transaction the session
+/// knows the name with an empty value, as PostgreSQL leaves any placeholder (tested in
+/// `tests/postgres/commit.rs`). It is a `SET`, which the server answers with its tag alone: no
+/// planning, no executor, no row description and no row for the server to send and sqlx to decode.
+/// BENCHMARKS.md §1 (d) measures it beside the `SHOW transaction_isolation` this crate sent before,
+/// and beside a plain COMMIT, with 1 client and with 2.
+///
+/// PostgreSQL and YugabyteDB reject every statement but COMMIT and ROLLBACK in an aborted
+/// transaction. CockroachDB also lets a few "observer" statements through (`SHOW TRANSACTION
+/// STATUS`, `SHOW SYNTAX`, `SET TRACING`, …); a `SET` of a session variable is not one of them,
+/// so it fails there too. CockroachDB accepts `SET LOCAL` from v21.2 and session variables with
+/// a dot in their name from v22.1.
 macro_rules! check_sql {
     () => {
-        "SHOW transaction_isolation /* sqlx-retry: not aborted? */"
+        "SET LOCAL sqlx_retry.not_aborted = 'on'"
     };
 }
 pub(crate) use check_sql;
@@ -167,9 +175,9 @@ pub(crate) async fn postgres_commit_pooled(
     }
 }
 
-/// [`postgres_commit_pooled`] with a query of the caller's, e.g. `SHOW transaction_isolation;
-/// COMMIT; BEGIN; SELECT pg_current_wal_insert_lsn()`: its rows are returned. The query must
-/// begin with a statement that fails with `25P02` in an aborted transaction, and end the
+/// [`postgres_commit_pooled`] with a query of the caller's, e.g. `SET LOCAL sqlx_retry.not_aborted
+/// = 'on'; COMMIT; BEGIN; SELECT pg_current_wal_insert_lsn()`: its rows are returned. The query
+/// must begin with a statement that fails with `25P02` in an aborted transaction, and end the
 /// transaction it commits with an empty one opened by `BEGIN`.
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres_commit_pooled_returning(

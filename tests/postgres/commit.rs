@@ -649,3 +649,55 @@ async fn after_a_serialization_failure_the_rollback_is_not_awaited() {
     assert_outside_transaction(&mut conn).await;
     assert_eq!(proxy.stats().notices, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The check's own setting stays inside the transaction it checks
+// ---------------------------------------------------------------------------------------------
+
+/// What the body sees of the check's setting, `sqlx_retry.not_aborted` (`None`: not set).
+#[serializable_retry(max = 3, backoff(base = "1ms", cap = "2ms"))]
+async fn read_check_setting(tx: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+    sqlx::raw_sql("INSERT INTO items VALUES (1)")
+        .execute(&mut *tx)
+        .await?;
+    check_setting(tx).await
+}
+
+async fn check_setting(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT nullif(current_setting('sqlx_retry.not_aborted', true), '')")
+        .fetch_one(conn)
+        .await
+}
+
+#[tokio::test]
+async fn the_check_is_set_for_its_transaction_only() {
+    let (pool, schema) = setup().await;
+    let mut conn = held(&schema).await;
+    // The first call: the body runs before any check on this session.
+    assert_eq!(read_check_setting(&mut conn).await.unwrap(), None);
+    assert_eq!(rows(&pool).await, 1);
+    // After a committed call, the session sees nothing set.
+    assert_eq!(check_setting(&mut conn).await.unwrap(), None);
+    // The next call's body does not see the last call's check either.
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(read_check_setting(&mut conn).await.unwrap(), None);
+    assert_eq!(check_setting(&mut conn).await.unwrap(), None);
+    assert_outside_transaction(&mut conn).await;
+    // The same through the pool, whose connections the checks ran on.
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(read_check_setting(&pool).await.unwrap(), None);
+    for _ in 0..2 {
+        assert_eq!(
+            check_setting(&mut pool.acquire().await.unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}

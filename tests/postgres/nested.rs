@@ -31,7 +31,7 @@ const KEYWORDS: [&str; 4] = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"];
 fn count_control<const ID: usize>(msg: &FrontendMessage<'_>) -> bool {
     if let Some(sql) = msg.sql() {
         // A simple query may hold several statements (a pooled COMMIT is
-        // `SHOW transaction_isolation; COMMIT; BEGIN`): count each.
+        // `SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN`): count each.
         for statement in sql.split(';') {
             let statement = statement.trim_start().to_ascii_uppercase();
             for (i, keyword) in KEYWORDS.iter().enumerate() {

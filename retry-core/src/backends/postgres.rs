@@ -59,8 +59,9 @@ impl super::Backend for sqlx::Postgres {
         Ok(begin_statement(options))
     }
 
-    /// One simple query in its own round trip: `SHOW transaction_isolation` fails with `25P02` in
-    /// an aborted transaction, reported as [`TransactionAborted`](crate::error::TransactionAborted).
+    /// One simple query in its own round trip: `SET LOCAL sqlx_retry.not_aborted = 'on'` fails
+    /// with `25P02` in an aborted transaction, reported as
+    /// [`TransactionAborted`](crate::error::TransactionAborted).
     fn check_not_aborted(
         conn: &mut sqlx::PgConnection,
     ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + '_ {
@@ -76,8 +77,8 @@ impl super::Backend for sqlx::Postgres {
         async move { sqlx::raw_sql(sql).execute(conn).await.map(drop) }
     }
 
-    /// `SHOW transaction_isolation; COMMIT; BEGIN` as one simple query: no round trip more than
-    /// COMMIT alone (see `aborted.rs`).
+    /// `SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN` as one simple query: no round
+    /// trip more than COMMIT alone (see `aborted.rs`).
     fn commit_pooled(
         conn: &mut sqlx::PgConnection,
     ) -> impl std::future::Future<Output = Result<bool, sqlx::Error>> + Send + '_ {

@@ -510,9 +510,8 @@ impl Conn {
             self.error(&PgError::new("25P02"));
             return Next::Continue;
         }
-        // `SHOW` answers with a row description, its row and the tag `SHOW`; sqlx's `execute`
-        // skips the row, so the tag alone stands for it.
-        self.complete("SHOW");
+        // The `SET LOCAL` answers with its tag alone.
+        self.complete("SET");
         if !pooled {
             return Next::Continue;
         }
