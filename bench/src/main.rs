@@ -349,14 +349,16 @@ async fn overhead_section(
     eprintln!("[overhead]");
     rep.load.push(("overhead", report::loadavg()));
     rep.overhead = Some(overhead(plan, opts, iso).await?);
-    eprintln!("  ours' COMMIT, step by step");
-    let steps = commit_steps(plan, opts).await?;
-    eprintln!(
-        "    to a plain COMMIT: {:?}, ours / its hand-written equivalent {:.3}",
-        steps.to_plain.map(|r| (r * 1000.0).round() / 1000.0),
-        steps.ours_to_check
-    );
-    rep.commit_steps = Some(steps);
+    for clients in COMMIT_STEP_CLIENTS {
+        eprintln!("  ours' COMMIT, step by step, {clients} client(s)");
+        let steps = commit_steps(plan, opts, clients).await?;
+        eprintln!(
+            "    to a plain COMMIT: {:?}, ours / its hand-written equivalent {:.3}",
+            steps.to_plain.map(|r| (r * 1000.0).round() / 1000.0),
+            steps.ours_to_check
+        );
+        rep.commit_steps.push(steps);
+    }
     Ok(())
 }
 
@@ -1268,6 +1270,11 @@ async fn count_round_trips(
     Ok(round_trips)
 }
 
+/// Section 1 (d) runs its steps with this many clients at once: one, where every round trip is
+/// a lone client's, and two, where the CPUs are busy and what each step costs the server and the
+/// client shows in full (as at the low client counts of section 4).
+pub const COMMIT_STEP_CLIENTS: [usize; 2] = [1, 2];
+
 /// Section 1 (d): what ours' COMMIT on a held connection is made of. Step 0 is ours; steps 1–4
 /// are the same transaction written by hand, ended as [`COMMIT_STEP_ENDINGS`] says.
 pub const COMMIT_STEPS: [&str; 5] = [
@@ -1275,10 +1282,10 @@ pub const COMMIT_STEPS: [&str; 5] = [
     "hand: `commit()`, a plain COMMIT",
     "hand: `COMMIT; BEGIN` in one query, then the `Transaction` dropped: the empty transaction \
      that keeps sqlx's transaction depth true (its ROLLBACK goes out ahead of the next BEGIN)",
-    "hand: `SHOW transaction_isolation; COMMIT; BEGIN`, then dropped: step 2 and the check, as \
-     ours sends it",
-    "hand: `SELECT 1; COMMIT; BEGIN`, then dropped: step 2 and the check as a `SELECT 1`, as ours \
-     sent it before",
+    "hand: `SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN`, then dropped: step 2 and the \
+     check, as ours sends it",
+    "hand: `SHOW transaction_isolation; COMMIT; BEGIN`, then dropped: step 2 and the check as \
+     the `SHOW` ours sent before",
 ];
 
 /// How hand-written steps 1–4 of [`COMMIT_STEPS`] end their transaction: `None` is sqlx's
@@ -1287,13 +1294,15 @@ pub const COMMIT_STEPS: [&str; 5] = [
 const COMMIT_STEP_ENDINGS: [Option<&str>; 4] = [
     None,
     Some("COMMIT; BEGIN"),
+    Some("SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN"),
     Some("SHOW transaction_isolation; COMMIT; BEGIN"),
-    Some("SELECT 1; COMMIT; BEGIN"),
 ];
 
-/// Section 1 (d)'s figures, one `PgConnection`.
+/// Section 1 (d)'s figures: `clients` `PgConnection`s side by side, each on a row of its own.
 #[derive(Debug, Clone)]
 pub struct CommitSteps {
+    /// Clients running the steps at the same time.
+    pub clients: usize,
     /// Median per-transaction latency per step, µs.
     pub median_us: [f64; 5],
     /// Median over blocks of (block time of step k / block time of step 1, the plain COMMIT).
@@ -1305,16 +1314,16 @@ pub struct CommitSteps {
     pub ours_to_check: f64,
     /// 95 % bootstrap interval of `ours_to_check`.
     pub ours_to_check_ci: (f64, f64),
-    /// Transactions per step.
+    /// Transactions per step and client.
     pub n: usize,
 }
 
-async fn commit_step(which: usize, c: &mut PgConnection) -> Result<(), sqlx::Error> {
+async fn commit_step(which: usize, c: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
     let Some(ending) = which.checked_sub(1) else {
-        return bump_attr(c, 1).await;
+        return bump_attr(c, id).await;
     };
     let mut tx = c.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?;
-    sqlx::query(BUMP).bind(1_i64).execute(&mut *tx).await?;
+    sqlx::query(BUMP).bind(id).execute(&mut *tx).await?;
     match COMMIT_STEP_ENDINGS[ending] {
         None => tx.commit().await,
         Some(sql) => {
@@ -1325,39 +1334,78 @@ async fn commit_step(which: usize, c: &mut PgConnection) -> Result<(), sqlx::Err
     }
 }
 
-/// Times the steps of [`COMMIT_STEPS`] on one connection, in blocks whose order rotates and
-/// turns round every 5 blocks, so that each step runs in each place, after each other, equally
-/// often.
-async fn commit_steps(plan: &Plan, opts: &PgConnectOptions) -> Res<CommitSteps> {
+/// Times the steps of [`COMMIT_STEPS`] on `clients` connections at once, each updating a row of
+/// its own through the primary key's index (so that they never conflict), in blocks whose order
+/// rotates and turns round every 5 blocks, so that each step runs in each place, after each
+/// other, equally often. A block of a step ends when every client has run its transactions.
+async fn commit_steps(plan: &Plan, opts: &PgConnectOptions, clients: usize) -> Res<CommitSteps> {
     const N: usize = COMMIT_STEPS.len();
-    let mut c = PgConnection::connect_with(opts).await?;
-    for which in 0..N {
-        for _ in 0..50 {
-            commit_step(which, &mut c).await?;
-        }
+    let opts = opts.clone().options([("enable_seqscan", "off")]);
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(PgConnection::connect_with(&opts).await?);
     }
+    sqlx::query(
+        "INSERT INTO counters SELECT g, 0 FROM generate_series(1, $1) g ON CONFLICT DO NOTHING",
+    )
+    .bind(clients as i64)
+    .execute(&mut conns[0])
+    .await?;
     let mut lat: [Vec<f64>; N] = Default::default();
     let mut to_plain: [Vec<f64>; N] = Default::default();
     let mut ours_to_check = Vec::new();
-    for block in 0..plan.blocks {
-        let mut order: Vec<usize> = (0..N).map(|i| (i + block) % N).collect();
-        if (block / N) % 2 == 1 {
+    // Block -1 is the warm-up: statement caches, server caches.
+    for block in -1..plan.blocks as isize {
+        let rotation = block.max(0) as usize;
+        let mut order: Vec<usize> = (0..N).map(|i| (i + rotation) % N).collect();
+        if (rotation / N) % 2 == 1 {
             order.reverse();
         }
+        let n = if block < 0 { 50 } else { plan.per_block };
         let mut totals = [0.0_f64; N];
         for which in order {
-            totals[which] = time_block(plan.per_block, &mut lat[which], async || {
-                commit_step(which, &mut c).await
-            })
-            .await?;
+            let t_block = Instant::now();
+            let tasks: Vec<_> = conns
+                .drain(..)
+                .enumerate()
+                .map(|(k, mut c)| {
+                    tokio::spawn(async move {
+                        let mut lat = Vec::with_capacity(n);
+                        let mut r = Ok(());
+                        for _ in 0..n {
+                            let t = Instant::now();
+                            r = commit_step(which, &mut c, k as i64 + 1).await;
+                            if r.is_err() {
+                                break;
+                            }
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
+                        (c, lat, r)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let (c, block_lat, r) = task.await?;
+                r?;
+                conns.push(c);
+                if block >= 0 {
+                    lat[which].extend(block_lat);
+                }
+            }
+            totals[which] = t_block.elapsed().as_secs_f64();
         }
-        for k in 0..N {
-            to_plain[k].push(totals[k] / totals[1]);
+        if block >= 0 {
+            for k in 0..N {
+                to_plain[k].push(totals[k] / totals[1]);
+            }
+            ours_to_check.push(totals[0] / totals[3]);
         }
-        ours_to_check.push(totals[0] / totals[3]);
     }
-    c.close().await?;
+    for c in conns {
+        c.close().await?;
+    }
     let mut steps = CommitSteps {
+        clients,
         median_us: [0.0; N],
         to_plain: [0.0; N],
         to_plain_ci: [(0.0, 0.0); N],
