@@ -102,9 +102,9 @@ impl<'s, DB: Database> BeginTransaction<'s> for &mut Transaction<'_, DB> {
 ///
 /// Its COMMIT on PostgreSQL is the check that the transaction is not aborted, COMMIT and an
 /// empty transaction in one simple query (`SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT;
-/// BEGIN`, see [`TransactionAborted`](crate::error::TransactionAborted)); the ROLLBACK that ends the empty
-/// transaction is sent right away, without waiting for its answer, which the connection reads at
-/// its next use. So the check costs no round trip, and the connection is idle (not idle in
+/// BEGIN`, see [`TransactionAborted`](crate::error::TransactionAborted)); the ROLLBACK that ends
+/// the empty transaction is sent right away, without waiting for its answer, which the
+/// connection reads at its next use. So the check costs no round trip, and the connection is idle (not idle in
 /// transaction) as soon as the server has read that ROLLBACK.
 pub struct HeldTransaction<'c, DB: Database> {
     conn: &'c mut DB::Connection,
