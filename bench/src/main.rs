@@ -1425,3 +1425,31 @@ async fn commit_steps(plan: &Plan, opts: &PgConnectOptions, clients: usize) -> R
 pub fn bump_counter(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{COMMIT_STEP_ENDINGS, COMMIT_STEPS};
+
+    /// Step 3 of §1 (d) is "the check, as ours sends it": its SQL is written out here because the
+    /// library keeps it crate-private (`check_sql!` in `retry-core/src/aborted.rs`), so this
+    /// reads it from there and fails when the two part.
+    #[test]
+    fn step_3_sends_the_check_the_library_sends() {
+        let aborted = include_str!("../../retry-core/src/aborted.rs");
+        let body = aborted
+            .split("macro_rules! check_sql {")
+            .nth(1)
+            .expect("check_sql! in aborted.rs");
+        let check = body
+            .split('"')
+            .nth(1)
+            .expect("a string literal in check_sql!");
+        let pooled_commit = format!("{check}; COMMIT; BEGIN");
+        assert_eq!(COMMIT_STEP_ENDINGS[2], Some(pooled_commit.as_str()));
+        assert!(
+            COMMIT_STEPS[3].contains(&pooled_commit),
+            "{}",
+            COMMIT_STEPS[3]
+        );
+    }
+}
