@@ -95,10 +95,14 @@ pub struct Row {
     pub elapsed: Duration,
     /// Latency of every call (committed or not), µs, sorted.
     pub lat_us: Vec<f64>,
+    /// Committed calls per second of each round, in the order they ran.
+    pub round_tps: Vec<f64>,
 }
 
 impl Row {
+    /// Adds one round's figures.
     fn absorb(&mut self, other: Row) {
+        self.round_tps.push(other.tps());
         self.committed += other.committed;
         self.exhausted += other.exhausted;
         self.other += other.other;
@@ -112,6 +116,13 @@ impl Row {
     /// Committed calls per second.
     pub fn tps(&self) -> f64 {
         self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The lowest and the highest commits per second of a round.
+    fn round_range(&self) -> (f64, f64) {
+        self.round_tps
+            .iter()
+            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| (lo.min(t), hi.max(t)))
     }
 
     /// A latency percentile, ms.
@@ -446,7 +457,8 @@ pub fn markdown(f: Option<&Fairness>) -> String {
          priority turns off and with `priority_after(k)` (a call whose first *k* attempts failed \
          runs its next attempt with no other attempt of its policy beside it; on by default, \
          after {}). Each variant has a policy of its own; {} round(s) of {:.1} s per variant, the \
-         order rotated per round, figures summed over rounds. Latency and the attempt counts \
+         order rotated per round, figures summed over rounds; \"rounds\" gives the lowest and the \
+         highest commits/s of a single round, to show how far one round can be from another. Latency and the attempt counts \
          cover every call, committed or not. \"Exhausted\": calls that got the conflict back \
          after all their attempts.\n",
         Policy::DEFAULT_PRIORITY_AFTER,
@@ -470,14 +482,15 @@ pub fn markdown(f: Option<&Fairness>) -> String {
         let _ = writeln!(m, "**({letter}) With {title}.**\n");
         let _ = writeln!(
             m,
-            "| workload | clients | priority turns | commits/s | exhausted | attempts/call | max attempts | p50 ms | p99 ms | max ms |"
+            "| workload | clients | priority turns | commits/s | rounds | exhausted | attempts/call | max attempts | p50 ms | p99 ms | max ms |"
         );
-        let _ = writeln!(m, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(m, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         for (_, load, clients, rows) in f.results.iter().filter(|r| r.0 == b) {
             for r in rows {
+                let (lo, hi) = r.round_range();
                 let _ = writeln!(
                     m,
-                    "| {} | {clients} | {} | {:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
+                    "| {} | {clients} | {} | {:.0} | {lo:.0}–{hi:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
                     load.name(),
                     r.after.map_or("off".to_string(), |k| format!("after {k}")),
                     r.tps(),
