@@ -122,7 +122,9 @@ impl Row {
     fn round_range(&self) -> (f64, f64) {
         self.round_tps
             .iter()
-            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| (lo.min(t), hi.max(t)))
+            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| {
+                (lo.min(t), hi.max(t))
+            })
     }
 
     /// A latency percentile, ms.
