@@ -56,8 +56,8 @@
 /// - `Ok` means committed. On PostgreSQL a body that returns `Ok` after ignoring a failed
 ///   statement's error has an aborted transaction: COMMIT is not sent and the call returns
 ///   [`TransactionAborted`](error::TransactionAborted) (SQLSTATE `25P02`), retried only when a joined call returned a
-///   conflict during the attempt or `retry_on` lists `25P02`. The check is a `SHOW`, sent
-///   with COMMIT in one query: it costs no round trip.
+///   conflict during the attempt or `retry_on` lists `25P02`. The check is a `SET LOCAL` of a
+///   placeholder setting, sent with COMMIT in one query: it costs no round trip.
 /// - A tracing span named after the function wraps the call; each retry emits an event with the
 ///   attempt number, SQLSTATE, the database's message (never its DETAIL, which can quote row
 ///   data), the conflict kind and delay. With the `metrics` feature the call updates the

@@ -308,7 +308,7 @@ async fn one_statement(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 /// A one-statement body costs three round trips, held connection or pool: BEGIN, the statement,
-/// and the check with COMMIT in one simple query (`SHOW …; COMMIT; BEGIN`). The ROLLBACK that
+/// and the check with COMMIT in one simple query (`SET LOCAL …; COMMIT; BEGIN`). The ROLLBACK that
 /// ends the empty transaction is a fourth simple query that nobody waits for (see
 /// `on_a_held_connection_the_empty_transaction_ends_at_once`).
 #[tokio::test]

@@ -267,7 +267,7 @@ async fn connection_outside_a_transaction_still_begins_its_own() {
     let ctl = Ctl::new(NEVER);
     let mut conn = pool.acquire().await.unwrap();
     debit(&mut *conn, 1, 7, &ctl).await.unwrap();
-    // BEGIN; the check with COMMIT and an empty transaction (`SHOW …; COMMIT; BEGIN`); the
+    // BEGIN; the check with COMMIT and an empty transaction (`SET LOCAL …; COMMIT; BEGIN`); the
     // ROLLBACK that ends it, sent as the call returns without being waited for.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while control(2)[2] == 0 && std::time::Instant::now() < deadline {
