@@ -460,8 +460,8 @@ pub fn markdown(f: Option<&Fairness>) -> String {
          runs its next attempt with no other attempt of its policy beside it; on by default, \
          after {}). Each variant has a policy of its own; {} round(s) of {:.1} s per variant, the \
          order rotated per round, figures summed over rounds; \"rounds\" gives the lowest and the \
-         highest commits/s of a single round, to show how far one round can be from another. Latency and the attempt counts \
-         cover every call, committed or not. \"Exhausted\": calls that got the conflict back \
+         highest commits/s of a single round, to show how far one round can be from another. \
+         Latency and the attempt counts cover every call, committed or not. \"Exhausted\": calls that got the conflict back \
          after all their attempts.\n",
         Policy::DEFAULT_PRIORITY_AFTER,
         f.rounds,
