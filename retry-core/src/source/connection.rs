@@ -104,8 +104,8 @@ impl<'s, DB: Database> BeginTransaction<'s> for &mut Transaction<'_, DB> {
 /// empty transaction in one simple query (`SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT;
 /// BEGIN`, see [`TransactionAborted`](crate::error::TransactionAborted)); the ROLLBACK that ends
 /// the empty transaction is sent right away, without waiting for its answer, which the
-/// connection reads at its next use. So the check costs no round trip, and the connection is idle (not idle in
-/// transaction) as soon as the server has read that ROLLBACK.
+/// connection reads at its next use. So the check costs no round trip, and the connection is idle
+/// (not idle in transaction) as soon as the server has read that ROLLBACK.
 pub struct HeldTransaction<'c, DB: Database> {
     conn: &'c mut DB::Connection,
     open: bool,
