@@ -62,8 +62,15 @@ pub struct Plan {
     /// rotated per round, and the figures add up over rounds, so drift and one noisy stretch
     /// do not decide the ranking.
     pub strategy_rounds: usize,
-    /// Duration of each scaling point.
+    /// Duration of each run of the scaling section.
     pub scaling: Duration,
+    /// Rounds of the scaling section: at each point every implementation runs once per round,
+    /// in an order rotated from round to round and from point to point, and the figures add up
+    /// over rounds, so that one noisy stretch does not decide a point's verdict.
+    pub scaling_rounds: usize,
+    /// Client counts of section 4's account of the gap to the hand-written loop (ours with
+    /// and without priority turns and backoff, beside the loop).
+    pub gap_clients: Vec<usize>,
     /// Client counts of the scaling section.
     pub clients: Vec<usize>,
     /// Clients of the contention and strategy sections.
@@ -95,6 +102,8 @@ impl Plan {
                 strategy: Duration::from_millis(150),
                 strategy_rounds: 1,
                 scaling: Duration::from_millis(200),
+                scaling_rounds: 1,
+                gap_clients: vec![2],
                 clients: vec![1, 16],
                 contention_clients: 16,
                 max_tries: 50,
@@ -115,6 +124,8 @@ impl Plan {
                 strategy: Duration::from_secs(2),
                 strategy_rounds: 1,
                 scaling: Duration::from_secs(1),
+                scaling_rounds: 1,
+                gap_clients: vec![2, 4],
                 clients: vec![1, 2, 4, 16, 64],
                 contention_clients: 16,
                 max_tries: 50,
@@ -134,7 +145,9 @@ impl Plan {
                 contention_rounds: 3,
                 strategy: Duration::from_secs(6),
                 strategy_rounds: 3,
-                scaling: Duration::from_secs(4),
+                scaling: Duration::from_secs(3),
+                scaling_rounds: 2,
+                gap_clients: vec![2, 4, 8],
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
                 max_tries: 50,
@@ -204,6 +217,9 @@ async fn run() -> Res<()> {
     if args.runs("scaling") {
         scaling_section(&plan, &opts, iso.schema(), pgbench.as_ref(), &mut rep).await?;
     }
+    if args.runs("gap") {
+        gap_section(&plan, &opts, &mut rep).await?;
+    }
     if args.runs("fairness") {
         fairness::section(&plan, &opts, &mut rep).await?;
     }
@@ -227,12 +243,13 @@ async fn run() -> Res<()> {
 }
 
 /// The sections `--only` accepts, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "profile",
     "overhead",
     "contention",
     "strategies",
     "scaling",
+    "gap",
     "fairness",
     "replicas",
 ];
@@ -548,28 +565,33 @@ async fn scaling_section(
     for w in workloads::CONTENDED {
         for &c in &plan.clients {
             let mut point = report::ScalePoint::new(w, c);
-            // The order rotates from point to point, so that no implementation always runs
-            // first, or right after the same one, on a host whose load drifts.
-            for i in 0..report::SCALING_IMPS.len() {
-                let which = report::SCALING_IMPS[(k + i) % report::SCALING_IMPS.len()];
-                let t = Instant::now();
-                let run = match (which.imp(plan.max_tries), pgbench) {
-                    (Some((imp, conns)), _) => {
-                        Some(workloads::run_ours(opts, w, &imp, conns, c, plan.scaling).await?)
+            let n = report::SCALING_IMPS.len();
+            for round in 0..plan.scaling_rounds {
+                // The order rotates from round to round and from point to point, so that no
+                // implementation always runs first, or right after the same one, on a host
+                // whose load drifts.
+                for i in 0..n {
+                    let which = report::SCALING_IMPS[(k + round + i) % n];
+                    let t = Instant::now();
+                    let run = match (which.imp(plan.max_tries), pgbench) {
+                        (Some((imp, conns)), _) => {
+                            Some(workloads::run_ours(opts, w, &imp, conns, c, plan.scaling).await?)
+                        }
+                        (None, Some(pb)) => {
+                            Some(pb.run(opts, w, c, plan.scaling, plan.max_tries).await?)
+                        }
+                        (None, None) => None,
+                    };
+                    if let Some(r) = run {
+                        eprintln!(
+                            "  round {} {w:?} {c:>2} clients, {}: {} ({:.1} s)",
+                            round + 1,
+                            which.label(),
+                            r.summary(),
+                            t.elapsed().as_secs_f64()
+                        );
+                        point.add(which, r);
                     }
-                    (None, Some(pb)) => {
-                        Some(pb.run(opts, w, c, plan.scaling, plan.max_tries).await?)
-                    }
-                    (None, None) => None,
-                };
-                if let Some(r) = run {
-                    eprintln!(
-                        "  {w:?} {c:>2} clients, {}: {} ({:.1} s)",
-                        which.label(),
-                        r.summary(),
-                        t.elapsed().as_secs_f64()
-                    );
-                    point.set(which, r);
                 }
             }
             if report::ScalePoint::broken_down(w, c) {
@@ -577,6 +599,54 @@ async fn scaling_section(
             }
             k += 1;
             rep.scaling.push(point);
+        }
+    }
+    Ok(())
+}
+
+/// Section 4's account of the gap to the hand-written loop: at `plan.gap_clients` on each
+/// contended workload, ours with the default policy, without priority turns, and without turns
+/// or backoff, beside the loop, all on held connections, in rounds whose order rotates.
+async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
+    eprintln!("[scaling: the gap to the hand-written loop]");
+    let base = || Policy::builder().max_attempts(plan.max_tries);
+    // One policy per variant for the whole section, as a service builds its policies once.
+    let imps = report::GAP_IMPS.map(|which| match which {
+        report::GapImp::Default => base().build().map(|p| Imp::Plain(Arc::new(p))),
+        report::GapImp::NoTurns => base()
+            .priority_after(None)
+            .build()
+            .map(|p| Imp::Plain(Arc::new(p))),
+        report::GapImp::NoTurnsNoBackoff => base()
+            .priority_after(None)
+            .backoff(Backoff::none())
+            .build()
+            .map(|p| Imp::Plain(Arc::new(p))),
+        report::GapImp::Hand => Ok(Imp::Hand(plan.max_tries)),
+    });
+    let imps = imps.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let n = imps.len();
+    let mut k = 0;
+    for w in workloads::CONTENDED {
+        for &c in &plan.gap_clients {
+            let mut point = report::GapPoint::new(w, c);
+            for round in 0..plan.scaling_rounds {
+                for i in 0..n {
+                    let j = (k + round + i) % n;
+                    let which = report::GAP_IMPS[j];
+                    let r = workloads::run_ours(opts, w, &imps[j], Conns::Held, c, plan.scaling)
+                        .await?;
+                    eprintln!(
+                        "  round {} {w:?} {c:>2} clients, {}: {}",
+                        round + 1,
+                        which.label(),
+                        r.summary()
+                    );
+                    point.add(which, r);
+                }
+            }
+            k += 1;
+            rep.gap.push(point);
         }
     }
     Ok(())

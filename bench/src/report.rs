@@ -76,6 +76,8 @@ pub struct Report {
     pub strategies: Vec<(String, Workload, RunResult)>,
     /// Section 4: one point per workload and client count, in run order.
     pub scaling: Vec<ScalePoint>,
+    /// Section 4's account of the gap to the hand-written loop, in run order.
+    pub gap: Vec<GapPoint>,
     /// Section 5, when it ran.
     pub fairness: Option<crate::fairness::Fairness>,
     /// Wall time of the whole run.
@@ -215,8 +217,11 @@ pub struct ScalePoint {
     pub workload: Workload,
     /// Clients.
     pub clients: usize,
-    /// One run per implementation, in [`SCALING_IMPS`] order; `None` where it did not run.
+    /// The runs of each implementation, in [`SCALING_IMPS`] order, added up over the rounds;
+    /// `None` where it did not run.
     pub runs: [Option<RunResult>; 5],
+    /// Each implementation's committed tx/s in each round, in the rounds' order.
+    pub round_tps: [Vec<f64>; 5],
     /// Round trips and retries per committed transaction of each implementation in a short run
     /// through a counting proxy; `None` where not counted.
     pub round_trips: [Option<(f64, f64)>; 5],
@@ -229,6 +234,7 @@ impl ScalePoint {
             workload,
             clients,
             runs: Default::default(),
+            round_tps: Default::default(),
             round_trips: [None; 5],
         }
     }
@@ -239,9 +245,31 @@ impl ScalePoint {
         w == Workload::Hot && matches!(clients, 2 | 4)
     }
 
-    /// Records the run of `which`.
-    pub fn set(&mut self, which: ScalingImp, run: RunResult) {
-        self.runs[which as usize] = Some(run);
+    /// Adds a round's run of `which`.
+    pub fn add(&mut self, which: ScalingImp, run: RunResult) {
+        self.round_tps[which as usize].push(run.tps());
+        match &mut self.runs[which as usize] {
+            Some(sum) => sum.absorb(run),
+            slot => *slot = Some(run),
+        }
+    }
+
+    /// Goodput ours / hand-written in each round on `held` or pooled connections; empty unless
+    /// both ran in more than one round.
+    fn round_ratios(&self, held: bool) -> Vec<f64> {
+        let (o, h) = if held {
+            (ScalingImp::OursHeld, ScalingImp::HandHeld)
+        } else {
+            (ScalingImp::OursPooled, ScalingImp::HandPooled)
+        };
+        let (o, h) = (&self.round_tps[o as usize], &self.round_tps[h as usize]);
+        if o.len() < 2 || o.len() != h.len() {
+            return Vec::new();
+        }
+        o.iter()
+            .zip(h)
+            .map(|(o, h)| o / h.max(f64::MIN_POSITIVE))
+            .collect()
     }
 
     /// The run of `which`.
@@ -312,6 +340,7 @@ impl Report {
             contention: Vec::new(),
             strategies: Vec::new(),
             scaling: Vec::new(),
+            gap: Vec::new(),
             fairness: None,
             elapsed: Duration::ZERO,
             pgbench: None,
@@ -994,7 +1023,15 @@ impl Report {
     /// empty without runs.
     fn scaling_section(&self, chart: &str) -> String {
         if self.scaling.is_empty() {
-            return String::new();
+            // `--only gap`: the account alone, under the section's heading.
+            return if self.gap.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "## 4. Scaling\n\n{}",
+                    gap_account(&self.gap, self.plan.max_tries)
+                )
+            };
         }
         let p = &self.plan;
         let mut m = String::new();
@@ -1016,8 +1053,7 @@ impl Report {
             .map(RunResult::tps);
         let _ = writeln!(
             m,
-            "{:.1} s per run; at each workload and client count five runs, in an order rotated \
-            from point to point. sqlx-retry = the attribute with the default backoff and priority turns; \
+            "{}. sqlx-retry = the attribute with the default backoff and priority turns; \
             hand-written = the loop a user writes without the library, retrying `40001` and \
             `40P01` at once up to {} attempts, as pgbench does. *Held*: each client holds one \
             connection for the whole run, as a pgbench client does; *pooled*: a pool of as many \
@@ -1028,7 +1064,7 @@ impl Report {
             ours with the hand-written loop on the same kind of connection: goodput ≥ 1.00×, \
             0 failed, p99 ≤ the hand-written p99. The hot row's serial ceiling, ours held with \
             1 client: {}{}.\n",
-            p.scaling.as_secs_f64(),
+            rounds_phrase(p.scaling_rounds, p.scaling),
             p.max_tries,
             serial.map_or("–".into(), |t| format!("**{t:.0} tx/s**")),
             match self.lone_client_penalty() {
@@ -1048,6 +1084,7 @@ impl Report {
         }
         m.push_str(&self.scaling_goals());
         m.push_str(&self.time_breakdown());
+        m.push_str(&gap_account(&self.gap, self.plan.max_tries));
         m
     }
 
@@ -1261,6 +1298,233 @@ impl Report {
     }
 }
 
+/// The variants of section 4's account of the gap to the hand-written loop, in the report's
+/// order: ours with the default policy, and without what it adds to a retry loop, one thing at a
+/// time, beside the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapImp {
+    /// `Policy::builder().max_attempts(max)`: the default backoff and priority turns.
+    Default,
+    /// The same without priority turns.
+    NoTurns,
+    /// The same without priority turns or backoff: retries at once, as the loop does.
+    NoTurnsNoBackoff,
+    /// The hand-written loop.
+    Hand,
+}
+
+/// [`GapImp`]s in the report's order.
+pub const GAP_IMPS: [GapImp; 4] = [
+    GapImp::Default,
+    GapImp::NoTurns,
+    GapImp::NoTurnsNoBackoff,
+    GapImp::Hand,
+];
+
+impl GapImp {
+    /// Its name in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            GapImp::Default => "sqlx-retry, default policy",
+            GapImp::NoTurns => "sqlx-retry, no priority turns",
+            GapImp::NoTurnsNoBackoff => "sqlx-retry, no turns, no backoff",
+            GapImp::Hand => "hand-written",
+        }
+    }
+}
+
+/// One point of section 4's account of the gap: a workload and client count, every
+/// [`GapImp`] on held connections in rounds.
+#[derive(Debug, Clone)]
+pub struct GapPoint {
+    /// The workload.
+    pub workload: Workload,
+    /// Clients.
+    pub clients: usize,
+    /// The runs of each variant, in [`GAP_IMPS`] order, added up over the rounds.
+    pub runs: [Option<RunResult>; 4],
+    /// Each variant's committed tx/s in each round.
+    pub round_tps: [Vec<f64>; 4],
+}
+
+impl GapPoint {
+    /// No runs yet.
+    pub fn new(workload: Workload, clients: usize) -> GapPoint {
+        GapPoint {
+            workload,
+            clients,
+            runs: Default::default(),
+            round_tps: Default::default(),
+        }
+    }
+
+    /// Adds a round's run of `which`.
+    pub fn add(&mut self, which: GapImp, run: RunResult) {
+        self.round_tps[which as usize].push(run.tps());
+        match &mut self.runs[which as usize] {
+            Some(sum) => sum.absorb(run),
+            slot => *slot = Some(run),
+        }
+    }
+
+    /// Goodput of `a` over `b`, over the rounds added up; `None` unless both ran.
+    fn ratio(&self, a: GapImp, b: GapImp) -> Option<f64> {
+        let (a, b) = (
+            self.runs[a as usize].as_ref()?,
+            self.runs[b as usize].as_ref()?,
+        );
+        (b.tps() > 0.0).then(|| a.tps() / b.tps())
+    }
+}
+
+/// The lowest and highest of `ratios`, as "0.91–1.04" (or one figure).
+fn ratio_range(ratios: &[f64]) -> String {
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if ratios.is_empty() {
+        "–".into()
+    } else if format!("{lo:.2}") == format!("{hi:.2}") {
+        format!("{lo:.2}")
+    } else {
+        format!("{lo:.2}–{hi:.2}")
+    }
+}
+
+/// Section 4's account of the gap to the hand-written loop at low client counts; empty without
+/// its points.
+fn gap_account(points: &[GapPoint], max: u32) -> String {
+    if points.is_empty() {
+        return String::new();
+    }
+    let mut m = String::new();
+    let lo = points.iter().map(|p| p.clients).min().unwrap_or(0);
+    let hi = points.iter().map(|p| p.clients).max().unwrap_or(0);
+    let range = if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
+    };
+    let rounds = points
+        .iter()
+        .flat_map(|p| p.round_tps.iter().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    let rounds = if rounds == 1 {
+        "One round per point, running the four once in an order rotated from point to point; \
+         \"by round\" is the ratio to the loop"
+            .to_owned()
+    } else {
+        format!(
+            "{rounds} rounds per point, each running the four once in an order rotated from round \
+             to round and point to point; tx/s add up over the rounds, and \"by round\" is each \
+             round's ratio to the loop"
+        )
+    };
+    let _ = writeln!(
+        m,
+        "**What the gap to the hand-written loop is made of at {range} clients.** Runs of their \
+         own on the same workloads, on held connections, through `sqlx_retry::transaction` with \
+         `Policy::builder().max_attempts({max})`: as built (the default backoff and priority \
+         turns), with `.priority_after(None)`, and with that and `.backoff(Backoff::none())` \
+         too, which retries at once as the loop does; beside the hand-written loop. {rounds}. \
+         What is left between the last of ours and the loop is the per-transaction SQL that \
+         makes `Ok` mean committed (the check and the empty transaction: §1 (d)).\n"
+    );
+    let _ = writeln!(
+        m,
+        "| workload | clients | implementation | tx/s | ours / hand | by round | retries / tx | p99 ms | most attempts | failed |"
+    );
+    let _ = writeln!(m, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for p in points {
+        let hand = &p.round_tps[GapImp::Hand as usize];
+        for which in GAP_IMPS {
+            let Some(r) = p.runs[which as usize].as_ref() else {
+                continue;
+            };
+            let (vs, by_round) = if which == GapImp::Hand {
+                (String::new(), String::new())
+            } else {
+                let ours = &p.round_tps[which as usize];
+                let each: Vec<String> = ours
+                    .iter()
+                    .zip(hand)
+                    .map(|(o, h)| format!("{:.2}", o / h.max(f64::MIN_POSITIVE)))
+                    .collect();
+                (
+                    p.ratio(which, GapImp::Hand)
+                        .map_or("–".into(), |t| format!("{t:.2}")),
+                    each.join(", "),
+                )
+            };
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {:.0} | {vs} | {by_round} | {:.3} | {:.2} | {} | {} |",
+                p.workload.name(),
+                p.clients,
+                which.label(),
+                r.tps(),
+                r.retries_per_commit(),
+                r.pct_ms(0.99),
+                r.max_attempts.map_or("–".into(), |a| a.to_string()),
+                r.failed,
+            );
+        }
+    }
+    let step = |a: GapImp, b: GapImp| -> Vec<f64> {
+        points.iter().filter_map(|p| p.ratio(a, b)).collect()
+    };
+    let turns = step(GapImp::Default, GapImp::NoTurns);
+    let backoff = step(GapImp::NoTurns, GapImp::NoTurnsNoBackoff);
+    let rest = step(GapImp::NoTurnsNoBackoff, GapImp::Hand);
+    let whole = step(GapImp::Default, GapImp::Hand);
+    let attempts = |which: GapImp| {
+        points
+            .iter()
+            .filter_map(|p| p.runs[which as usize].as_ref()?.max_attempts)
+            .max()
+            .map_or("–".into(), |a| a.to_string())
+    };
+    let _ = writeln!(
+        m,
+        "\nOver these {} points, goodput as a ratio: the default policy to the loop {}; priority \
+         turns (the default to the same without them) {}; the backoff (without turns, to \
+         without turns or backoff) {}; the rest (no turns, no backoff, to the loop) {}. The \
+         most attempts any call needed: {} with the default policy, {} without turns, {} \
+         without turns or backoff (calls that need more than `max_attempts` fail; the \
+         default is 5).\n",
+        points.len(),
+        ratio_range(&whole),
+        ratio_range(&turns),
+        ratio_range(&backoff),
+        ratio_range(&rest),
+        attempts(GapImp::Default),
+        attempts(GapImp::NoTurns),
+        attempts(GapImp::NoTurnsNoBackoff),
+    );
+    m
+}
+
+/// How section 4 runs each implementation at a point: "2 rounds of 3.0 s per implementation at
+/// each workload and client count, …".
+fn rounds_phrase(rounds: usize, each: Duration) -> String {
+    let order = "each round runs the five implementations once, in an order rotated from round \
+                 to round and from point to point";
+    if rounds == 1 {
+        format!(
+            "{:.1} s per run, one run per implementation at each workload and client count; \
+             {order}",
+            each.as_secs_f64()
+        )
+    } else {
+        format!(
+            "{rounds} rounds of {:.1} s per implementation at each workload and client count; \
+             {order}. The figures add up over the rounds; the goodput column gives each \
+             round's ratio after the sum's",
+            each.as_secs_f64()
+        )
+    }
+}
+
 /// Section 4's table of one workload.
 fn scaling_table(w: Workload, points: &[&ScalePoint]) -> String {
     let mut m = String::new();
@@ -1273,10 +1537,20 @@ fn scaling_table(w: Workload, points: &[&ScalePoint]) -> String {
     for s in points {
         for which in SCALING_IMPS {
             let Some(r) = s.get(which) else { continue };
+            let held = which == ScalingImp::OursHeld;
             let vs_hand = match which {
-                ScalingImp::OursHeld => s.against_hand(true),
-                ScalingImp::OursPooled => s.against_hand(false),
+                ScalingImp::OursHeld | ScalingImp::OursPooled => s.against_hand(held),
                 _ => None,
+            };
+            let rounds = match which {
+                ScalingImp::OursHeld | ScalingImp::OursPooled => s.round_ratios(held),
+                _ => Vec::new(),
+            };
+            let rounds = if rounds.is_empty() {
+                String::new()
+            } else {
+                let each: Vec<String> = rounds.iter().map(|t| format!("{t:.2}")).collect();
+                format!(" ({})", each.join(", "))
             };
             let _ = writeln!(
                 m,
@@ -1289,7 +1563,7 @@ fn scaling_table(w: Workload, points: &[&ScalePoint]) -> String {
                 r.retries_per_commit(),
                 r.max_attempts.map_or("–".into(), |a| a.to_string()),
                 vs_hand.map_or(String::new(), |(t, _, _)| format!(
-                    "{t:.2} {}",
+                    "{t:.2} {}{rounds}",
                     verdict(t >= 1.0)
                 )),
                 vs_hand.map_or(String::new(), |(_, d, _)| format!(
@@ -2109,21 +2383,21 @@ mod tests {
             ..r
         };
         let many = clients >= 16;
-        p.set(
+        p.add(
             ScalingImp::OursHeld,
             attempts(
                 counted(run(2000.0 + k, 0.05 * k, 0, 0.9), (6.0, 0.5), (4.1, 0.2)),
                 1 + clients as u64 / 4,
             ),
         );
-        p.set(
+        p.add(
             ScalingImp::HandHeld,
             attempts(
                 counted(run(1900.0, 0.1 * k, 0, 1.0), (5.5, 0.4), (4.3, 0.2)),
                 2 + clients as u64 / 2,
             ),
         );
-        p.set(
+        p.add(
             ScalingImp::OursPooled,
             attempts(
                 counted(
@@ -2140,7 +2414,7 @@ mod tests {
                 1 + clients as u64 / 8,
             ),
         );
-        p.set(
+        p.add(
             ScalingImp::HandPooled,
             attempts(
                 counted(run(1700.0, 0.1 * k, 0, 1.1), (8.5, 0.9), (5.4, 0.3)).with_cpu(320),
@@ -2155,7 +2429,7 @@ mod tests {
             Some((4.5, 0.1)),
         ];
         let pg = pgbench_run(2100.0, 0.09 * k);
-        p.set(
+        p.add(
             ScalingImp::Pgbench,
             attempts(
                 RunResult {
@@ -2165,6 +2439,33 @@ mod tests {
                 2 + clients as u64 / 2,
             ),
         );
+        p
+    }
+
+    /// A point of section 4's account of the gap: the turns cost a little, the backoff without
+    /// them a little, the rest more; two rounds, in the second of which the loop ran faster.
+    fn gap_point(w: Workload, clients: usize) -> GapPoint {
+        let mut p = GapPoint::new(w, clients);
+        let k = clients as f64;
+        for (which, tps, rpc, attempts) in [
+            (GapImp::Default, 1800.0, 0.4, 3),
+            (GapImp::NoTurns, 1900.0, 0.1, 12),
+            (GapImp::NoTurnsNoBackoff, 1950.0, 0.7, 30),
+            (GapImp::Hand, 2100.0, 0.7, 40),
+        ] {
+            for round in 0..2 {
+                // The loop ran faster in the second round.
+                let faster = if which == GapImp::Hand { 100.0 } else { 0.0 };
+                let r = run(tps + 10.0 * k + faster * f64::from(round), rpc, 0, 1.0);
+                p.add(
+                    which,
+                    RunResult {
+                        max_attempts: Some(attempts + clients as u64),
+                        ..r
+                    },
+                );
+            }
+        }
         p
     }
 
@@ -2309,6 +2610,29 @@ mod tests {
                 r.scaling.push(scale_point(w, c));
             }
         }
+        // The hot row at 2 clients ran a second round, in which ours fell behind.
+        r.plan.scaling_rounds = 2;
+        let mut again = scale_point(Workload::Hot, 2);
+        for which in [
+            ScalingImp::OursHeld,
+            ScalingImp::HandHeld,
+            ScalingImp::OursPooled,
+            ScalingImp::HandPooled,
+        ] {
+            let mut run = again.runs[which as usize].take().expect("a run");
+            if matches!(which, ScalingImp::OursHeld | ScalingImp::OursPooled) {
+                run.elapsed = run.elapsed.mul_f64(1.2);
+            }
+            r.scaling[1].add(which, run);
+        }
+        r.gap = [
+            (Workload::Hot, 2),
+            (Workload::Hot, 4),
+            (Workload::HotIndexed, 2),
+        ]
+        .into_iter()
+        .map(|(w, c)| gap_point(w, c))
+        .collect();
         r.replicas = Some(Ok(replicas_data()));
         r
     }
