@@ -210,6 +210,64 @@ impl ScalingImp {
     }
 }
 
+/// The runs of `N` implementations at one point, added up over rounds, with each round's
+/// committed tx/s; implementation `i` is the `i`th of its section's list.
+#[derive(Debug, Clone)]
+pub struct Rounds<const N: usize> {
+    /// Each implementation's runs, added up; `None` where it did not run.
+    pub sums: [Option<RunResult>; N],
+    /// Each implementation's committed tx/s in each round, in the rounds' order.
+    pub tps: [Vec<f64>; N],
+}
+
+impl<const N: usize> Default for Rounds<N> {
+    fn default() -> Self {
+        Rounds {
+            sums: std::array::from_fn(|_| None),
+            tps: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+}
+
+impl<const N: usize> Rounds<N> {
+    /// Adds a round's run of implementation `i`.
+    pub fn add(&mut self, i: usize, run: RunResult) {
+        self.tps[i].push(run.tps());
+        match &mut self.sums[i] {
+            Some(sum) => sum.absorb(run),
+            slot => *slot = Some(run),
+        }
+    }
+
+    /// The runs of implementation `i`, added up.
+    pub fn get(&self, i: usize) -> Option<&RunResult> {
+        self.sums[i].as_ref()
+    }
+
+    /// Goodput of `a` over `b`, over the rounds added up; `None` unless both ran.
+    fn ratio(&self, a: usize, b: usize) -> Option<f64> {
+        let (a, b) = (self.get(a)?, self.get(b)?);
+        (b.tps() > 0.0).then(|| a.tps() / b.tps())
+    }
+
+    /// Goodput of `a` over `b` in each round; empty unless both ran the same rounds.
+    fn round_ratios(&self, a: usize, b: usize) -> Vec<f64> {
+        let (a, b) = (&self.tps[a], &self.tps[b]);
+        if a.len() != b.len() {
+            return Vec::new();
+        }
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| a / b.max(f64::MIN_POSITIVE))
+            .collect()
+    }
+
+    /// The most rounds any implementation ran.
+    fn rounds(&self) -> usize {
+        self.tps.iter().map(Vec::len).max().unwrap_or(0)
+    }
+}
+
 /// Section 4's figures for one workload and client count.
 #[derive(Debug, Clone)]
 pub struct ScalePoint {
@@ -217,11 +275,8 @@ pub struct ScalePoint {
     pub workload: Workload,
     /// Clients.
     pub clients: usize,
-    /// The runs of each implementation, in [`SCALING_IMPS`] order, added up over the rounds;
-    /// `None` where it did not run.
-    pub runs: [Option<RunResult>; 5],
-    /// Each implementation's committed tx/s in each round, in the rounds' order.
-    pub round_tps: [Vec<f64>; 5],
+    /// The runs of each implementation, in [`SCALING_IMPS`] order.
+    pub rounds: Rounds<5>,
     /// Round trips and retries per committed transaction of each implementation in a short run
     /// through a counting proxy; `None` where not counted.
     pub round_trips: [Option<(f64, f64)>; 5],
@@ -233,8 +288,7 @@ impl ScalePoint {
         ScalePoint {
             workload,
             clients,
-            runs: Default::default(),
-            round_tps: Default::default(),
+            rounds: Rounds::default(),
             round_trips: [None; 5],
         }
     }
@@ -247,11 +301,7 @@ impl ScalePoint {
 
     /// Adds a round's run of `which`.
     pub fn add(&mut self, which: ScalingImp, run: RunResult) {
-        self.round_tps[which as usize].push(run.tps());
-        match &mut self.runs[which as usize] {
-            Some(sum) => sum.absorb(run),
-            slot => *slot = Some(run),
-        }
+        self.rounds.add(which as usize, run);
     }
 
     /// Goodput ours / hand-written in each round on `held` or pooled connections; empty unless
@@ -262,19 +312,15 @@ impl ScalePoint {
         } else {
             (ScalingImp::OursPooled, ScalingImp::HandPooled)
         };
-        let (o, h) = (&self.round_tps[o as usize], &self.round_tps[h as usize]);
-        if o.len() < 2 || o.len() != h.len() {
+        if self.rounds.rounds() < 2 {
             return Vec::new();
         }
-        o.iter()
-            .zip(h)
-            .map(|(o, h)| o / h.max(f64::MIN_POSITIVE))
-            .collect()
+        self.rounds.round_ratios(o as usize, h as usize)
     }
 
-    /// The run of `which`.
+    /// The runs of `which`, added up over the rounds.
     pub fn get(&self, which: ScalingImp) -> Option<&RunResult> {
-        self.runs[which as usize].as_ref()
+        self.rounds.get(which as usize)
     }
 
     /// Ours against the hand-written loop on `held` or pooled connections: goodput ours/hand,
@@ -1341,10 +1387,8 @@ pub struct GapPoint {
     pub workload: Workload,
     /// Clients.
     pub clients: usize,
-    /// The runs of each variant, in [`GAP_IMPS`] order, added up over the rounds.
-    pub runs: [Option<RunResult>; 4],
-    /// Each variant's committed tx/s in each round.
-    pub round_tps: [Vec<f64>; 4],
+    /// The runs of each variant, in [`GAP_IMPS`] order.
+    pub rounds: Rounds<4>,
 }
 
 impl GapPoint {
@@ -1353,27 +1397,23 @@ impl GapPoint {
         GapPoint {
             workload,
             clients,
-            runs: Default::default(),
-            round_tps: Default::default(),
+            rounds: Rounds::default(),
         }
     }
 
     /// Adds a round's run of `which`.
     pub fn add(&mut self, which: GapImp, run: RunResult) {
-        self.round_tps[which as usize].push(run.tps());
-        match &mut self.runs[which as usize] {
-            Some(sum) => sum.absorb(run),
-            slot => *slot = Some(run),
-        }
+        self.rounds.add(which as usize, run);
+    }
+
+    /// The runs of `which`, added up over the rounds.
+    fn get(&self, which: GapImp) -> Option<&RunResult> {
+        self.rounds.get(which as usize)
     }
 
     /// Goodput of `a` over `b`, over the rounds added up; `None` unless both ran.
     fn ratio(&self, a: GapImp, b: GapImp) -> Option<f64> {
-        let (a, b) = (
-            self.runs[a as usize].as_ref()?,
-            self.runs[b as usize].as_ref()?,
-        );
-        (b.tps() > 0.0).then(|| a.tps() / b.tps())
+        self.rounds.ratio(a as usize, b as usize)
     }
 }
 
@@ -1404,11 +1444,7 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
     } else {
         format!("{lo}–{hi}")
     };
-    let rounds = points
-        .iter()
-        .flat_map(|p| p.round_tps.iter().map(Vec::len))
-        .max()
-        .unwrap_or(0);
+    let rounds = points.iter().map(|p| p.rounds.rounds()).max().unwrap_or(0);
     let rounds = if rounds == 1 {
         "One round per point, running the four once in an order rotated from point to point; \
          \"by round\" is the ratio to the loop"
@@ -1436,19 +1472,18 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
     );
     let _ = writeln!(m, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for p in points {
-        let hand = &p.round_tps[GapImp::Hand as usize];
         for which in GAP_IMPS {
-            let Some(r) = p.runs[which as usize].as_ref() else {
+            let Some(r) = p.get(which) else {
                 continue;
             };
             let (vs, by_round) = if which == GapImp::Hand {
                 (String::new(), String::new())
             } else {
-                let ours = &p.round_tps[which as usize];
-                let each: Vec<String> = ours
+                let each: Vec<String> = p
+                    .rounds
+                    .round_ratios(which as usize, GapImp::Hand as usize)
                     .iter()
-                    .zip(hand)
-                    .map(|(o, h)| format!("{:.2}", o / h.max(f64::MIN_POSITIVE)))
+                    .map(|t| format!("{t:.2}"))
                     .collect();
                 (
                     p.ratio(which, GapImp::Hand)
@@ -1480,7 +1515,7 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
     let attempts = |which: GapImp| {
         points
             .iter()
-            .filter_map(|p| p.runs[which as usize].as_ref()?.max_attempts)
+            .filter_map(|p| p.get(which)?.max_attempts)
             .max()
             .map_or("–".into(), |a| a.to_string())
     };
@@ -2619,7 +2654,7 @@ mod tests {
             ScalingImp::OursPooled,
             ScalingImp::HandPooled,
         ] {
-            let mut run = again.runs[which as usize].take().expect("a run");
+            let mut run = again.rounds.sums[which as usize].take().expect("a run");
             if matches!(which, ScalingImp::OursHeld | ScalingImp::OursPooled) {
                 run.elapsed = run.elapsed.mul_f64(1.2);
             }
@@ -2745,7 +2780,7 @@ mod tests {
             }
         }
         for point in &mut r.scaling {
-            point.runs[ScalingImp::Pgbench as usize] = None;
+            point.rounds.sums[ScalingImp::Pgbench as usize] = None;
         }
         r.scaling.retain(|p| p.clients != 1);
         r.replicas = Some(Err("/usr/lib/postgresql/17/bin has no pg_basebackup".into()));
