@@ -118,15 +118,6 @@ impl Row {
         self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// The lowest and the highest commits per second of a round.
-    fn round_range(&self) -> (f64, f64) {
-        self.round_tps
-            .iter()
-            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &t| {
-                (lo.min(t), hi.max(t))
-            })
-    }
-
     /// A latency percentile, ms.
     pub fn pct_ms(&self, p: f64) -> f64 {
         if self.lat_us.is_empty() {
@@ -489,7 +480,8 @@ pub fn markdown(f: Option<&Fairness>) -> String {
         let _ = writeln!(m, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         for (_, load, clients, rows) in f.results.iter().filter(|r| r.0 == b) {
             for r in rows {
-                let (lo, hi) = r.round_range();
+                // Every row has at least one round.
+                let (lo, hi) = report::lo_hi(&r.round_tps).unwrap_or((0.0, 0.0));
                 let _ = writeln!(
                     m,
                     "| {} | {clients} | {} | {:.0} | {lo:.0}–{hi:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",

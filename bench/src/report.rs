@@ -304,14 +304,19 @@ impl ScalePoint {
         self.rounds.add(which as usize, run);
     }
 
-    /// Goodput ours / hand-written in each round on `held` or pooled connections; empty unless
-    /// both ran in more than one round.
-    fn round_ratios(&self, held: bool) -> Vec<f64> {
-        let (o, h) = if held {
+    /// Ours and the hand-written loop on `held` or pooled connections: what the goals compare.
+    fn ours_and_hand(held: bool) -> (ScalingImp, ScalingImp) {
+        if held {
             (ScalingImp::OursHeld, ScalingImp::HandHeld)
         } else {
             (ScalingImp::OursPooled, ScalingImp::HandPooled)
-        };
+        }
+    }
+
+    /// Goodput ours / hand-written in each round on `held` or pooled connections; empty unless
+    /// both ran in more than one round.
+    fn round_ratios(&self, held: bool) -> Vec<f64> {
+        let (o, h) = Self::ours_and_hand(held);
         if self.rounds.rounds() < 2 {
             return Vec::new();
         }
@@ -326,11 +331,7 @@ impl ScalePoint {
     /// Ours against the hand-written loop on `held` or pooled connections: goodput ours/hand,
     /// p99 ours − hand (ms), ours' failed transactions; `None` unless both ran.
     fn against_hand(&self, held: bool) -> Option<(f64, f64, u64)> {
-        let (o, h) = if held {
-            (ScalingImp::OursHeld, ScalingImp::HandHeld)
-        } else {
-            (ScalingImp::OursPooled, ScalingImp::HandPooled)
-        };
+        let (o, h) = Self::ours_and_hand(held);
         let (o, h) = (self.get(o)?, self.get(h)?);
         Some((
             o.tps() / h.tps().max(1e-9),
@@ -1417,16 +1418,33 @@ impl GapPoint {
     }
 }
 
+/// The lowest and the highest of `values`; `None` when there are none.
+pub fn lo_hi(values: &[f64]) -> Option<(f64, f64)> {
+    let first = *values.first()?;
+    Some(
+        values
+            .iter()
+            .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v))),
+    )
+}
+
+/// The client counts of some points, as "2–8" (or one count).
+fn clients_range(clients: impl Iterator<Item = usize> + Clone) -> String {
+    let lo = clients.clone().min().unwrap_or(0);
+    let hi = clients.max().unwrap_or(0);
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
+    }
+}
+
 /// The lowest and highest of `ratios`, as "0.91–1.04" (or one figure).
 fn ratio_range(ratios: &[f64]) -> String {
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if ratios.is_empty() {
-        "–".into()
-    } else if format!("{lo:.2}") == format!("{hi:.2}") {
-        format!("{lo:.2}")
-    } else {
-        format!("{lo:.2}–{hi:.2}")
+    match lo_hi(ratios) {
+        None => "–".into(),
+        Some((lo, hi)) if format!("{lo:.2}") == format!("{hi:.2}") => format!("{lo:.2}"),
+        Some((lo, hi)) => format!("{lo:.2}–{hi:.2}"),
     }
 }
 
@@ -1437,13 +1455,7 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
         return String::new();
     }
     let mut m = String::new();
-    let lo = points.iter().map(|p| p.clients).min().unwrap_or(0);
-    let hi = points.iter().map(|p| p.clients).max().unwrap_or(0);
-    let range = if lo == hi {
-        lo.to_string()
-    } else {
-        format!("{lo}–{hi}")
-    };
+    let range = clients_range(points.iter().map(|p| p.clients));
     let rounds = points.iter().map(|p| p.rounds.rounds()).max().unwrap_or(0);
     let rounds = if rounds == 1 {
         "One round per point, running the four once in an order rotated from point to point; \
@@ -1611,8 +1623,6 @@ fn scaling_table(w: Workload, points: &[&ScalePoint]) -> String {
     let _ = writeln!(m);
     let tail: Vec<&&ScalePoint> = points.iter().filter(|s| s.clients >= 16).collect();
     if !tail.is_empty() {
-        let lo = tail.iter().map(|s| s.clients).min().unwrap_or(16);
-        let hi = tail.iter().map(|s| s.clients).max().unwrap_or(16);
         let cells: Vec<String> = SCALING_IMPS
             .iter()
             .filter_map(|&which| {
@@ -1632,11 +1642,7 @@ fn scaling_table(w: Workload, points: &[&ScalePoint]) -> String {
                 ))
             })
             .collect();
-        let range = if lo == hi {
-            lo.to_string()
-        } else {
-            format!("{lo}–{hi}")
-        };
+        let range = clients_range(tail.iter().map(|s| s.clients));
         let _ = writeln!(
             m,
             "Tail and fairness at {range} clients, the most attempts any call needed and the \
