@@ -69,8 +69,10 @@ pub struct Plan {
     /// over rounds, so that one noisy stretch does not decide a point's verdict.
     pub scaling_rounds: usize,
     /// Client counts of section 4's account of the gap to the hand-written loop (ours with
-    /// and without priority turns and backoff, beside the loop).
+    /// and without priority turns and backoff, beside the loop), on held connections.
     pub gap_clients: Vec<usize>,
+    /// Client counts of the same account through a pool.
+    pub gap_pooled_clients: Vec<usize>,
     /// Client counts of the scaling section.
     pub clients: Vec<usize>,
     /// Clients of the contention and strategy sections.
@@ -104,6 +106,7 @@ impl Plan {
                 scaling: Duration::from_millis(200),
                 scaling_rounds: 1,
                 gap_clients: vec![2],
+                gap_pooled_clients: vec![2],
                 clients: vec![1, 16],
                 contention_clients: 16,
                 max_tries: 50,
@@ -126,6 +129,7 @@ impl Plan {
                 scaling: Duration::from_secs(1),
                 scaling_rounds: 1,
                 gap_clients: vec![2, 4],
+                gap_pooled_clients: vec![4],
                 clients: vec![1, 2, 4, 16, 64],
                 contention_clients: 16,
                 max_tries: 50,
@@ -148,6 +152,7 @@ impl Plan {
                 scaling: Duration::from_secs(3),
                 scaling_rounds: 2,
                 gap_clients: vec![2, 4, 8],
+                gap_pooled_clients: vec![4, 16],
                 clients: vec![1, 2, 4, 8, 16, 32, 64],
                 contention_clients: 16,
                 max_tries: 50,
@@ -604,9 +609,10 @@ async fn scaling_section(
     Ok(())
 }
 
-/// Section 4's account of the gap to the hand-written loop: at `plan.gap_clients` on each
-/// contended workload, ours with the default policy, without priority turns, and without turns
-/// or backoff, beside the loop, all on held connections, in rounds whose order rotates.
+/// Section 4's account of the gap to the hand-written loop: on each contended workload, at
+/// `plan.gap_clients` on held connections and at `plan.gap_pooled_clients` through a pool, ours
+/// with the default policy, without priority turns, and without turns or backoff, beside the
+/// loop taking its connections the same way, in rounds whose order rotates.
 async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
     eprintln!("[scaling: the gap to the hand-written loop]");
     let base = || Policy::builder().max_attempts(plan.max_tries);
@@ -626,28 +632,35 @@ async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Rep
     });
     let imps = imps.into_iter().collect::<Result<Vec<_>, _>>()?;
     let n = imps.len();
-    let mut k = 0;
-    for w in workloads::CONTENDED {
-        for &c in &plan.gap_clients {
-            let mut point = report::GapPoint::new(w, c);
-            for round in 0..plan.scaling_rounds {
-                for i in 0..n {
-                    let j = (k + round + i) % n;
-                    let which = report::GAP_IMPS[j];
-                    let r = workloads::run_ours(opts, w, &imps[j], Conns::Held, c, plan.scaling)
-                        .await?;
-                    eprintln!(
-                        "  round {} {w:?} {c:>2} clients, {}: {}",
-                        round + 1,
-                        which.label(),
-                        r.summary()
-                    );
-                    point.add(which, r);
-                }
+    let points = [
+        (Conns::Held, &plan.gap_clients),
+        (Conns::Pooled, &plan.gap_pooled_clients),
+    ]
+    .into_iter()
+    .flat_map(|(conns, clients)| {
+        workloads::CONTENDED
+            .into_iter()
+            .flat_map(move |w| clients.iter().map(move |&c| (conns, w, c)))
+    });
+    for (k, (conns, w, c)) in points.enumerate() {
+        let pooled = conns == Conns::Pooled;
+        let mut point = report::GapPoint::new(w, c, pooled);
+        for round in 0..plan.scaling_rounds {
+            for i in 0..n {
+                let j = (k + round + i) % n;
+                let which = report::GAP_IMPS[j];
+                let r = workloads::run_ours(opts, w, &imps[j], conns, c, plan.scaling).await?;
+                eprintln!(
+                    "  round {} {w:?} {c:>2} clients, {}, {}: {}",
+                    round + 1,
+                    if pooled { "pooled" } else { "held" },
+                    which.label(),
+                    r.summary()
+                );
+                point.add(which, r);
             }
-            k += 1;
-            rep.gap.push(point);
         }
+        rep.gap.push(point);
     }
     Ok(())
 }

@@ -1380,26 +1380,34 @@ impl GapImp {
     }
 }
 
-/// One point of section 4's account of the gap: a workload and client count, every
-/// [`GapImp`] on held connections in rounds.
+/// One point of section 4's account of the gap: a workload, client count and way of taking
+/// connections, every [`GapImp`] in rounds.
 #[derive(Debug, Clone)]
 pub struct GapPoint {
     /// The workload.
     pub workload: Workload,
     /// Clients.
     pub clients: usize,
+    /// Whether every variant took its connections from a pool (else each client held one).
+    pub pooled: bool,
     /// The runs of each variant, in [`GAP_IMPS`] order.
     pub rounds: Rounds<4>,
 }
 
 impl GapPoint {
     /// No runs yet.
-    pub fn new(workload: Workload, clients: usize) -> GapPoint {
+    pub fn new(workload: Workload, clients: usize, pooled: bool) -> GapPoint {
         GapPoint {
             workload,
             clients,
+            pooled,
             rounds: Rounds::default(),
         }
+    }
+
+    /// How the point's clients took their connections, as the report says it.
+    fn conns(&self) -> &'static str {
+        if self.pooled { "pooled" } else { "held" }
     }
 
     /// Adds a round's run of `which`.
@@ -1448,14 +1456,27 @@ fn ratio_range(ratios: &[f64]) -> String {
     }
 }
 
-/// Section 4's account of the gap to the hand-written loop at low client counts; empty without
-/// its points.
+/// Section 4's account of the gap to the hand-written loop; empty without its points.
 fn gap_account(points: &[GapPoint], max: u32) -> String {
     if points.is_empty() {
         return String::new();
     }
     let mut m = String::new();
-    let range = clients_range(points.iter().map(|p| p.clients));
+    let held: Vec<&GapPoint> = points.iter().filter(|p| !p.pooled).collect();
+    let pooled: Vec<&GapPoint> = points.iter().filter(|p| p.pooled).collect();
+    let at = |ps: &[&GapPoint]| clients_range(ps.iter().map(|p| p.clients));
+    let wheres = match (held.is_empty(), pooled.is_empty()) {
+        (false, false) => format!(
+            "at {} clients on held connections and at {} through a pool",
+            at(&held),
+            join_and(&distinct_clients(&pooled))
+        ),
+        (false, true) => format!("at {} clients on held connections", at(&held)),
+        _ => format!(
+            "at {} clients through a pool",
+            join_and(&distinct_clients(&pooled))
+        ),
+    };
     let rounds = points.iter().map(|p| p.rounds.rounds()).max().unwrap_or(0);
     let rounds = if rounds == 1 {
         "One round per point, running the four once in an order rotated from point to point; \
@@ -1470,19 +1491,20 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
     };
     let _ = writeln!(
         m,
-        "**What the gap to the hand-written loop is made of at {range} clients.** Runs of their \
-         own on the same workloads, on held connections, through `sqlx_retry::transaction` with \
+        "**What the gap to the hand-written loop is made of, {wheres}.** Runs of their own on \
+         the same workloads, through `sqlx_retry::transaction` with \
          `Policy::builder().max_attempts({max})`: as built (the default backoff and priority \
          turns), with `.priority_after(None)`, and with that and `.backoff(Backoff::none())` \
-         too, which retries at once as the loop does; beside the hand-written loop. {rounds}. \
-         What is left between the last of ours and the loop is the per-transaction SQL that \
-         makes `Ok` mean committed (the check and the empty transaction: §1 (d)).\n"
+         too, which retries at once as the loop does; beside the hand-written loop, which takes \
+         its connections the same way. {rounds}. What is left between the last of ours and the \
+         loop is the per-transaction SQL that makes `Ok` mean committed (the check and the empty \
+         transaction: §1 (d)).\n"
     );
     let _ = writeln!(
         m,
-        "| workload | clients | implementation | tx/s | ours / hand | by round | retries / tx | p99 ms | most attempts | failed |"
+        "| workload | clients | connections | implementation | tx/s | ours / hand | by round | retries / tx | p99 ms | most attempts | failed |"
     );
-    let _ = writeln!(m, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(m, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for p in points {
         for which in GAP_IMPS {
             let Some(r) = p.get(which) else {
@@ -1505,9 +1527,10 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
             };
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {:.0} | {vs} | {by_round} | {:.3} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {vs} | {by_round} | {:.3} | {:.2} | {} | {} |",
                 p.workload.name(),
                 p.clients,
+                p.conns(),
                 which.label(),
                 r.tps(),
                 r.retries_per_commit(),
@@ -1517,13 +1540,44 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
             );
         }
     }
+    let _ = writeln!(m);
+    for (kind, ps) in [("On held connections", &held), ("Through a pool", &pooled)] {
+        if !ps.is_empty() {
+            let _ = writeln!(m, "{}", gap_summary(kind, ps));
+        }
+    }
+    m
+}
+
+/// The distinct client counts of `points`, in the order they first appear.
+fn distinct_clients(points: &[&GapPoint]) -> Vec<usize> {
+    let mut seen = Vec::new();
+    for p in points {
+        if !seen.contains(&p.clients) {
+            seen.push(p.clients);
+        }
+    }
+    seen
+}
+
+/// Numbers as prose: "4", "4 and 16", "2, 4 and 8".
+fn join_and(values: &[usize]) -> String {
+    match values {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(|v| v.to_string()).collect();
+            format!("{} and {last}", rest.join(", "))
+        }
+    }
+}
+
+/// The gap account's summary of `points`, all held or all pooled: each step's range of ratios and
+/// the most attempts of each variant.
+fn gap_summary(kind: &str, points: &[&GapPoint]) -> String {
     let step = |a: GapImp, b: GapImp| -> Vec<f64> {
         points.iter().filter_map(|p| p.ratio(a, b)).collect()
     };
-    let turns = step(GapImp::Default, GapImp::NoTurns);
-    let backoff = step(GapImp::NoTurns, GapImp::NoTurnsNoBackoff);
-    let rest = step(GapImp::NoTurnsNoBackoff, GapImp::Hand);
-    let whole = step(GapImp::Default, GapImp::Hand);
     let attempts = |which: GapImp| {
         points
             .iter()
@@ -1531,24 +1585,25 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
             .max()
             .map_or("–".into(), |a| a.to_string())
     };
-    let _ = writeln!(
-        m,
-        "\nOver these {} points, goodput as a ratio: the default policy to the loop {}; priority \
+    format!(
+        "{kind}, over {}, goodput as a ratio: the default policy to the loop {}; priority \
          turns (the default to the same without them) {}; the backoff (without turns, to \
          without turns or backoff) {}; the rest (no turns, no backoff, to the loop) {}. The \
          most attempts any call needed: {} with the default policy, {} without turns, {} \
          without turns or backoff (calls that need more than `max_attempts` fail; the \
          default is 5).\n",
-        points.len(),
-        ratio_range(&whole),
-        ratio_range(&turns),
-        ratio_range(&backoff),
-        ratio_range(&rest),
+        match points.len() {
+            1 => "1 point".to_owned(),
+            n => format!("{n} points"),
+        },
+        ratio_range(&step(GapImp::Default, GapImp::Hand)),
+        ratio_range(&step(GapImp::Default, GapImp::NoTurns)),
+        ratio_range(&step(GapImp::NoTurns, GapImp::NoTurnsNoBackoff)),
+        ratio_range(&step(GapImp::NoTurnsNoBackoff, GapImp::Hand)),
         attempts(GapImp::Default),
         attempts(GapImp::NoTurns),
         attempts(GapImp::NoTurnsNoBackoff),
-    );
-    m
+    )
 }
 
 /// How section 4 runs each implementation at a point: "2 rounds of 3.0 s per implementation at
@@ -2485,8 +2540,8 @@ mod tests {
 
     /// A point of section 4's account of the gap: the turns cost a little, the backoff without
     /// them a little, the rest more; two rounds, in the second of which the loop ran faster.
-    fn gap_point(w: Workload, clients: usize) -> GapPoint {
-        let mut p = GapPoint::new(w, clients);
+    fn gap_point(w: Workload, clients: usize, pooled: bool) -> GapPoint {
+        let mut p = GapPoint::new(w, clients, pooled);
         let k = clients as f64;
         for (which, tps, rpc, attempts) in [
             (GapImp::Default, 1800.0, 0.4, 3),
@@ -2667,12 +2722,13 @@ mod tests {
             r.scaling[1].add(which, run);
         }
         r.gap = [
-            (Workload::Hot, 2),
-            (Workload::Hot, 4),
-            (Workload::HotIndexed, 2),
+            (Workload::Hot, 2, false),
+            (Workload::Hot, 4, false),
+            (Workload::HotIndexed, 2, false),
+            (Workload::Hot, 16, true),
         ]
         .into_iter()
-        .map(|(w, c)| gap_point(w, c))
+        .map(|(w, c, pooled)| gap_point(w, c, pooled))
         .collect();
         r.replicas = Some(Ok(replicas_data()));
         r
