@@ -612,7 +612,8 @@ async fn scaling_section(
 /// Section 4's account of the gap to the hand-written loop: on each contended workload, at
 /// `plan.gap_clients` on held connections and at `plan.gap_pooled_clients` through a pool, ours
 /// with the default policy, without priority turns, and without turns or backoff, beside the
-/// loop taking its connections the same way, in rounds whose order rotates.
+/// loop taking its connections the same way, plain and committing as ours does, in rounds whose
+/// order rotates.
 async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
     eprintln!("[scaling: the gap to the hand-written loop]");
     let base = || Policy::builder().max_attempts(plan.max_tries);
@@ -628,6 +629,7 @@ async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Rep
             .backoff(Backoff::none())
             .build()
             .map(|p| Imp::Plain(Arc::new(p))),
+        report::GapImp::HandChecked => Ok(Imp::HandChecked(plan.max_tries)),
         report::GapImp::Hand => Ok(Imp::Hand(plan.max_tries)),
     });
     let imps = imps.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -1371,13 +1373,19 @@ pub const COMMIT_STEPS: [&str; 5] = [
      the `SHOW` ours sent before",
 ];
 
+/// What ours sends to commit on PostgreSQL, written out for the hand-written code that ends its
+/// transactions the same way (§1 (d) step 3, and section 4's loop committing as ours does): the
+/// check that the transaction is not aborted, COMMIT, and the empty transaction whose ROLLBACK
+/// keeps sqlx's transaction depth true. A test reads the check from the library's source.
+pub const OURS_COMMIT_SQL: &str = "SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN";
+
 /// How hand-written steps 1–4 of [`COMMIT_STEPS`] end their transaction: `None` is sqlx's
 /// `commit()`; otherwise one simple query on the open `Transaction`, which is then dropped, so
 /// that sqlx queues the ROLLBACK of the empty transaction the query leaves.
 const COMMIT_STEP_ENDINGS: [Option<&str>; 4] = [
     None,
     Some("COMMIT; BEGIN"),
-    Some("SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN"),
+    Some(OURS_COMMIT_SQL),
     Some("SHOW transaction_isolation; COMMIT; BEGIN"),
 ];
 

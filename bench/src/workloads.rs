@@ -221,6 +221,11 @@ pub enum Imp {
     /// sqlx, which sends it ahead of the next BEGIN. Through the pool, each attempt takes a
     /// connection with `pool.begin_with(…)`.
     Hand(u32),
+    /// The same loop, ending each transaction as ours does so that `Ok` means committed
+    /// ([`crate::OURS_COMMIT_SQL`], then the `Transaction` dropped: its ROLLBACK of the empty
+    /// transaction goes ahead of the next BEGIN, or with the pool's release ping). What the loop
+    /// would cost if it gave ours' guarantee.
+    HandChecked(u32),
 }
 
 /// One call of `imp` on `src`, a held connection or the pool: its result and the attempts it
@@ -238,7 +243,7 @@ async fn one<S: TransactionSource<PgConnection>>(
         (Workload::Ping, _) => Err(sqlx::Error::Configuration(
             "`SELECT 1` is pgbench's round-trip probe, not a transaction of ours".into(),
         )),
-        (_, Imp::Hand(_)) => Err(sqlx::Error::Configuration(
+        (_, Imp::Hand(_) | Imp::HandChecked(_)) => Err(sqlx::Error::Configuration(
             "the hand-written loop runs through `hand`".into(),
         )),
         (Workload::Hot | Workload::HotIndexed, Imp::Attribute) => {
@@ -281,14 +286,15 @@ async fn one<S: TransactionSource<PgConnection>>(
     (result, attempts.into_inner())
 }
 
-/// One call of the hand-written loop ([`Imp::Hand`]): on `held` when given, else each attempt
-/// takes a connection from `pool` (`pool.begin_with(…)`), as a user of the pool writes it. Its
-/// result and the attempts it took.
+/// One call of the hand-written loop ([`Imp::Hand`], or with `checked` [`Imp::HandChecked`]):
+/// on `held` when given, else each attempt takes a connection from `pool`
+/// (`pool.begin_with(…)`), as a user of the pool writes it. Its result and the attempts it took.
 async fn hand(
     mut held: Option<&mut PgConnection>,
     pool: &PgPool,
     w: Workload,
     max: u32,
+    checked: bool,
 ) -> (Result<(), sqlx::Error>, u64) {
     const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
     let (row, value) = match w {
@@ -312,7 +318,14 @@ async fn hand(
                 Workload::Skew => skew_body(&mut tx, row, value).await?,
                 _ => hot_body(&mut tx, row, d).await?,
             }
-            tx.commit().await
+            if checked {
+                sqlx::raw_sql(crate::OURS_COMMIT_SQL)
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop)
+            } else {
+                tx.commit().await
+            }
         }
         .await;
         match result {
@@ -593,7 +606,8 @@ async fn run_tasks(
             while Instant::now() < deadline {
                 let start = Instant::now();
                 let (result, attempts) = match (held.as_deref_mut(), &imp) {
-                    (conn, Imp::Hand(max)) => hand(conn, &pool, w, *max).await,
+                    (conn, Imp::Hand(max)) => hand(conn, &pool, w, *max, false).await,
+                    (conn, Imp::HandChecked(max)) => hand(conn, &pool, w, *max, true).await,
                     (Some(conn), _) => one(conn, w, &imp).await,
                     (None, _) => one(&pool, w, &imp).await,
                 };
