@@ -645,8 +645,7 @@ async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Rep
             .flat_map(move |w| clients.iter().map(move |&c| (conns, w, c)))
     });
     for (k, (conns, w, c)) in points.enumerate() {
-        let pooled = conns == Conns::Pooled;
-        let mut point = report::GapPoint::new(w, c, pooled);
+        let mut point = report::GapPoint::new(w, c, conns == Conns::Pooled);
         for round in 0..plan.scaling_rounds {
             for i in 0..n {
                 let j = (k + round + i) % n;
@@ -655,7 +654,7 @@ async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Rep
                 eprintln!(
                     "  round {} {w:?} {c:>2} clients, {}, {}: {}",
                     round + 1,
-                    if pooled { "pooled" } else { "held" },
+                    point.conns(),
                     which.label(),
                     r.summary()
                 );

@@ -1411,7 +1411,7 @@ impl GapPoint {
     }
 
     /// How the point's clients took their connections, as the report says it.
-    fn conns(&self) -> &'static str {
+    pub fn conns(&self) -> &'static str {
         if self.pooled { "pooled" } else { "held" }
     }
 
