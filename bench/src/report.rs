@@ -1502,10 +1502,10 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
          turns), with `.priority_after(None)`, and with that and `.backoff(Backoff::none())` \
          too, which retries at once as the loop does; beside the hand-written loop, which takes \
          its connections the same way, as it is and ending each transaction as ours does \
-         (`SET LOCAL sqlx_retry.not_aborted = 'on'; COMMIT; BEGIN`, then the `Transaction` \
-         dropped): the check and the empty transaction of §1 (d), the per-transaction SQL that \
+         (`{commit}`, then the `Transaction` dropped): the check and the empty transaction of §1 (d), the per-transaction SQL that \
          makes `Ok` mean committed, which sqlx 0.9 leaves a loop no cheaper way to get. \
-         {rounds}. \"this / hand\" is each variant's goodput over the plain loop's.\n"
+         {rounds}. \"this / hand\" is each variant's goodput over the plain loop's.\n",
+        commit = crate::OURS_COMMIT_SQL,
     );
     let _ = writeln!(
         m,
