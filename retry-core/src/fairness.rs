@@ -22,6 +22,11 @@
 //! without a turn, so a cycle through code outside the retry loop (a task that holds a
 //! transaction of its own while it calls a retried function) costs a delay, never a hang. A
 //! dropped call gives its turn back, or leaves the queue, with its future.
+//!
+//! The same bound is what an attempt waiting on a lock held elsewhere costs the others: it keeps
+//! its shared turn while it waits, so each priority request meanwhile holds the policy's new
+//! attempts back for up to [`WAIT_LIMIT`] (documented at `PolicyBuilder::priority_after`;
+//! `tests/postgres/starvation.rs` runs it on a server).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -461,6 +461,14 @@ impl PolicyBuilder {
     /// turn. A dropped call gives its turn back. `after` must be at least 1; an `after` of
     /// [`max_attempts`](Self::max_attempts) or more never grants priority.
     ///
+    /// An attempt keeps its turn while it waits on a lock, including one held outside the
+    /// policy (another process, a session idle in its transaction, a deadlock until PostgreSQL's
+    /// `deadlock_timeout` ends it). Meanwhile each call that asks for a turn alone waits for it up
+    /// to that second and the policy's new attempts queue behind it: the policy is held up for
+    /// as long as the lock is held, and never stopped. Where attempts can wait on such locks for
+    /// long, bound the wait in the body (`SET LOCAL lock_timeout`), or turn priority off and
+    /// raise `max_attempts`.
+    ///
     /// Why it is on by default: backoff spreads retries out but does not know who has waited
     /// longest, so under contention a call can lose attempt after attempt while newer calls
     /// commit, and at a small `max_attempts` run out of them. BENCHMARKS.md §5 measures both

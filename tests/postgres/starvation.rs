@@ -77,3 +77,116 @@ async fn no_call_runs_out_of_its_default_attempts_on_one_hot_row() {
         "conflicts happened: {attempts} attempts for {calls} calls"
     );
 }
+
+/// Reads row `id`, then writes what it read plus one.
+#[serializable_retry]
+async fn bump_row(tx: &mut PgConnection, id: i32) -> Result<(), sqlx::Error> {
+    let v: i64 = sqlx::query_scalar("SELECT v FROM rows4 WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE rows4 SET v = $1 WHERE id = $2")
+        .bind(v + 1)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The documented outcome when an attempt waits on a lock held outside the policy: its shared
+/// turn stays taken, so each call of the policy that asks for a turn alone meanwhile waits up to
+/// a second for it, and new attempts queue behind that call. The policy's other calls are held
+/// up (the README's "Priority turns and locks held elsewhere"), never stopped: they keep
+/// committing, none fails, and the waiting call commits once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_an_outside_lock_holds_the_policy_up_but_never_stops_it() {
+    const HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+    let (pool, _schema) = sqlx_retry_testkit::isolated_pool(TASKS as u32 + 3).await;
+    sqlx::raw_sql(
+        "CREATE TABLE rows4 (id int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO rows4 SELECT g, 0 FROM generate_series(1, 4) g;
+         INSERT INTO rows4 VALUES (100, 0);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Calls on the four rows from TASKS tasks, counting what commits while the lock is held.
+    let holding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (pool, holding, done) = (pool.clone(), holding.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut committed, mut during, mut failed) = (0u64, 0u64, Vec::new());
+            let mut i = t;
+            while !done.load(Ordering::Relaxed) {
+                i += 1;
+                match bump_row(&pool, (i % 4) as i32 + 1).await {
+                    Ok(()) => {
+                        committed += 1;
+                        if holding.load(Ordering::Relaxed) {
+                            during += 1;
+                        }
+                    }
+                    Err(err) => failed.push(err.to_string()),
+                }
+            }
+            (committed, during, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // An outside transaction takes row 100; a call of the same function then waits on it.
+    let mut outside = pool.begin().await.unwrap();
+    sqlx::query("UPDATE rows4 SET v = v + 1 WHERE id = 100")
+        .execute(&mut *outside)
+        .await
+        .unwrap();
+    holding.store(true, Ordering::Relaxed);
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { bump_row(&pool, 100).await }
+    });
+    tokio::time::sleep(HOLD).await;
+    holding.store(false, Ordering::Relaxed);
+    outside.commit().await.unwrap();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting call ended after the lock was released")
+        .expect("task panicked");
+    done.store(true, Ordering::Relaxed);
+
+    let (mut committed, mut during, mut failed) = (0u64, 0u64, Vec::new());
+    for task in tasks {
+        let (c, d, f) = task.await.expect("task panicked");
+        committed += c;
+        during += d;
+        failed.extend(f);
+    }
+    eprintln!("{committed} calls committed, {during} of them while the lock was held");
+    assert!(
+        failed.is_empty(),
+        "{} calls failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        during > 0,
+        "the policy's other calls kept committing while one waited"
+    );
+    // The waiting call saw the outside commit and retried: at SERIALIZABLE its first attempt
+    // fails with 40001 once the lock is released.
+    waited.expect("the waiting call committed after the lock was released");
+    let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT id, v FROM rows4 ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let hot: i64 = rows.iter().filter(|r| r.0 <= 4).map(|r| r.1).sum();
+    assert_eq!(hot, committed as i64, "every committed call counted once");
+    assert_eq!(
+        rows.last(),
+        Some(&(100, 2)),
+        "the outside update and the waiting call's"
+    );
+}
