@@ -298,6 +298,14 @@ async fn named_statement_errors_are_returned_after_their_attempt_on_a_pool() {
             // Every third call runs while another client holds a server connection, so the
             // pool's clients meet server connections that lack, or already have, their names.
             let tx = if i % 3 == 2 {
+                // The pool's last connection has been handed back (its release ping done), so
+                // pgbouncer gives `hold` the server connection the pool's calls used last.
+                let idle = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                    while pool.num_idle() < pool.size() as usize {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                });
+                idle.await.expect("the pool's connections came back");
                 let mut tx = hold.begin().await.expect("hold");
                 sqlx::query("SELECT 1")
                     .persistent(false)
