@@ -7,41 +7,97 @@
 //! [`PolicyBuilder::priority_after`](crate::PolicyBuilder::priority_after)),
 //! every attempt of the policy holds a shared turn on a gate the policy's calls (and its clones)
 //! share, taken before BEGIN and given back when the transaction has ended. A call whose
-//! `after` first attempts failed asks for the gate alone: new attempts of the policy queue
-//! behind it, the attempts already running finish, and its attempt runs by itself; then
-//! everyone queued goes on. Starving calls take their turns first come, first served.
+//! `after` first attempts failed asks for a turn alone: starving calls line up first come, first
+//! served, without holding anyone back; the one at the head closes the gate (new attempts of the
+//! policy wait), waits for the attempts already running to finish, and runs its attempt with no
+//! new attempt beside it; then the gate opens and the next in line goes.
 //!
-//! The gate is tokio's fair (FIFO, write-preferring) read-write lock. Taking a shared turn when
-//! nobody asks for priority is an atomic compare-and-swap, with no round trip.
+//! The head waits for the running attempts at most [`DRAIN_FACTOR`] times the measured mean
+//! length of a shared turn (at least [`MIN_DRAIN`], at most [`WAIT_LIMIT`]). An attempt that
+//! outlasts that wait (it waits on a lock held outside the policy, or on a deadlock until
+//! PostgreSQL's `deadlock_timeout`) is left out of the drains that follow, so it holds the policy
+//! up once, for one short drain, however long it waits, instead of once per starving call.
+//!
+//! Taking a shared turn when nobody asks for priority is an uncontended mutex and two clock
+//! readings, with no round trip.
 //!
 //! Deadlock freedom: a call waits for a turn only between attempts, when it has no transaction
 //! of its own open, and never while it is nested in another attempt's body (that attempt would
 //! hold a turn the waiter's priority may wait for) or joins a transaction that is already open
-//! (its locks could be what the priority attempt waits on). Waits are also bounded
+//! (its locks could be what the priority attempt waits on). Waits in line are also bounded
 //! ([`WAIT_LIMIT`], and the call's time budget): a call that waited that long runs its attempt
 //! without a turn, so a cycle through code outside the retry loop (a task that holds a
 //! transaction of its own while it calls a retried function) costs a delay, never a hang. A
-//! dropped call gives its turn back, or leaves the queue, with its future.
-//!
-//! The same bound is what an attempt waiting on a lock held elsewhere costs the others: it keeps
-//! its shared turn while it waits, so each priority request meanwhile holds the policy's new
-//! attempts back for up to [`WAIT_LIMIT`] (documented at `PolicyBuilder::priority_after`;
-//! `tests/postgres/starvation.rs` runs it on a server).
+//! dropped call gives its turn back, or leaves the line, with its future.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{Notify, OwnedMutexGuard};
 
 /// The longest a call waits for its turn before it runs its attempt without one.
 pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(1);
+
+/// How many times the measured length of a shared turn a priority call waits for the running
+/// attempts to finish, before it leaves those still running out of its turn.
+const DRAIN_FACTOR: u32 = 8;
+/// The shortest drain wait.
+const MIN_DRAIN: Duration = Duration::from_millis(2);
 
 /// A policy's priority setting and the gate its calls share (clones of the policy share it).
 #[derive(Clone)]
 pub(crate) struct Priority {
     /// Failed attempts after which a call's next attempt runs alone.
     pub(crate) after: u32,
-    gate: Arc<RwLock<()>>,
+    gate: Arc<Gate>,
+}
+
+/// The gate: ordinary attempts pass while it is open; a priority call at the head of the line
+/// closes it, waits (boundedly) for the attempts inside to finish, and runs its attempt.
+struct Gate {
+    state: Mutex<State>,
+    /// Signalled when the gate opens.
+    opened: Notify,
+    /// Signalled when the last counted attempt of the current epoch ends.
+    drained: Notify,
+    /// Starving calls, first come first served; the holder is the head.
+    line: Arc<tokio::sync::Mutex<()>>,
+    /// Moving average (weight 1/8) of how long a shared turn is held, in nanoseconds.
+    held_ns: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    closed: bool,
+    /// Bumped when a drain runs out: the attempts of earlier epochs are no longer waited for.
+    epoch: u64,
+    /// Shared turns of the current epoch still held.
+    running: u32,
+}
+
+impl Gate {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long the head waits for the running attempts to finish.
+    fn drain_limit(&self) -> Duration {
+        let held = Duration::from_nanos(self.held_ns.load(Ordering::Relaxed));
+        held.saturating_mul(DRAIN_FACTOR)
+            .clamp(MIN_DRAIN, WAIT_LIMIT)
+    }
+
+    fn observe(&self, held: Duration) {
+        let sample = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .held_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
+    }
 }
 
 /// A turn held for the length of one attempt.
@@ -49,17 +105,71 @@ pub(crate) struct Priority {
 pub(crate) enum Turn {
     /// An ordinary attempt, alongside the policy's other ordinary attempts.
     #[allow(dead_code)] // held for its drop
-    Shared(OwnedRwLockReadGuard<()>),
-    /// A priority attempt: no other attempt of the policy runs meanwhile.
+    Shared(Shared),
+    /// A priority attempt: no attempt of the policy starts meanwhile.
     #[allow(dead_code)] // held for its drop
-    Alone(OwnedRwLockWriteGuard<()>),
+    Alone(Alone),
+}
+
+/// A shared turn: counted in its epoch until dropped.
+pub(crate) struct Shared {
+    gate: Arc<Gate>,
+    epoch: u64,
+    since: Instant,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.gate.observe(self.since.elapsed());
+        let mut state = self.gate.state();
+        if state.epoch == self.epoch {
+            state.running -= 1;
+            if state.running == 0 && state.closed {
+                drop(state);
+                self.gate.drained.notify_waiters();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A priority turn: the gate closed and the head of the line held, until dropped.
+pub(crate) struct Alone {
+    gate: Arc<Gate>,
+    _line: OwnedMutexGuard<()>,
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        self.gate.state().closed = false;
+        self.gate.opened.notify_waiters();
+    }
+}
+
+impl std::fmt::Debug for Alone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alone").finish_non_exhaustive()
+    }
 }
 
 impl Priority {
     pub(crate) fn new(after: u32) -> Self {
         Priority {
             after,
-            gate: Arc::new(RwLock::new(())),
+            gate: Arc::new(Gate {
+                state: Mutex::new(State::default()),
+                opened: Notify::new(),
+                drained: Notify::new(),
+                line: Arc::new(tokio::sync::Mutex::new(())),
+                held_ns: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -67,26 +177,86 @@ impl Priority {
     /// `limit`; `None` when the wait ran out (the attempt then runs without a turn).
     pub(crate) async fn turn(&self, failed: u32, limit: Duration) -> Option<Turn> {
         if failed >= self.after {
-            let alone = self.gate.clone().write_owned();
-            return tokio::time::timeout(limit, alone)
-                .await
-                .ok()
-                .map(Turn::Alone);
+            return self.alone(limit).await.map(Turn::Alone);
         }
-        match self.gate.clone().try_read_owned() {
-            Ok(shared) => Some(Turn::Shared(shared)),
-            Err(_) if limit.is_zero() => None,
-            Err(_) => tokio::time::timeout(limit, self.gate.clone().read_owned())
-                .await
-                .ok()
-                .map(Turn::Shared),
+        if let Some(shared) = self.try_shared() {
+            return Some(Turn::Shared(shared));
         }
+        if limit.is_zero() {
+            return None;
+        }
+        tokio::time::timeout(limit, async {
+            loop {
+                let opened = self.gate.opened.notified();
+                tokio::pin!(opened);
+                opened.as_mut().enable();
+                if let Some(shared) = self.try_shared() {
+                    return shared;
+                }
+                opened.await;
+            }
+        })
+        .await
+        .ok()
+        .map(Turn::Shared)
+    }
+
+    fn try_shared(&self) -> Option<Shared> {
+        let mut state = self.gate.state();
+        if state.closed {
+            return None;
+        }
+        state.running += 1;
+        Some(Shared {
+            gate: self.gate.clone(),
+            epoch: state.epoch,
+            since: Instant::now(),
+        })
+    }
+
+    /// Waits its place in line (at most `limit`; the gate stays open meanwhile), closes the gate
+    /// and waits a bounded time for the attempts inside to finish.
+    async fn alone(&self, limit: Duration) -> Option<Alone> {
+        let asked = tokio::time::Instant::now();
+        let line = tokio::time::timeout(limit, self.gate.line.clone().lock_owned())
+            .await
+            .ok()?;
+        // The drain counts against the same limit (the call's budget may be what set it).
+        let drain = self
+            .gate
+            .drain_limit()
+            .min(limit.saturating_sub(asked.elapsed()));
+        self.gate.state().closed = true;
+        let turn = Alone {
+            gate: self.gate.clone(),
+            _line: line,
+        };
+        let drained = tokio::time::timeout(drain, async {
+            loop {
+                let drained = self.gate.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if self.gate.state().running == 0 {
+                    return;
+                }
+                drained.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            // Attempts that outlast the drain (a lock wait, a long transaction) no longer hold
+            // up this turn or later ones.
+            let mut state = self.gate.state();
+            state.epoch += 1;
+            state.running = 0;
+        }
+        Some(turn)
     }
 
     /// Whether a priority attempt holds the gate or waits for it.
     #[cfg(test)]
     pub(crate) fn busy(&self) -> bool {
-        self.gate.try_read().is_err()
+        self.gate.state().closed
     }
 }
 
@@ -129,13 +299,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn waits_are_bounded() {
+    async fn a_stuck_attempt_holds_a_priority_turn_back_only_for_the_drain() {
         let p = Priority::new(1);
-        let _held = p.turn(0, WAIT_LIMIT).await.expect("free gate");
+        let stuck = p.turn(0, WAIT_LIMIT).await.expect("free gate");
+        let started = tokio::time::Instant::now();
+        let alone = p.turn(1, WAIT_LIMIT).await.expect("turn after the drain");
+        assert!(matches!(alone, Turn::Alone(_)));
+        assert_eq!(started.elapsed(), MIN_DRAIN);
+        drop(alone);
+        // The stuck attempt is left out of later drains: the next priority turn is immediate.
+        let started = tokio::time::Instant::now();
+        let again = p.turn(1, WAIT_LIMIT).await.expect("immediate turn");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        drop(again);
+        drop(stuck);
+        assert!(!p.busy());
+        assert!(p.turn(0, Duration::ZERO).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_counts_against_the_callers_limit() {
+        let p = Priority::new(1);
+        let _stuck = p.turn(0, WAIT_LIMIT).await.expect("free gate");
+        let limit = MIN_DRAIN / 2;
+        let started = tokio::time::Instant::now();
+        let alone = p.turn(1, limit).await.expect("the line was free");
+        assert!(matches!(alone, Turn::Alone(_)));
+        assert_eq!(started.elapsed(), limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_in_line_is_bounded() {
+        let p = Priority::new(1);
+        let head = p.turn(1, WAIT_LIMIT).await.expect("free gate");
         let started = tokio::time::Instant::now();
         assert!(p.turn(1, Duration::from_millis(30)).await.is_none());
         assert_eq!(started.elapsed(), Duration::from_millis(30));
-        // The priority call that gave up left the queue: ordinary turns pass again.
+        drop(head);
+        // The call that gave up left the line, and the gate is open again.
         assert!(p.turn(0, Duration::ZERO).await.is_some());
+        assert!(p.turn(1, Duration::ZERO).await.is_some());
     }
 }

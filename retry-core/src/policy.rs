@@ -449,11 +449,12 @@ impl PolicyBuilder {
     ///
     /// Every attempt of the policy (and of its clones, which share the state, like the adaptive
     /// backoff's) takes a shared turn before BEGIN and gives it back when its transaction ends.
-    /// A call that has failed `after` times asks for a turn alone instead: the policy's new
-    /// attempts wait until it is done, the ones already running finish first, and starving
-    /// calls are served in the order they asked. So a call that keeps losing meets, in its
-    /// priority attempt, only transactions from other code or other processes. With no call
-    /// starving, a shared turn costs an atomic operation, and never a round trip.
+    /// A call that has failed `after` times asks for a turn alone instead: starving calls line
+    /// up in the order they asked, without holding anyone back; at the head of the line a call
+    /// stops the policy's new attempts until it is done, and the ones already running finish
+    /// first. So a call that keeps losing meets, in its priority attempt, only transactions
+    /// from other code or other processes. With no call starving, a shared turn costs an
+    /// uncontended lock and never a round trip.
     ///
     /// A call waits only between attempts, when it holds no transaction, and never while it is
     /// nested in another attempt's body or joins an open transaction; and at most one second, or
@@ -461,13 +462,11 @@ impl PolicyBuilder {
     /// turn. A dropped call gives its turn back. `after` must be at least 1; an `after` of
     /// [`max_attempts`](Self::max_attempts) or more never grants priority.
     ///
-    /// An attempt keeps its turn while it waits on a lock, including one held outside the
-    /// policy (another process, a session idle in its transaction, a deadlock until PostgreSQL's
-    /// `deadlock_timeout` ends it). Meanwhile each call that asks for a turn alone waits for it up
-    /// to that second and the policy's new attempts queue behind it: the policy is held up for
-    /// as long as the lock is held, and never stopped. Where attempts can wait on such locks for
-    /// long, bound the wait in the body (`SET LOCAL lock_timeout`), or turn priority off and
-    /// raise `max_attempts`.
+    /// An attempt that waits on a lock, including one held outside the policy (another process,
+    /// a session idle in its transaction, a deadlock until PostgreSQL's `deadlock_timeout` ends
+    /// it), holds a priority call back only for a short drain: a few times the measured length
+    /// of an attempt. After that the priority attempt runs beside it, and later ones no longer
+    /// wait for it.
     ///
     /// Why it is on by default: backoff spreads retries out but does not know who has waited
     /// longest, so under contention a call can lose attempt after attempt while newer calls
