@@ -10,6 +10,33 @@ use std::time::{Duration, Instant};
 
 use crate::PolicyError;
 
+/// A moving mean of durations (weight 1/8 per sample), shared between threads: the adaptive
+/// backoff's attempt length and the priority gate's turn length.
+#[derive(Debug)]
+pub(crate) struct MeanDuration(AtomicU64);
+
+impl MeanDuration {
+    pub(crate) fn new(start: Duration) -> Self {
+        MeanDuration(AtomicU64::new(
+            u64::try_from(start.as_nanos()).unwrap_or(u64::MAX),
+        ))
+    }
+
+    pub(crate) fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Folds one sample into the mean, with weight 1/8.
+    pub(crate) fn observe(&self, sample: Duration) {
+        let sample = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
+    }
+}
+
 /// A factory for per-call delay sequences: what [`Backoff::from_fn`] stores.
 pub(crate) type DelaysFactory = dyn Fn() -> Box<dyn Iterator<Item = Duration> + Send> + Send + Sync;
 
@@ -50,9 +77,9 @@ struct Adaptive {
     cap: Duration,
     /// Calls currently between a conflict and their end: the live per-call delay sequences.
     contenders: AtomicU32,
-    /// Exponentially weighted mean of the measured attempt duration, in nanoseconds
-    /// (time from the end of one backoff sleep to the next conflict), starting at `base`.
-    attempt_ns: AtomicU64,
+    /// Exponentially weighted mean of the measured attempt duration (time from the end of one
+    /// backoff sleep to the next conflict), starting at `base`.
+    attempt: MeanDuration,
 }
 
 impl Adaptive {
@@ -60,18 +87,8 @@ impl Adaptive {
     const MIN_UNIT: Duration = Duration::from_micros(50);
 
     fn unit(&self) -> Duration {
-        let measured = Duration::from_nanos(self.attempt_ns.load(Ordering::Relaxed));
+        let measured = self.attempt.get();
         measured.min(self.base).max(Self::MIN_UNIT.min(self.base))
-    }
-
-    /// Folds one measured attempt duration into the mean, with weight 1/8.
-    fn observe(&self, attempt: Duration) {
-        let sample = u64::try_from(attempt.as_nanos()).unwrap_or(u64::MAX);
-        let _ = self
-            .attempt_ns
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(old - old / 8 + sample / 8)
-            });
     }
 
     /// The jitter window before retry `retry` (1-based).
@@ -155,13 +172,12 @@ impl Backoff {
     /// Unlike the other constructors this one allocates its shared state, so build a policy once
     /// and reuse it (or clone it: clones share the estimate).
     pub fn adaptive(base: Duration, cap: Duration) -> Self {
-        let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
         Backoff {
             kind: Kind::Adaptive(Arc::new(Adaptive {
                 base,
                 cap,
                 contenders: AtomicU32::new(0),
-                attempt_ns: AtomicU64::new(base_ns),
+                attempt: MeanDuration::new(base),
             })),
         }
     }
@@ -307,7 +323,7 @@ impl Iterator for Delays {
             Kind::Adaptive(state) => {
                 let now = Instant::now();
                 if let Some(then) = self.handed_out {
-                    state.observe(
+                    state.attempt.observe(
                         now.saturating_duration_since(then)
                             .saturating_sub(self.previous),
                     );
@@ -434,7 +450,7 @@ mod tests {
             base: 5 * MS,
             cap: 500 * MS,
             contenders: AtomicU32::new(0),
-            attempt_ns: AtomicU64::new(5_000_000),
+            attempt: MeanDuration::new(Duration::from_millis(5)),
         };
         // Alone: the first retry goes at once, later ones are plain full jitter with the base
         // as unit.
@@ -450,11 +466,11 @@ mod tests {
         assert_eq!(state.window(u32::MAX), 500 * MS);
         // Short measured attempts shrink the unit, never below 50 µs, never above base.
         for _ in 0..200 {
-            state.observe(Duration::ZERO);
+            state.attempt.observe(Duration::ZERO);
         }
         assert_eq!(state.unit(), Duration::from_micros(50));
         for _ in 0..200 {
-            state.observe(Duration::from_secs(10));
+            state.attempt.observe(Duration::from_secs(10));
         }
         assert_eq!(state.unit(), 5 * MS);
         // A clone of the backoff shares the estimate.

@@ -30,11 +30,12 @@
 //! transaction of its own while it calls a retried function) costs a delay, never a hang. A
 //! dropped call gives its turn back, or leaves the line, with its future.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedMutexGuard};
+
+use crate::backoff::MeanDuration;
 
 /// The longest a call waits for its turn before it runs its attempt without one.
 pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(1);
@@ -63,8 +64,8 @@ struct Gate {
     drained: Notify,
     /// Starving calls, first come first served; the holder is the head.
     line: Arc<tokio::sync::Mutex<()>>,
-    /// Moving average (weight 1/8) of how long a shared turn is held, in nanoseconds.
-    held_ns: AtomicU64,
+    /// Moving mean of how long a shared turn is held.
+    held: MeanDuration,
 }
 
 #[derive(Default)]
@@ -85,18 +86,10 @@ impl Gate {
 
     /// How long the head waits for the running attempts to finish.
     fn drain_limit(&self) -> Duration {
-        let held = Duration::from_nanos(self.held_ns.load(Ordering::Relaxed));
-        held.saturating_mul(DRAIN_FACTOR)
+        self.held
+            .get()
+            .saturating_mul(DRAIN_FACTOR)
             .clamp(MIN_DRAIN, WAIT_LIMIT)
-    }
-
-    fn observe(&self, held: Duration) {
-        let sample = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
-        let _ = self
-            .held_ns
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(old - old / 8 + sample / 8)
-            });
     }
 }
 
@@ -120,10 +113,11 @@ pub(crate) struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        let held = self.since.elapsed();
         let mut state = self.gate.state();
         // A turn left out of the drains (it outlasted one) does not teach the drain its length.
         if state.epoch == self.epoch {
-            self.gate.observe(self.since.elapsed());
+            self.gate.held.observe(held);
             state.running -= 1;
             if state.running == 0 && state.closed {
                 drop(state);
@@ -169,7 +163,7 @@ impl Priority {
                 opened: Notify::new(),
                 drained: Notify::new(),
                 line: Arc::new(tokio::sync::Mutex::new(())),
-                held_ns: AtomicU64::new(0),
+                held: MeanDuration::new(Duration::ZERO),
             }),
         }
     }
