@@ -154,6 +154,20 @@ impl std::fmt::Debug for Alone {
     }
 }
 
+/// Waits until `ready` returns a value, checking it again each time `notify` is signalled (the
+/// notification is armed before each check, so none is missed between the two).
+async fn until<T>(notify: &Notify, mut ready: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(value) = ready() {
+            return value;
+        }
+        notified.await;
+    }
+}
+
 impl Priority {
     pub(crate) fn new(after: u32) -> Self {
         Priority {
@@ -180,20 +194,10 @@ impl Priority {
         if limit.is_zero() {
             return None;
         }
-        tokio::time::timeout(limit, async {
-            loop {
-                let opened = self.gate.opened.notified();
-                tokio::pin!(opened);
-                opened.as_mut().enable();
-                if let Some(shared) = self.try_shared() {
-                    return shared;
-                }
-                opened.await;
-            }
-        })
-        .await
-        .ok()
-        .map(Turn::Shared)
+        tokio::time::timeout(limit, until(&self.gate.opened, || self.try_shared()))
+            .await
+            .ok()
+            .map(Turn::Shared)
     }
 
     fn try_shared(&self) -> Option<Shared> {
@@ -226,17 +230,12 @@ impl Priority {
             gate: self.gate.clone(),
             _line: line,
         };
-        let drained = tokio::time::timeout(drain, async {
-            loop {
-                let drained = self.gate.drained.notified();
-                tokio::pin!(drained);
-                drained.as_mut().enable();
-                if self.gate.state().running == 0 {
-                    return;
-                }
-                drained.await;
-            }
-        })
+        let drained = tokio::time::timeout(
+            drain,
+            until(&self.gate.drained, || {
+                (self.gate.state().running == 0).then_some(())
+            }),
+        )
         .await;
         if drained.is_err() {
             // Attempts that outlast the drain (a lock wait, a long transaction) no longer hold

@@ -108,6 +108,7 @@ async fn bump_row_rr(tx: &mut PgConnection, id: i32) -> Result<(), sqlx::Error> 
 }
 
 /// What the calls of one function did while another call of it waited on an outside lock.
+#[derive(Default)]
 struct Held {
     /// Calls that began and ended while the lock was held.
     during: u64,
@@ -144,11 +145,7 @@ where
             (pool.clone(), holding.clone(), done.clone(), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut committed = 0i64;
-            let mut held = Held {
-                during: 0,
-                slowest: Duration::ZERO,
-                failed: Vec::new(),
-            };
+            let mut held = Held::default();
             let mut i = t;
             while !done.load(Ordering::Relaxed) {
                 i += 1;
@@ -192,11 +189,7 @@ where
     done.store(true, Ordering::Relaxed);
 
     let mut committed = 0i64;
-    let mut all = Held {
-        during: 0,
-        slowest: Duration::ZERO,
-        failed: Vec::new(),
-    };
+    let mut all = Held::default();
     for task in tasks {
         let (c, held) = task.await.expect("task panicked");
         committed += c;
