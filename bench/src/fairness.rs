@@ -168,11 +168,15 @@ pub struct Fairness {
 
 /// The plan of the section, from the bench's mode.
 fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
-    let defaults = |clients: Vec<usize>| Block {
+    // The default turn, and the later ones that still leave a call a priority attempt.
+    let defaults = |clients: Vec<usize>, later: &[u32]| Block {
         max: Policy::DEFAULT_MAX_ATTEMPTS,
         stress_backoff: false,
         clients,
-        variants: vec![None, Some(Policy::DEFAULT_PRIORITY_AFTER)],
+        variants: [None, Some(Policy::DEFAULT_PRIORITY_AFTER)]
+            .into_iter()
+            .chain(later.iter().map(|&k| Some(k)))
+            .collect(),
     };
     let stress = |clients: Vec<usize>, variants: Vec<Option<u32>>| Block {
         max: 10,
@@ -184,13 +188,16 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
         "smoke" => (
             Duration::from_millis(300),
             1,
-            vec![defaults(vec![4]), stress(vec![32], vec![None, Some(2)])],
+            vec![
+                defaults(vec![4], &[]),
+                stress(vec![32], vec![None, Some(2)]),
+            ],
         ),
         "quick" => (
             Duration::from_secs(3),
             2,
             vec![
-                defaults(vec![16]),
+                defaults(vec![16], &[report::LATER_TURN]),
                 stress(vec![32], vec![None, Some(2), Some(3)]),
             ],
         ),
@@ -198,7 +205,10 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
             Duration::from_secs(5),
             2,
             vec![
-                defaults(vec![4, 16, 64]),
+                defaults(
+                    vec![4, 16, 64],
+                    &[report::LATER_TURN, Policy::DEFAULT_MAX_ATTEMPTS - 1],
+                ),
                 stress(vec![32, 64], vec![None, Some(2), Some(3), Some(5)]),
             ],
         ),

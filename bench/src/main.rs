@@ -611,7 +611,8 @@ async fn scaling_section(
 
 /// Section 4's account of the gap to the hand-written loop: on each contended workload, at
 /// `plan.gap_clients` on held connections and at `plan.gap_pooled_clients` through a pool, ours
-/// with the default policy, without priority turns, and without turns or backoff, beside the
+/// with the default policy, with a later turn, without priority turns, and without turns or
+/// backoff, beside the
 /// loop taking its connections the same way, plain and committing as ours does, in rounds whose
 /// order rotates.
 async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
@@ -620,6 +621,10 @@ async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Rep
     // One policy per variant for the whole section, as a service builds its policies once.
     let imps = report::GAP_IMPS.map(|which| match which {
         report::GapImp::Default => base().build().map(|p| Imp::Plain(Arc::new(p))),
+        report::GapImp::LaterTurn => base()
+            .priority_after(report::LATER_TURN)
+            .build()
+            .map(|p| Imp::Plain(Arc::new(p))),
         report::GapImp::NoTurns => base()
             .priority_after(None)
             .build()

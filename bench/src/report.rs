@@ -1352,6 +1352,8 @@ impl Report {
 pub enum GapImp {
     /// `Policy::builder().max_attempts(max)`: the default backoff and priority turns.
     Default,
+    /// The same with a later turn, `.priority_after(LATER_TURN)`.
+    LaterTurn,
     /// The same without priority turns.
     NoTurns,
     /// The same without priority turns or backoff: retries at once, as the loop does.
@@ -1363,9 +1365,15 @@ pub enum GapImp {
     Hand,
 }
 
+/// The later turn of section 4's gap account and of §5 (a): a call's fourth attempt runs alone.
+/// (The label of [`GapImp::LaterTurn`] names it.)
+pub const LATER_TURN: u32 = 3;
+const _: () = assert!(LATER_TURN == 3, "GapImp::LaterTurn's label says 3");
+
 /// [`GapImp`]s in the report's order.
-pub const GAP_IMPS: [GapImp; 5] = [
+pub const GAP_IMPS: [GapImp; 6] = [
     GapImp::Default,
+    GapImp::LaterTurn,
     GapImp::NoTurns,
     GapImp::NoTurnsNoBackoff,
     GapImp::HandChecked,
@@ -1377,6 +1385,7 @@ impl GapImp {
     pub fn label(self) -> &'static str {
         match self {
             GapImp::Default => "sqlx-retry, default policy",
+            GapImp::LaterTurn => "sqlx-retry, turns after 3",
             GapImp::NoTurns => "sqlx-retry, no priority turns",
             GapImp::NoTurnsNoBackoff => "sqlx-retry, no turns, no backoff",
             GapImp::HandChecked => "hand-written, committing as ours does",
@@ -1396,7 +1405,7 @@ pub struct GapPoint {
     /// Whether every variant took its connections from a pool (else each client held one).
     pub pooled: bool,
     /// The runs of each variant, in [`GAP_IMPS`] order.
-    pub rounds: Rounds<5>,
+    pub rounds: Rounds<6>,
 }
 
 impl GapPoint {
@@ -1484,12 +1493,12 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
     };
     let rounds = points.iter().map(|p| p.rounds.rounds()).max().unwrap_or(0);
     let rounds = if rounds == 1 {
-        "One round per point, running the five once in an order rotated from point to point; \
+        "One round per point, running the six once in an order rotated from point to point; \
          \"by round\" is the ratio to the loop"
             .to_owned()
     } else {
         format!(
-            "{rounds} rounds per point, each running the five once in an order rotated from round \
+            "{rounds} rounds per point, each running the six once in an order rotated from round \
              to round and point to point; tx/s add up over the rounds, and \"by round\" is each \
              round's ratio to the loop"
         )
@@ -1499,13 +1508,16 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
         "**What the gap to the hand-written loop is made of, {wheres}.** Runs of their own on \
          the same workloads, through `sqlx_retry::transaction` with \
          `Policy::builder().max_attempts({max})`: as built (the default backoff and priority \
-         turns), with `.priority_after(None)`, and with that and `.backoff(Backoff::none())` \
-         too, which retries at once as the loop does; beside the hand-written loop, which takes \
+         turns), with a later turn (`.priority_after({later})`: a call's fourth attempt, not its \
+         third, runs alone; §5 (a) runs it at the default 5 attempts too), with \
+         `.priority_after(None)`, and with that and `.backoff(Backoff::none())` too, which \
+         retries at once as the loop does; beside the hand-written loop, which takes \
          its connections the same way, as it is and ending each transaction as ours does \
          (`{commit}`, then the `Transaction` dropped): the check and the empty transaction of §1 (d), the per-transaction SQL that \
          makes `Ok` mean committed, which sqlx 0.9 leaves a loop no cheaper way to get. \
          {rounds}. \"this / hand\" is each variant's goodput over the plain loop's.\n",
         commit = crate::OURS_COMMIT_SQL,
+        later = LATER_TURN,
     );
     let _ = writeln!(
         m,
@@ -1592,15 +1604,30 @@ fn gap_summary(kind: &str, points: &[&GapPoint]) -> String {
             .max()
             .map_or("–".into(), |a| a.to_string())
     };
+    let retries = |which: GapImp| {
+        let each: Vec<f64> = points
+            .iter()
+            .filter_map(|p| Some(p.get(which)?.retries_per_commit()))
+            .collect();
+        let lo = each.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = each.iter().copied().fold(0.0, f64::max);
+        match each.len() {
+            0 => "–".to_owned(),
+            _ if format!("{lo:.3}") == format!("{hi:.3}") => format!("{lo:.3}"),
+            _ => format!("{lo:.3}–{hi:.3}"),
+        }
+    };
     format!(
         "{kind}, over {}, goodput as a ratio: the default policy to the loop {}, and to the \
          loop committing as ours does {}; priority turns (the default to the same without \
-         them) {}; the backoff (without turns, to without turns or backoff) {}; ours' loop \
-         itself (no turns, no backoff, to the loop committing as ours does) {}; the \
-         per-transaction SQL (the loop committing as ours does, to the plain loop) {}. The \
-         most attempts any call needed: {} with the default policy, {} without turns, {} \
-         without turns or backoff (calls that need more than `max_attempts` fail; the \
-         default is 5).\n",
+         them) {}; a later turn (after {LATER_TURN}, to the default) {}; the backoff (without \
+         turns, to without turns or backoff) {}; ours' loop itself (no turns, no backoff, to \
+         the loop committing as ours does) {}; the per-transaction SQL (the loop committing as \
+         ours does, to the plain loop) {}. Retries per commit: {} with the default policy, {} \
+         with turns after {LATER_TURN}, {} without turns, {} without turns or backoff, {} for \
+         the loop. The most attempts any call needed: {} with the default policy, {} with turns \
+         after {LATER_TURN}, {} without turns, {} without turns or backoff (calls that need \
+         more than `max_attempts` fail; the default is 5).\n",
         match points.len() {
             1 => "1 point".to_owned(),
             n => format!("{n} points"),
@@ -1608,10 +1635,17 @@ fn gap_summary(kind: &str, points: &[&GapPoint]) -> String {
         ratio_range(&step(GapImp::Default, GapImp::Hand)),
         ratio_range(&step(GapImp::Default, GapImp::HandChecked)),
         ratio_range(&step(GapImp::Default, GapImp::NoTurns)),
+        ratio_range(&step(GapImp::LaterTurn, GapImp::Default)),
         ratio_range(&step(GapImp::NoTurns, GapImp::NoTurnsNoBackoff)),
         ratio_range(&step(GapImp::NoTurnsNoBackoff, GapImp::HandChecked)),
         ratio_range(&step(GapImp::HandChecked, GapImp::Hand)),
+        retries(GapImp::Default),
+        retries(GapImp::LaterTurn),
+        retries(GapImp::NoTurns),
+        retries(GapImp::NoTurnsNoBackoff),
+        retries(GapImp::Hand),
         attempts(GapImp::Default),
+        attempts(GapImp::LaterTurn),
         attempts(GapImp::NoTurns),
         attempts(GapImp::NoTurnsNoBackoff),
     )
@@ -2556,6 +2590,7 @@ mod tests {
         let k = clients as f64;
         for (which, tps, rpc, attempts) in [
             (GapImp::Default, 1800.0, 0.4, 3),
+            (GapImp::LaterTurn, 1850.0, 0.3, 4),
             (GapImp::NoTurns, 1900.0, 0.1, 12),
             (GapImp::NoTurnsNoBackoff, 1950.0, 0.7, 30),
             (GapImp::HandChecked, 1900.0, 0.7, 40),
