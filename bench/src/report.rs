@@ -1463,10 +1463,17 @@ fn clients_range(clients: impl Iterator<Item = usize> + Clone) -> String {
 
 /// The lowest and highest of `ratios`, as "0.91–1.04" (or one figure).
 fn ratio_range(ratios: &[f64]) -> String {
-    match lo_hi(ratios) {
+    range(ratios, 2)
+}
+
+/// "0.12–0.34" (or one figure when both ends print alike, "–" for none), to `decimals` places.
+fn range(values: &[f64], decimals: usize) -> String {
+    match lo_hi(values) {
         None => "–".into(),
-        Some((lo, hi)) if format!("{lo:.2}") == format!("{hi:.2}") => format!("{lo:.2}"),
-        Some((lo, hi)) => format!("{lo:.2}–{hi:.2}"),
+        Some((lo, hi)) if format!("{lo:.decimals$}") == format!("{hi:.decimals$}") => {
+            format!("{lo:.decimals$}")
+        }
+        Some((lo, hi)) => format!("{lo:.decimals$}–{hi:.decimals$}"),
     }
 }
 
@@ -1609,13 +1616,7 @@ fn gap_summary(kind: &str, points: &[&GapPoint]) -> String {
             .iter()
             .filter_map(|p| Some(p.get(which)?.retries_per_commit()))
             .collect();
-        let lo = each.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = each.iter().copied().fold(0.0, f64::max);
-        match each.len() {
-            0 => "–".to_owned(),
-            _ if format!("{lo:.3}") == format!("{hi:.3}") => format!("{lo:.3}"),
-            _ => format!("{lo:.3}–{hi:.3}"),
-        }
+        range(&each, 3)
     };
     format!(
         "{kind}, over {}, goodput as a ratio: the default policy to the loop {}, and to the \
