@@ -454,8 +454,8 @@ impl PolicyBuilder {
     /// stops the policy's new attempts until it is done, and the ones already running finish
     /// first. So a call that keeps losing meets, in its priority attempt, only transactions
     /// from other code or other processes, and its own policy's attempts that outlasted a drain
-    /// (below) or ran without a turn after waiting their longest. With no call starving, a shared turn costs an
-    /// uncontended lock and never a round trip.
+    /// (below) or ran without a turn after waiting their longest. With no call starving, a
+    /// shared turn costs an uncontended lock and never a round trip.
     ///
     /// A call waits only between attempts, when it holds no transaction, and never while it is
     /// nested in another attempt's body or joins an open transaction; and at most one second, or
