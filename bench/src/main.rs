@@ -612,8 +612,8 @@ async fn scaling_section(
 /// Section 4's account of the gap to the hand-written loop: on each contended workload, at
 /// `plan.gap_clients` on held connections and at `plan.gap_pooled_clients` through a pool, ours
 /// with the default policy, with a later turn, with turns and no backoff, without priority turns,
-/// and without turns or backoff, beside the loop taking its connections the same way, plain and committing as ours
-/// does, in rounds whose order rotates.
+/// and without turns or backoff, beside the loop taking its connections the same way, plain and
+/// committing as ours does, in rounds whose order rotates.
 async fn gap_section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Report) -> Res<()> {
     eprintln!("[scaling: the gap to the hand-written loop]");
     let base = || Policy::builder().max_attempts(plan.max_tries);

@@ -1510,9 +1510,9 @@ fn gap_account(points: &[GapPoint], max: u32) -> String {
             .to_owned()
     } else {
         format!(
-            "{rounds} rounds per point, each running the seven once in an order rotated from round \
-             to round and point to point; tx/s add up over the rounds, and \"by round\" is each \
-             round's ratio to the loop"
+            "{rounds} rounds per point, each running the seven once in an order rotated from \
+             round to round and point to point; tx/s add up over the rounds, and \"by round\" is \
+             each round's ratio to the loop"
         )
     };
     let _ = writeln!(
@@ -1641,14 +1641,15 @@ fn gap_summary(kind: &str, points: &[&GapPoint]) -> String {
          loop committing as ours does {}; priority turns (the default to the same without \
          them) {}; a later turn (after {LATER_TURN}, to the default) {}; the backoff with turns \
          (the default to turns without backoff) {}; the backoff (without turns, to without \
-         turns or backoff) {}; ours' loop itself (no turns, no backoff, to \
-         the loop committing as ours does) {}; the per-transaction SQL (the loop committing as \
-         ours does, to the plain loop) {}. p99 at or below the loop's: {} with the default \
-         policy, {} with turns and no backoff. Retries per commit: {} with the default policy, \
-         {} with turns after {LATER_TURN}, {} with turns and no backoff, {} without turns, {} without turns or backoff, {} for \
-         the loop. The most attempts any call needed: {} with the default policy, {} with turns \
-         after {LATER_TURN}, {} with turns and no backoff, {} without turns, {} without turns or backoff (calls that need \
-         more than `max_attempts` fail; the default is 5).\n",
+         turns or backoff) {}; ours' loop itself (no turns, no backoff, to the loop committing \
+         as ours does) {}; the per-transaction SQL (the loop committing as ours does, to the \
+         plain loop) {}. p99 at or below the loop's: {} with the default policy, {} with turns \
+         and no backoff. Retries per commit: {} with the default policy, {} with turns after \
+         {LATER_TURN}, {} with turns and no backoff, {} without turns, {} without turns or \
+         backoff, {} for the loop. The most attempts any call needed: {} with the default \
+         policy, {} with turns after {LATER_TURN}, {} with turns and no backoff, {} without \
+         turns, {} without turns or backoff (calls that need more than `max_attempts` fail; \
+         the default is 5).\n",
         match points.len() {
             1 => "1 point".to_owned(),
             n => format!("{n} points"),
