@@ -1383,6 +1383,8 @@ pub const GAP_IMPS: [GapImp; 7] = [
     GapImp::HandChecked,
     GapImp::Hand,
 ];
+// The gap account's text counts its variants in words ("running the seven once").
+const _: () = assert!(GAP_IMPS.len() == 7, "the gap account's text says seven");
 
 impl GapImp {
     /// Its name in the report.
@@ -1681,6 +1683,8 @@ fn gap_summary(kind: &str, points: &[&GapPoint]) -> String {
 /// How section 4 runs each implementation at a point: "2 rounds of 3.0 s per implementation at
 /// each workload and client count, …".
 fn rounds_phrase(rounds: usize, each: Duration) -> String {
+    // The text counts the implementations in words.
+    const _: () = assert!(SCALING_IMPS.len() == 5, "section 4's text says five");
     let order = "each round runs the five implementations once, in an order rotated from round \
                  to round and from point to point";
     if rounds == 1 {
