@@ -28,10 +28,55 @@
 ///
 /// # Arguments
 ///
-/// All optional, each checked at compile time with an error on the offending token: `max`,
-/// `isolation`, `read_only`, `deferrable`, `replica`, `backoff(…)`, `budget`, `retry_on`, `idempotent`,
-/// `savepoint`, `priority_after`, `keep_signature` and `crate`. Their meanings and defaults are in one table, in the crate
-/// documentation's [Attribute arguments](crate#attribute-arguments).
+/// All optional, each checked at compile time with an error on the offending token: `policy`,
+/// `max`, `isolation`, `read_only`, `deferrable`, `replica`, `backoff(…)`, `budget`, `retry_on`,
+/// `idempotent`, `savepoint`, `priority_after`, `keep_signature` and `crate`. Their meanings and
+/// defaults are in one table, in the crate documentation's
+/// [Attribute arguments](crate#attribute-arguments).
+///
+/// # One policy for several functions
+///
+/// Each annotated function has a policy of its own, built from its arguments on first use; its
+/// priority turns and its adaptive backoff's count of retrying calls cover that function's calls
+/// only. Functions that contend on the same rows can share one instead: build it once in a
+/// `static`, and name it with `policy = …`. Its calls then take turns with each other's, and
+/// the backoff counts them together. The policy's settings come from its builder (which also
+/// takes what the attribute has no argument for, such as [`PolicyBuilder::on_retry`]), so the
+/// policy's own arguments (`max`, `backoff`, …) are refused beside it.
+///
+/// ```no_run
+/// use std::sync::LazyLock;
+///
+/// use sqlx::PgConnection;
+/// use sqlx_retry::{Policy, serializable_retry};
+///
+/// static ACCOUNTS: LazyLock<Policy> = LazyLock::new(|| {
+///     Policy::builder()
+///         .max_attempts(8)
+///         .build()
+///         .expect("valid settings")
+/// });
+///
+/// #[serializable_retry(policy = ACCOUNTS)]
+/// async fn withdraw(tx: &mut PgConnection, id: i64, amount: i64) -> Result<(), sqlx::Error> {
+///     sqlx::query("UPDATE accounts SET balance = balance - $2 WHERE id = $1")
+///         .bind(id)
+///         .bind(amount)
+///         .execute(&mut *tx)
+///         .await?;
+///     Ok(())
+/// }
+///
+/// #[serializable_retry(policy = ACCOUNTS)]
+/// async fn deposit(tx: &mut PgConnection, id: i64, amount: i64) -> Result<(), sqlx::Error> {
+///     sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
+///         .bind(id)
+///         .bind(amount)
+///         .execute(&mut *tx)
+///         .await?;
+///     Ok(())
+/// }
+/// ```
 ///
 /// Durations are a number and a unit: `ns`, `us`, `ms`, `s` or `m` (`"250us"`, `"1.5s"`).
 ///

@@ -89,7 +89,12 @@ pub(crate) type RetryHook = Arc<dyn Fn(&RetryInfo) + Send + Sync>;
 
 /// How a transaction is retried: pass one to [`transaction`](crate::transaction). Built with
 /// [`Policy::builder`] (see [`PolicyBuilder`] for an example); the attribute builds one from its
-/// arguments at compile time.
+/// arguments at compile time, one per function, or runs under a `static` one that several
+/// functions name with `#[serializable_retry(policy = NAME)]`.
+///
+/// The priority turns and the adaptive backoff's count of retrying calls belong to the policy
+/// (its clones share them): calls under one policy take turns with each other, and calls under
+/// different policies do not.
 ///
 /// # Default
 ///

@@ -24,10 +24,12 @@ mod kw {
     syn::custom_keyword!(keep_signature);
     syn::custom_keyword!(savepoint);
     syn::custom_keyword!(priority_after);
+    syn::custom_keyword!(policy);
     syn::custom_keyword!(none);
 }
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
+    "policy",
     "max",
     "isolation",
     "read_only",
@@ -109,6 +111,8 @@ pub struct RawBackoff {
 /// The arguments as written, each key at most once.
 #[derive(Debug, Default)]
 pub struct Configuration {
+    /// `policy = PATH`: a `static` the function shares with others.
+    pub policy: Option<Set<syn::Path>>,
     pub max: Option<Set<u32>>,
     pub isolation: Option<Set<Isolation>>,
     pub read_only: Option<Set<()>>,
@@ -152,6 +156,9 @@ pub enum Priority {
 /// The final configuration: defaults resolved, cross-checks done. Expansion reads only this.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `policy = PATH`: the function runs under that `static` policy, and every setting below
+    /// up to `priority` is left at its default (the attribute refuses them beside `policy`).
+    pub shared: Option<syn::Path>,
     /// `None`: the core crate's `Policy::DEFAULT_MAX_ATTEMPTS`.
     pub max: Option<u32>,
     pub isolation: Isolation,
@@ -176,6 +183,7 @@ impl Config {
     /// expanded with when an argument is wrong, so that callers still see the rewritten signature.
     pub fn fallback(raw: &Configuration) -> Config {
         Config {
+            shared: None,
             max: None,
             isolation: Isolation::Serializable,
             read_only: false,
@@ -261,7 +269,11 @@ impl Configuration {
 
     fn parse_one(&mut self, input: ParseStream<'_>) -> syn::Result<()> {
         let lookahead = input.lookahead1();
-        if lookahead.peek(kw::max) {
+        if lookahead.peek(kw::policy) {
+            let key = input.parse::<kw::policy>()?.span;
+            let path = parse_policy(input)?;
+            set_once(&mut self.policy, key, "policy", path)
+        } else if lookahead.peek(kw::max) {
             let key = input.parse::<kw::max>()?.span;
             let n = parse_max(input)?;
             set_once(&mut self.max, key, "max", n)
@@ -338,8 +350,81 @@ impl Configuration {
         }
     }
 
+    /// Beside `policy = PATH`, the keys that set the policy are refused: the shared policy is
+    /// built once, by its own builder, and every function that names it runs under it alone.
+    fn check_shared(&self, policy: &Set<syn::Path>) -> syn::Result<()> {
+        // Each policy key, with the `PolicyBuilder` method that sets it instead.
+        let keys: [(Option<Span>, &str, &str); 11] = [
+            (self.max.as_ref().map(|s| s.key), "max", "max_attempts"),
+            (
+                self.isolation.as_ref().map(|s| s.key),
+                "isolation",
+                "isolation",
+            ),
+            (
+                self.read_only.as_ref().map(|s| s.key),
+                "read_only",
+                "read_only",
+            ),
+            (
+                self.deferrable.as_ref().map(|s| s.key),
+                "deferrable",
+                "deferrable",
+            ),
+            (self.replica.as_ref().map(|s| s.key), "replica", "replica"),
+            (self.backoff.as_ref().map(|s| s.key), "backoff", "backoff"),
+            (self.budget.as_ref().map(|s| s.key), "budget", "budget"),
+            (
+                self.retry_on.as_ref().map(|s| s.key),
+                "retry_on",
+                "retry_on",
+            ),
+            (
+                self.idempotent.as_ref().map(|s| s.key),
+                "idempotent",
+                "idempotent",
+            ),
+            (
+                self.savepoint.as_ref().map(|s| s.key),
+                "savepoint",
+                "savepoint",
+            ),
+            (
+                self.priority_after.as_ref().map(|s| s.key),
+                "priority_after",
+                "priority_after",
+            ),
+        ];
+        let Some((Some(span), key, method)) = keys.into_iter().find(|(span, ..)| span.is_some())
+        else {
+            return Ok(());
+        };
+        let path = &policy.value;
+        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        let name = format!(
+            "{}{}",
+            if path.leading_colon.is_some() {
+                "::"
+            } else {
+                ""
+            },
+            segments.join("::")
+        );
+        Err(syn::Error::new(
+            span,
+            format!(
+                "`{key}` cannot be set beside `policy = {name}`: the shared policy sets it for \
+                 every function that names it; set it where `{name}` is built, with \
+                 `PolicyBuilder::{method}`"
+            ),
+        ))
+    }
+
     /// Resolves the defaults and checks the keys against each other.
     pub fn build(&self) -> syn::Result<Config> {
+        if let Some(policy) = &self.policy {
+            self.check_shared(policy)?;
+        }
         let isolation = self
             .isolation
             .as_ref()
@@ -438,6 +523,7 @@ impl Configuration {
             }
         };
         Ok(Config {
+            shared: self.policy.as_ref().map(|s| s.value.clone()),
             max,
             isolation,
             read_only: self.read_only.is_some(),
@@ -457,6 +543,26 @@ impl Configuration {
             krate: krate(self),
         })
     }
+}
+
+/// `= PATH` after `policy`: the path of a `static` holding a `Policy` (a `LazyLock<Policy>`, for
+/// one built with `Policy::builder()`).
+fn parse_policy(input: ParseStream<'_>) -> syn::Result<syn::Path> {
+    const EXPECTED: &str = "`policy` expects the path of a `static` that holds a `Policy`, such as \
+                            `policy = ACCOUNTS` for `static ACCOUNTS: LazyLock<Policy>`";
+    input.parse::<Token![=]>()?;
+    if input.peek(syn::Ident)
+        || input.peek(Token![::])
+        || input.peek(Token![crate])
+        || input.peek(Token![self])
+        || input.peek(Token![super])
+    {
+        return input.parse::<syn::Path>();
+    }
+    let span = input
+        .parse::<proc_macro2::TokenTree>()
+        .map_or_else(|_| input.span(), |t| t.span());
+    Err(syn::Error::new(span, EXPECTED))
 }
 
 /// Nothing (`savepoint`: CockroachDB's `cockroach_restart`) or `= "name"`, a plain SQL
@@ -977,6 +1083,59 @@ mod tests {
         assert!(err("priority_after = off").contains("`priority_after` expects"));
         assert!(err("priority_after = 2, priority_after = 3").contains("set twice"));
         assert!(err("priority_afte = 2").contains("did you mean `priority_after`?"));
+    }
+
+    #[test]
+    fn policy_names_a_static_and_refuses_the_policy_settings_beside_it() {
+        let path = |src: &str| {
+            let shared = parse_str(src).unwrap().shared.expect("a shared policy");
+            quote::quote!(#shared).to_string()
+        };
+        assert_eq!(path("policy = ACCOUNTS"), "ACCOUNTS");
+        assert_eq!(
+            path("policy = crate::db::ACCOUNTS"),
+            "crate :: db :: ACCOUNTS"
+        );
+        assert_eq!(path("policy = self::ACCOUNTS"), "self :: ACCOUNTS");
+        assert_eq!(path("policy = super::ACCOUNTS"), "super :: ACCOUNTS");
+        assert_eq!(path("policy = ::db::ACCOUNTS"), ":: db :: ACCOUNTS");
+        // What is not a policy setting stays allowed.
+        assert_eq!(
+            path(r#"keep_signature, policy = ACCOUNTS, crate = "::renamed""#),
+            "ACCOUNTS"
+        );
+        assert!(parse_str("").unwrap().shared.is_none());
+        for (key, setting, method) in [
+            ("max", "max = 3", "max_attempts"),
+            ("isolation", r#"isolation = "repeatable_read""#, "isolation"),
+            ("read_only", "read_only", "read_only"),
+            ("deferrable", "read_only, deferrable", "read_only"),
+            ("replica", "replica", "replica"),
+            ("backoff", "backoff(none)", "backoff"),
+            ("budget", r#"budget = "1s""#, "budget"),
+            ("retry_on", r#"retry_on = ["55P03"]"#, "retry_on"),
+            ("idempotent", "idempotent", "idempotent"),
+            ("savepoint", "savepoint", "savepoint"),
+            ("priority_after", "priority_after = 3", "priority_after"),
+        ] {
+            let message = err(&format!("policy = db::ACCOUNTS, {setting}"));
+            assert!(
+                message.starts_with(&format!(
+                    "`{}` cannot be set beside `policy = db::ACCOUNTS`",
+                    setting.split([' ', ',', '(']).next().unwrap()
+                )),
+                "{key}: {message}"
+            );
+            assert!(
+                message.contains(&format!("`PolicyBuilder::{method}`")),
+                "{key}: {message}"
+            );
+        }
+        assert!(err(r#"policy = "ACCOUNTS""#).contains("`policy` expects the path of a `static`"));
+        assert!(err("policy = 5").contains("`policy` expects the path of a `static`"));
+        assert!(err("policy").contains("expected `=`"));
+        assert!(err("policy = A, policy = B").contains("`policy` set twice"));
+        assert!(err("polcy = A").contains("did you mean `policy`?"));
     }
 
     #[test]

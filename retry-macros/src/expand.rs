@@ -383,11 +383,28 @@ fn expand_body(
         .end_attempt(__sqlx_retry_tx, __sqlx_retry_out, #chain)
     };
 
+    // One policy per function, built on first use: the adaptive backoff's contention estimate
+    // and the priority turns are shared by all calls of this function. With `policy = PATH`, by
+    // all calls of every function that names that `static`.
+    let (policy_static, policy_ref) = match &config.shared {
+        // Spanned on the path: a `static` of another type is one error there.
+        Some(path) => (
+            quote!(),
+            quote_spanned! {at(path.span())=> {
+                let __sqlx_retry_policy: &'static #private::Policy = &#path;
+                __sqlx_retry_policy
+            }},
+        ),
+        None => (
+            quote! {
+                static __SQLX_RETRY_POLICY: ::std::sync::LazyLock<#private::Policy> =
+                    ::std::sync::LazyLock::new(|| #policy);
+            },
+            quote!(&*__SQLX_RETRY_POLICY),
+        ),
+    };
     syn::parse_quote! {{
-        // One policy per function, built on first use: the adaptive backoff's contention estimate
-        // is shared by all calls of this function.
-        static __SQLX_RETRY_POLICY: ::std::sync::LazyLock<#private::Policy> =
-            ::std::sync::LazyLock::new(|| #policy);
+        #policy_static
         use #private::begin_failed as __sqlx_retry_begin_failed;
         let __sqlx_retry_span = #private::tracing::info_span!(#name);
         #private::tracing::Instrument::instrument(
@@ -395,7 +412,7 @@ fn expand_body(
                 let mut #source = #source;
                 #(#before)*
                 let mut __sqlx_retry_attempts =
-                    #private::Attempts::new(&*__SQLX_RETRY_POLICY, #name);
+                    #private::Attempts::new(#policy_ref, #name);
                 loop {
                     let mut __sqlx_retry_tx = match __sqlx_retry_attempts.begin(&mut #source).await {
                         ::core::result::Result::Ok(::core::option::Option::Some(tx)) => tx,

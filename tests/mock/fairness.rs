@@ -1,18 +1,19 @@
 //! Priority turns (`PolicyBuilder::priority_after`) against the mock source: a call whose first
 //! k attempts failed runs its next attempt with no other attempt of its policy beside it; the
 //! calls it held back go on afterwards; a dropped call gives its turn back; the time budget
-//! still ends the wait; nested calls never wait.
+//! still ends the wait; nested calls never wait; annotated functions that name one `static`
+//! policy (`policy = …`) share its turns, and functions with policies of their own do not.
 //!
 //! Every call has a mock database of its own (its faults are scripted per attempt), and they
 //! share one policy, which is what the turns belong to. The tests run on tokio's paused clock
 //! on one thread, and move the calls forward by yielding, so nothing depends on timing.
 #![cfg(feature = "mock")]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use sqlx_retry::mock::{Fault, MockDb, Phase};
-use sqlx_retry::{Backoff, Policy};
+use sqlx_retry::mock::{Fault, MockDb, MockTx, Phase};
+use sqlx_retry::{Backoff, Policy, serializable_retry};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -247,6 +248,127 @@ async fn a_call_nested_in_an_attempt_never_waits_for_a_turn() {
     a.await.unwrap().unwrap();
     assert_eq!(logged(&log), ["A1", "nested", "A2", "A2 end"]);
     assert_eq!(started.elapsed(), Duration::ZERO, "the nested call waited");
+}
+
+/// The body of the annotated functions below, as `spawn_call`'s: logs `name<n>` when attempt
+/// `n` starts and `name<n> end` when it ends, and waits for a permit of `hold` (if any) between.
+async fn logged_bump(
+    tx: &mut MockTx<i64>,
+    name: &str,
+    log: &Log,
+    hold: Option<&Semaphore>,
+) -> Result<(), sqlx::Error> {
+    let attempt = tx.attempt();
+    log.lock().unwrap().push(format!("{name}{attempt}"));
+    if let Some(hold) = hold {
+        hold.acquire().await.unwrap().forget();
+    }
+    tx.execute("bump")?;
+    log.lock().unwrap().push(format!("{name}{attempt} end"));
+    Ok(())
+}
+
+/// `starving_scene` with two annotated functions: B's attempt runs `second` (held), A runs
+/// `first` and fails twice. Returns the hold on B and both calls.
+async fn two_function_scene<F, S, FutF, FutS>(
+    first: F,
+    second: S,
+    log: &Log,
+) -> (Arc<Semaphore>, [JoinHandle<Result<(), sqlx::Error>>; 2])
+where
+    F: FnOnce(MockDb<i64>, Log) -> FutF,
+    S: FnOnce(MockDb<i64>, Log, Arc<Semaphore>) -> FutS,
+    FutF: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+    FutS: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+{
+    let hold = Arc::new(Semaphore::new(0));
+    let b = tokio::spawn(second(db(0), log.clone(), hold.clone()));
+    settle().await;
+    let a = tokio::spawn(first(db(2), log.clone()));
+    settle().await;
+    (hold, [a, b])
+}
+
+#[tokio::test(start_paused = true)]
+async fn functions_that_name_one_policy_share_its_turns() {
+    static ACCOUNTS: LazyLock<Policy> = LazyLock::new(|| {
+        Policy::builder()
+            .max_attempts(5)
+            .backoff(Backoff::none())
+            .build()
+            .unwrap()
+    });
+    #[serializable_retry(policy = ACCOUNTS)]
+    async fn withdraw(
+        tx: &mut MockTx<i64>,
+        log: &Log,
+        hold: Option<&Semaphore>,
+    ) -> Result<(), sqlx::Error> {
+        logged_bump(tx, "A", log, hold).await
+    }
+    #[serializable_retry(policy = ACCOUNTS)]
+    async fn deposit(
+        tx: &mut MockTx<i64>,
+        log: &Log,
+        hold: Option<&Semaphore>,
+    ) -> Result<(), sqlx::Error> {
+        logged_bump(tx, "B", log, hold).await
+    }
+    let log = Log::default();
+    let started = Instant::now();
+    let (hold, [a, b]) = two_function_scene(
+        async |db, log| withdraw(&db, &log, None).await,
+        async |db, log, hold| deposit(&db, &log, Some(&hold)).await,
+        &log,
+    )
+    .await;
+    // A's third attempt, a `withdraw`, waits for B's `deposit` attempt to end.
+    assert_eq!(logged(&log), ["B1", "A1", "A2"]);
+    hold.add_permits(1);
+    for h in [a, b] {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(logged(&log), ["B1", "A1", "A2", "B1 end", "A3", "A3 end"]);
+    // Both ran under `ACCOUNTS`, which retries at once: A waited for B's attempt, not for a
+    // backoff (the default policy's would have moved the paused clock).
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn functions_with_policies_of_their_own_do_not_share_turns() {
+    // The same two functions, each with the same settings in a policy of its own.
+    #[serializable_retry(max = 5, backoff(none))]
+    async fn withdraw(
+        tx: &mut MockTx<i64>,
+        log: &Log,
+        hold: Option<&Semaphore>,
+    ) -> Result<(), sqlx::Error> {
+        logged_bump(tx, "A", log, hold).await
+    }
+    #[serializable_retry(max = 5, backoff(none))]
+    async fn deposit(
+        tx: &mut MockTx<i64>,
+        log: &Log,
+        hold: Option<&Semaphore>,
+    ) -> Result<(), sqlx::Error> {
+        logged_bump(tx, "B", log, hold).await
+    }
+    let log = Log::default();
+    let started = Instant::now();
+    let (hold, [a, b]) = two_function_scene(
+        async |db, log| withdraw(&db, &log, None).await,
+        async |db, log, hold| deposit(&db, &log, Some(&hold)).await,
+        &log,
+    )
+    .await;
+    // A's priority attempt runs beside B's: B's function has a turn queue of its own.
+    assert_eq!(logged(&log), ["B1", "A1", "A2", "A3", "A3 end"]);
+    hold.add_permits(1);
+    for h in [a, b] {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(logged(&log).last().map(String::as_str), Some("B1 end"));
+    assert_eq!(started.elapsed(), Duration::ZERO);
 }
 
 #[test]
