@@ -6,6 +6,9 @@
 //! backoff), from 4 clients up; (b) the stress tests' `#[serializable_retry(max = 10, backoff(base
 //! = "2ms", cap = "100ms"))]` at 32 and 64 clients. Within a table the variants differ only in
 //! `priority_after`, each with a policy of its own, and run in an order rotated per round.
+//! (c) splits the clients between two functions on the same rows, at the defaults: each with a
+//! policy of its own (what two annotated functions get from their arguments), or both under one
+//! (`#[serializable_retry(policy = NAME)]`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -31,8 +34,37 @@ pub struct Block {
     /// `true`: the stress tests' `Backoff::adaptive(2 ms, 100 ms)`; `false`: the default.
     pub stress_backoff: bool,
     pub clients: Vec<usize>,
+    pub variants: Vec<Variant>,
+}
+
+/// One row of a table: when priority turns start, and how many policies the clients call
+/// through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Variant {
     /// `None`: priority turns off; else `priority_after`.
-    pub variants: Vec<Option<u32>>,
+    pub after: Option<u32>,
+    /// Client `i` calls through policy `i % policies`: with 2, two functions on the same rows,
+    /// each with a policy of its own; with 1, one policy for all the clients.
+    pub policies: usize,
+}
+
+impl Variant {
+    /// The row's name in the report; in a table of split clients, with its policies.
+    fn label(self, split: bool) -> String {
+        let turns = self
+            .after
+            .map_or("off".to_string(), |k| format!("after {k}"));
+        match (split, self.policies) {
+            (false, _) => turns,
+            (true, 1) => format!("{turns}, one policy for both"),
+            (true, _) => format!("{turns}, a policy each"),
+        }
+    }
+
+    /// One policy for all the clients.
+    fn turns(after: Option<u32>) -> Variant {
+        Variant { after, policies: 1 }
+    }
 }
 
 impl Block {
@@ -79,8 +111,7 @@ impl Load {
 /// What one variant measured on one workload at one client count, summed over rounds.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
-    /// `None`: priority turns off; else `priority_after`.
-    pub after: Option<u32>,
+    pub variant: Variant,
     /// Calls that committed.
     pub committed: u64,
     /// Calls that returned the conflict after all their attempts.
@@ -176,13 +207,26 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
         variants: [None, Some(Policy::DEFAULT_PRIORITY_AFTER)]
             .into_iter()
             .chain(later.iter().map(|&k| Some(k)))
+            .map(Variant::turns)
             .collect(),
     };
     let stress = |clients: Vec<usize>, variants: Vec<Option<u32>>| Block {
         max: 10,
         stress_backoff: true,
         clients,
-        variants,
+        variants: variants.into_iter().map(Variant::turns).collect(),
+    };
+    // Two functions on the same rows at the defaults: a policy each, or one for both.
+    let split = |clients: Vec<usize>| Block {
+        max: Policy::DEFAULT_MAX_ATTEMPTS,
+        stress_backoff: false,
+        clients,
+        variants: [2, 1]
+            .map(|policies| Variant {
+                after: Some(Policy::DEFAULT_PRIORITY_AFTER),
+                policies,
+            })
+            .to_vec(),
     };
     match plan.mode {
         "smoke" => (
@@ -191,6 +235,7 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
             vec![
                 defaults(vec![4], &[]),
                 stress(vec![32], vec![None, Some(2)]),
+                split(vec![4]),
             ],
         ),
         "quick" => (
@@ -199,6 +244,7 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
             vec![
                 defaults(vec![16], &[report::LATER_TURN]),
                 stress(vec![32], vec![None, Some(2), Some(3)]),
+                split(vec![16]),
             ],
         ),
         _ => (
@@ -210,6 +256,7 @@ fn shape(plan: &Plan) -> (Duration, usize, Vec<Block>) {
                     &[report::LATER_TURN, Policy::DEFAULT_MAX_ATTEMPTS - 1],
                 ),
                 stress(vec![32, 64], vec![None, Some(2), Some(3), Some(5)]),
+                split(vec![4, 16, 64]),
             ],
         ),
     }
@@ -232,26 +279,32 @@ pub async fn section(plan: &Plan, opts: &PgConnectOptions, rep: &mut report::Rep
             for load in Load::ALL {
                 let mut rows: Vec<Row> = variants
                     .iter()
-                    .map(|&after| Row {
-                        after,
+                    .map(|&variant| Row {
+                        variant,
                         ..Row::default()
                     })
                     .collect();
-                // One policy per variant for the whole section, as an annotated function has.
-                let policies: Vec<Arc<Policy>> = variants
+                // The policies of each variant for the whole section, as annotated functions
+                // have theirs.
+                let policies: Vec<Vec<Arc<Policy>>> = variants
                     .iter()
-                    .map(|&after| block.policy(after).map(Arc::new))
+                    .map(|v| {
+                        (0..v.policies)
+                            .map(|_| block.policy(v.after).map(Arc::new))
+                            .collect::<Result<_, _>>()
+                    })
                     .collect::<Result<_, _>>()?;
                 for round in 0..rounds {
                     for k in 0..variants.len() {
                         let i = (k + round) % variants.len();
                         let r = run_load(opts, load, &policies[i], n, run).await?;
                         eprintln!(
-                            "  round {} {} {n} clients, max {}, priority_after {:?}: {}",
+                            "  round {} {} {n} clients, max {}, priority_after {:?}, {} policies: {}",
                             round + 1,
                             load.name(),
                             block.max,
-                            variants[i],
+                            variants[i].after,
+                            variants[i].policies,
                             r.summary()
                         );
                         rows[i].absorb(r);
@@ -394,11 +447,11 @@ async fn call(pool: &PgPool, load: Load, policy: &Policy) -> (Result<(), sqlx::E
 }
 
 /// `clients` tasks calling `load` through a pool of `clients + 4` connections for `dur`, on a
-/// fresh table.
+/// fresh table; client `i` under `policies[i % policies.len()]`.
 async fn run_load(
     opts: &PgConnectOptions,
     load: Load,
-    policy: &Arc<Policy>,
+    policies: &[Arc<Policy>],
     clients: usize,
     dur: Duration,
 ) -> Res<Row> {
@@ -407,8 +460,8 @@ async fn run_load(
     let deadline = Instant::now() + dur;
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let (pool, policy) = (pool.clone(), policy.clone());
+    for i in 0..clients {
+        let (pool, policy) = (pool.clone(), policies[i % policies.len()].clone());
         set.spawn(async move {
             let mut row = Row::default();
             while Instant::now() < deadline {
@@ -459,7 +512,8 @@ pub fn markdown(f: Option<&Fairness>) -> String {
          counter, doctors on call), each call through `sqlx_retry::transaction` on a pool, with \
          priority turns off and with `priority_after(k)` (a call whose first *k* attempts failed \
          runs its next attempt with no other attempt of its policy beside it; on by default, \
-         after {}). Each variant has a policy of its own; {} round(s) of {:.1} s per variant, the \
+         after {}). Each variant has a policy of its own (two, in (c)'s \
+         \"a policy each\"); {} round(s) of {:.1} s per variant, the \
          order rotated per round, figures summed over rounds; \"rounds\" gives the lowest and the \
          highest commits/s of a single round, to show how far one round can be from another. \
          Latency and the attempt counts cover every call, committed or not. \"Exhausted\": calls that got the conflict back \
@@ -470,7 +524,19 @@ pub fn markdown(f: Option<&Fairness>) -> String {
     );
     for (b, block) in f.blocks.iter().enumerate() {
         let letter = char::from(b'a' + (b as u8 % 26));
-        let title = if block.stress_backoff {
+        let split = block.variants.iter().any(|v| v.policies > 1);
+        let title = if split {
+            format!(
+                "the defaults, the clients split between two functions on the same rows \
+                 ({} attempts, the default backoff, priority turns after {}): a policy each \
+                 (what two annotated functions get from their own arguments, or the closure API \
+                 given two policies), or one policy for both (`#[serializable_retry(policy = \
+                 NAME)]` on each, or one `Policy` passed to both). Turns and the adaptive \
+                 backoff's count of retrying calls belong to a policy",
+                block.max,
+                Policy::DEFAULT_PRIORITY_AFTER
+            )
+        } else if block.stress_backoff {
             format!(
                 "the stress tests' policy, `max_attempts({})` and `Backoff::adaptive(2 ms, 100 ms)`",
                 block.max
@@ -496,7 +562,7 @@ pub fn markdown(f: Option<&Fairness>) -> String {
                     m,
                     "| {} | {clients} | {} | {:.0} | {lo:.0}–{hi:.0} | {} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
                     load.name(),
-                    r.after.map_or("off".to_string(), |k| format!("after {k}")),
+                    r.variant.label(split),
                     r.tps(),
                     r.exhausted,
                     r.attempts_per_call(),
