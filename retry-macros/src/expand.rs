@@ -359,7 +359,6 @@ fn expand_body(
     InferImplTrait.visit_type_mut(&mut output_named);
     let output = &output_named;
 
-    let policy = policy_tokens(config, &private);
     // Spans that only *locate* generated code on the user's tokens (for diagnostics) but resolve
     // at the call site like the rest of the expansion: the user's tokens may come from a
     // `macro_rules!` caller, whose hygiene would hide `__sqlx_retry_*` locals.
@@ -395,13 +394,16 @@ fn expand_body(
                 __sqlx_retry_policy
             }},
         ),
-        None => (
-            quote! {
-                static __SQLX_RETRY_POLICY: ::std::sync::LazyLock<#private::Policy> =
-                    ::std::sync::LazyLock::new(|| #policy);
-            },
-            quote!(&*__SQLX_RETRY_POLICY),
-        ),
+        None => {
+            let policy = policy_tokens(config, &private);
+            (
+                quote! {
+                    static __SQLX_RETRY_POLICY: ::std::sync::LazyLock<#private::Policy> =
+                        ::std::sync::LazyLock::new(|| #policy);
+                },
+                quote!(&*__SQLX_RETRY_POLICY),
+            )
+        }
     };
     syn::parse_quote! {{
         #policy_static
