@@ -268,25 +268,37 @@ async fn logged_bump(
     Ok(())
 }
 
-/// `starving_scene` with two annotated functions: B's attempt runs `second` (held), A runs
-/// `first` and fails twice. Returns the hold on B and both calls.
-async fn two_function_scene<F, S, FutF, FutS>(
-    first: F,
-    second: S,
-    log: &Log,
-) -> (Arc<Semaphore>, [JoinHandle<Result<(), sqlx::Error>>; 2])
-where
-    F: FnOnce(MockDb<i64>, Log) -> FutF,
-    S: FnOnce(MockDb<i64>, Log, Arc<Semaphore>) -> FutS,
-    FutF: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
-    FutS: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
-{
-    let hold = Arc::new(Semaphore::new(0));
-    let b = tokio::spawn(second(db(0), log.clone(), hold.clone()));
-    settle().await;
-    let a = tokio::spawn(first(db(2), log.clone()));
-    settle().await;
-    (hold, [a, b])
+/// `starving_scene` with two annotated functions, `withdraw` (logged as A) and `deposit` (B),
+/// each written with the attribute arguments given: B's `deposit` attempt runs and is held, then
+/// A's `withdraw` fails twice. Evaluates to the hold on B and both calls.
+macro_rules! two_function_scene {
+    ($log:expr, $($args:tt)*) => {{
+        #[serializable_retry($($args)*)]
+        async fn withdraw(tx: &mut MockTx<i64>, log: &Log) -> Result<(), sqlx::Error> {
+            logged_bump(tx, "A", log, None).await
+        }
+        #[serializable_retry($($args)*)]
+        async fn deposit(
+            tx: &mut MockTx<i64>,
+            log: &Log,
+            hold: &Semaphore,
+        ) -> Result<(), sqlx::Error> {
+            logged_bump(tx, "B", log, Some(hold)).await
+        }
+        let log: &Log = $log;
+        let hold = Arc::new(Semaphore::new(0));
+        let b = {
+            let (log, hold) = (log.clone(), hold.clone());
+            tokio::spawn(async move { deposit(&db(0), &log, &hold).await })
+        };
+        settle().await;
+        let a = {
+            let log = log.clone();
+            tokio::spawn(async move { withdraw(&db(2), &log).await })
+        };
+        settle().await;
+        (hold, [a, b])
+    }};
 }
 
 #[tokio::test(start_paused = true)]
@@ -298,30 +310,9 @@ async fn functions_that_name_one_policy_share_its_turns() {
             .build()
             .unwrap()
     });
-    #[serializable_retry(policy = ACCOUNTS)]
-    async fn withdraw(
-        tx: &mut MockTx<i64>,
-        log: &Log,
-        hold: Option<&Semaphore>,
-    ) -> Result<(), sqlx::Error> {
-        logged_bump(tx, "A", log, hold).await
-    }
-    #[serializable_retry(policy = ACCOUNTS)]
-    async fn deposit(
-        tx: &mut MockTx<i64>,
-        log: &Log,
-        hold: Option<&Semaphore>,
-    ) -> Result<(), sqlx::Error> {
-        logged_bump(tx, "B", log, hold).await
-    }
     let log = Log::default();
     let started = Instant::now();
-    let (hold, [a, b]) = two_function_scene(
-        async |db, log| withdraw(&db, &log, None).await,
-        async |db, log, hold| deposit(&db, &log, Some(&hold)).await,
-        &log,
-    )
-    .await;
+    let (hold, [a, b]) = two_function_scene!(&log, policy = ACCOUNTS);
     // A's third attempt, a `withdraw`, waits for B's `deposit` attempt to end.
     assert_eq!(logged(&log), ["B1", "A1", "A2"]);
     hold.add_permits(1);
@@ -337,30 +328,9 @@ async fn functions_that_name_one_policy_share_its_turns() {
 #[tokio::test(start_paused = true)]
 async fn functions_with_policies_of_their_own_do_not_share_turns() {
     // The same two functions, each with the same settings in a policy of its own.
-    #[serializable_retry(max = 5, backoff(none))]
-    async fn withdraw(
-        tx: &mut MockTx<i64>,
-        log: &Log,
-        hold: Option<&Semaphore>,
-    ) -> Result<(), sqlx::Error> {
-        logged_bump(tx, "A", log, hold).await
-    }
-    #[serializable_retry(max = 5, backoff(none))]
-    async fn deposit(
-        tx: &mut MockTx<i64>,
-        log: &Log,
-        hold: Option<&Semaphore>,
-    ) -> Result<(), sqlx::Error> {
-        logged_bump(tx, "B", log, hold).await
-    }
     let log = Log::default();
     let started = Instant::now();
-    let (hold, [a, b]) = two_function_scene(
-        async |db, log| withdraw(&db, &log, None).await,
-        async |db, log, hold| deposit(&db, &log, Some(&hold)).await,
-        &log,
-    )
-    .await;
+    let (hold, [a, b]) = two_function_scene!(&log, max = 5, backoff(none));
     // A's priority attempt runs beside B's: B's function has a turn queue of its own.
     assert_eq!(logged(&log), ["B1", "A1", "A2", "A3", "A3 end"]);
     hold.add_permits(1);
