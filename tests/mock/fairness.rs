@@ -38,8 +38,26 @@ fn db(failures: u32) -> MockDb<i64> {
     })
 }
 
-/// Spawns one call named `name` under `policy` on `db`: each attempt logs `name<n>` when its body
-/// starts and `name<n> end` when it ends, and waits for a permit of `hold` (if any) in between.
+/// One attempt's body, for `spawn_call` and the annotated functions below: logs `name<n>` when
+/// attempt `n` starts and `name<n> end` when it ends, and waits for a permit of `hold` (if any)
+/// in between.
+async fn logged_bump(
+    tx: &mut MockTx<i64>,
+    name: &str,
+    log: &Log,
+    hold: Option<&Semaphore>,
+) -> Result<(), sqlx::Error> {
+    let attempt = tx.attempt();
+    log.lock().unwrap().push(format!("{name}{attempt}"));
+    if let Some(hold) = hold {
+        hold.acquire().await.unwrap().forget();
+    }
+    tx.execute("bump")?;
+    log.lock().unwrap().push(format!("{name}{attempt} end"));
+    Ok(())
+}
+
+/// Spawns one call named `name` under `policy` on `db`, each attempt running `logged_bump`.
 fn spawn_call(
     name: &'static str,
     policy: &Arc<Policy>,
@@ -51,16 +69,7 @@ fn spawn_call(
     tokio::spawn(async move {
         sqlx_retry::transaction(&db, &policy, |tx| {
             let (log, hold) = (log.clone(), hold.clone());
-            Box::pin(async move {
-                let attempt = tx.attempt();
-                log.lock().unwrap().push(format!("{name}{attempt}"));
-                if let Some(hold) = hold {
-                    hold.acquire().await.unwrap().forget();
-                }
-                tx.execute("bump")?;
-                log.lock().unwrap().push(format!("{name}{attempt} end"));
-                Ok::<_, sqlx::Error>(())
-            })
+            Box::pin(async move { logged_bump(tx, name, &log, hold.as_deref()).await })
         })
         .await
     })
@@ -248,24 +257,6 @@ async fn a_call_nested_in_an_attempt_never_waits_for_a_turn() {
     a.await.unwrap().unwrap();
     assert_eq!(logged(&log), ["A1", "nested", "A2", "A2 end"]);
     assert_eq!(started.elapsed(), Duration::ZERO, "the nested call waited");
-}
-
-/// The body of the annotated functions below, as `spawn_call`'s: logs `name<n>` when attempt
-/// `n` starts and `name<n> end` when it ends, and waits for a permit of `hold` (if any) between.
-async fn logged_bump(
-    tx: &mut MockTx<i64>,
-    name: &str,
-    log: &Log,
-    hold: Option<&Semaphore>,
-) -> Result<(), sqlx::Error> {
-    let attempt = tx.attempt();
-    log.lock().unwrap().push(format!("{name}{attempt}"));
-    if let Some(hold) = hold {
-        hold.acquire().await.unwrap().forget();
-    }
-    tx.execute("bump")?;
-    log.lock().unwrap().push(format!("{name}{attempt} end"));
-    Ok(())
 }
 
 /// `starving_scene` with two annotated functions, `withdraw` (logged as A) and `deposit` (B),
