@@ -353,68 +353,35 @@ impl Configuration {
     /// Beside `policy = PATH`, the keys that set the policy are refused: the shared policy is
     /// built once, by its own builder, and every function that names it runs under it alone.
     fn check_shared(&self, policy: &Set<syn::Path>) -> syn::Result<()> {
-        // Each policy key, with the `PolicyBuilder` method that sets it instead.
-        let keys: [(Option<Span>, &str, &str); 11] = [
-            (self.max.as_ref().map(|s| s.key), "max", "max_attempts"),
-            (
-                self.isolation.as_ref().map(|s| s.key),
-                "isolation",
-                "isolation",
-            ),
-            (
-                self.read_only.as_ref().map(|s| s.key),
-                "read_only",
-                "read_only",
-            ),
-            (
-                self.deferrable.as_ref().map(|s| s.key),
-                "deferrable",
-                "deferrable",
-            ),
-            (self.replica.as_ref().map(|s| s.key), "replica", "replica"),
-            (self.backoff.as_ref().map(|s| s.key), "backoff", "backoff"),
-            (self.budget.as_ref().map(|s| s.key), "budget", "budget"),
-            (
-                self.retry_on.as_ref().map(|s| s.key),
-                "retry_on",
-                "retry_on",
-            ),
-            (
-                self.idempotent.as_ref().map(|s| s.key),
-                "idempotent",
-                "idempotent",
-            ),
-            (
-                self.savepoint.as_ref().map(|s| s.key),
-                "savepoint",
-                "savepoint",
-            ),
-            (
-                self.priority_after.as_ref().map(|s| s.key),
-                "priority_after",
-                "priority_after",
-            ),
+        fn key<T>(slot: &Option<Set<T>>) -> Option<Span> {
+            slot.as_ref().map(|s| s.key)
+        }
+        let policy_keys = [
+            (key(&self.max), "max"),
+            (key(&self.isolation), "isolation"),
+            (key(&self.read_only), "read_only"),
+            (key(&self.deferrable), "deferrable"),
+            (key(&self.replica), "replica"),
+            (key(&self.backoff), "backoff"),
+            (key(&self.budget), "budget"),
+            (key(&self.retry_on), "retry_on"),
+            (key(&self.idempotent), "idempotent"),
+            (key(&self.savepoint), "savepoint"),
+            (key(&self.priority_after), "priority_after"),
         ];
-        let Some((Some(span), key, method)) = keys.into_iter().find(|(span, ..)| span.is_some())
+        let Some((Some(span), name)) = policy_keys.into_iter().find(|(span, _)| span.is_some())
         else {
             return Ok(());
         };
+        // The `PolicyBuilder` method that sets it has its name, but for `max`.
+        let method = if name == "max" { "max_attempts" } else { name };
         let path = &policy.value;
-        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-        let name = format!(
-            "{}{}",
-            if path.leading_colon.is_some() {
-                "::"
-            } else {
-                ""
-            },
-            segments.join("::")
-        );
+        let path = quote::quote!(#path).to_string().replace(' ', "");
         Err(syn::Error::new(
             span,
             format!(
-                "`{key}` cannot be set beside `policy = {name}`: the shared policy sets it for \
-                 every function that names it; set it where `{name}` is built, with \
+                "`{name}` cannot be set beside `policy = {path}`: the shared policy sets it for \
+                 every function that names it; set it where `{path}` is built, with \
                  `PolicyBuilder::{method}`"
             ),
         ))
